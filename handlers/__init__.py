@@ -1,0 +1,17 @@
+"""HTTP: Tornado handlers, the only code that knows HTTP. ``make_app`` joins the route tables."""
+
+import tornado.web
+
+from handlers import auth, files
+from handlers.base import Context, NotFoundHandler
+
+
+def make_app(ctx: Context) -> tornado.web.Application:
+    table = [*auth.routes(), *files.routes()]
+    return tornado.web.Application(
+        [(pattern, handler, {"ctx": ctx}) for pattern, handler in table],
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"ctx": ctx},
+        xheaders=False,
+        compress_response=False,
+    )

@@ -1,0 +1,159 @@
+"""The base handler: collaborators, JSON responses, the one error mapping, and Bearer auth."""
+
+import json
+import logging
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import tornado.web
+
+from vault.auth import Authenticator, Identity
+from vault.config import Settings
+from vault.errors import (
+    AuthError,
+    ConfigError,
+    ExpiredToken,
+    InputError,
+    IntegrityError,
+    InvalidJSON,
+    InvalidToken,
+    NotFound,
+    TooLarge,
+    UserExists,
+    VaultError,
+)
+from vault.files import FileService
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[VaultError], int] = {
+    InputError: 400,
+    AuthError: 401,
+    NotFound: 404,
+    UserExists: 409,
+    TooLarge: 413,
+    IntegrityError: 500,
+    ConfigError: 500,
+}
+REASONS = {405: "Method not allowed", 404: "Not found", 400: "Bad request", 413: "Request body too large"}
+
+
+def status_for(exc: VaultError) -> int:
+    """The status of the most specific mapped class in the error's MRO."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every handler receives through ``initialize``."""
+
+    settings: Settings
+    auth: Authenticator
+    files: FileService
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    @property
+    def files(self) -> FileService:
+        return self.ctx.files
+
+    @property
+    def auth(self) -> Authenticator:
+        return self.ctx.auth
+
+    @property
+    def config(self) -> Settings:
+        return self.ctx.settings
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Strict-Transport-Security", "max-age=31536000")
+
+    def write_json(self, status: int, body: dict[str, Any] | list[Any]) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(body))
+
+    def authenticate(self) -> Identity:
+        """The JWT middleware: a valid ``Authorization: Bearer <token>`` or an AuthError."""
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise InvalidToken("Authentication required: send Authorization: Bearer <token>")
+        return self.auth.verify(token.strip())
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, VaultError):
+            status_code, message = status_for(exc), exc.message
+            if isinstance(exc, AuthError):
+                error = "invalid_token" if isinstance(exc, (InvalidToken, ExpiredToken)) else None
+                self.set_header("WWW-Authenticate", f'Bearer error="{error}"' if error else "Bearer")
+        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        else:
+            message = REASONS.get(status_code, "Internal server error" if status_code >= 500 else self._reason)
+        self.clear_header("Content-Disposition")
+        self.clear_header("Content-Range")
+        self.write_json(status_code, {"message": message, "status": status_code})
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(value, VaultError):
+            status = status_for(value)
+            level = logging.ERROR if status >= 500 else logging.INFO
+            log.log(level, "%s %s -> %d %s", self.request.method, self.request.path, status, type(value).__name__)
+        else:
+            super().log_exception(typ, value, tb)
+
+    def fail(self, exc: BaseException) -> None:
+        """Answer now with the error for ``exc`` (used where exceptions cannot propagate)."""
+        if isinstance(exc, VaultError):
+            self.log_exception(type(exc), exc, None)
+        else:
+            log.error("%s %s failed", self.request.method, self.request.path, exc_info=exc)
+        if not self._finished and not self._headers_written:
+            self.send_error(500, exc_info=(type(exc), exc, exc.__traceback__))
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown routes answer JSON 404 like every other error."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, "Not found")
+
+
+@tornado.web.stream_request_body
+class JSONBodyHandler(BaseHandler):
+    """Reads a small JSON object body, refusing one over ``max_json_size`` before reading it."""
+
+    def prepare(self) -> None:
+        limit = self.config.max_json_size
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise TooLarge(f"Request body too large: JSON bodies are limited to {limit} bytes")
+        self.request.connection.set_max_body_size(limit)  # type: ignore[attr-defined]
+        self._body = bytearray()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body += chunk
+
+    def json_body(self) -> dict[str, Any]:
+        try:
+            body = json.loads(self._body)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidJSON("Malformed JSON: the body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise InvalidJSON()
+        return body

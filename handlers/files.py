@@ -1,0 +1,231 @@
+"""Files: streaming uploads (multipart POST and raw PUT), downloads, listing and deletion."""
+
+import asyncio
+import base64
+import binascii
+import datetime
+import mimetypes
+import re
+import urllib.parse
+from typing import Any
+
+import tornado.iostream
+import tornado.web
+
+from handlers.base import BaseHandler
+from vault.auth import Identity
+from vault.errors import InputError, IntegrityError, MalformedUpload, TooLarge
+from vault.files import Download, FileInfo, Upload
+from vault.multipart import MultipartParser, PartData, PartEnd, PartStart, boundary_from_content_type
+from vault.names import check_filename
+
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
+_DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):", re.IGNORECASE)
+
+
+def file_json(info: FileInfo) -> dict[str, Any]:
+    created = datetime.datetime.fromtimestamp(info.created, datetime.timezone.utc)
+    return {
+        "filename": info.name,
+        "size": info.size,
+        "sha256": info.sha256,
+        "created": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+
+
+def content_disposition(name: str) -> str:
+    """RFC 6266: an ASCII fallback plus ``filename*`` whenever the name is not plain ASCII."""
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\%' else "_" for c in name)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        value += "; filename*=UTF-8''" + urllib.parse.quote(name, safe="")
+    return value
+
+
+def expected_digest(headers: Any) -> bytes | None:
+    """The sha-256 a client declared in Repr-Digest or Content-Digest (RFC 9530), if any."""
+    for header in ("Repr-Digest", "Content-Digest"):
+        value = headers.get(header)
+        if value is None:
+            continue
+        match = _DIGEST_RE.search(value)
+        if not match:
+            raise InputError(f"Unsupported {header}: send sha-256=:<base64>:")
+        try:
+            digest = base64.b64decode(match.group(1), validate=True)
+        except (binascii.Error, ValueError):
+            digest = b""
+        if len(digest) != 32:
+            raise InputError(f"Malformed {header}: sha-256 must be 32 bytes in base64")
+        return digest
+    return None
+
+
+class UploadHandler(BaseHandler):
+    """Shared by both upload routes: auth and size checks in ``prepare``, clean-up on failure."""
+
+    upload: Upload | None = None
+    slack = 0
+
+    async def prepare(self) -> None:
+        self._failed = False
+        self.identity: Identity = self.authenticate()
+        limit = self.files.max_file_size
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit + self.slack:
+            raise TooLarge(f"File too large: the limit is {limit} bytes")
+        self.request.connection.set_max_body_size(limit + self.slack)  # type: ignore[attr-defined]
+        self.digest = expected_digest(self.request.headers)
+        self.upload = self.files.begin_upload(self.identity.user_id)
+
+    async def write_body(self, data: bytes) -> None:
+        assert self.upload is not None
+        await self.upload.write(data)
+
+    async def fail_upload(self, exc: BaseException) -> None:
+        """Data errors cannot propagate out of data_received: answer now and drop what was staged."""
+        self._failed = True
+        if self.upload is not None:
+            await self.upload.abort()
+        self.fail(exc)
+
+    async def commit(self, name: str) -> None:
+        assert self.upload is not None
+        try:
+            info = await self.upload.finish(name, self.digest)
+        except BaseException:
+            await self.upload.abort()
+            raise
+        self.write_json(201, {"message": "File uploaded successfully", **file_json(info)})
+
+    def on_connection_close(self) -> None:
+        if self.upload is not None:
+            asyncio.ensure_future(self.upload.abort())
+
+
+@tornado.web.stream_request_body
+class RawUploadHandler(UploadHandler):
+    """``PUT /upload/<filename>`` with the file as the body (``curl -T``)."""
+
+    async def prepare(self) -> None:
+        check_filename(self.path_args[0])  # refuse a bad name before reading the body
+        await super().prepare()
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            await self.write_body(chunk)
+        except Exception as exc:
+            await self.fail_upload(exc)
+
+    async def put(self, name: str) -> None:
+        if not self._failed:
+            await self.commit(name)
+
+
+@tornado.web.stream_request_body
+class MultipartUploadHandler(UploadHandler):
+    """``POST /upload`` with multipart/form-data, the file in the field ``file`` (``curl -F``)."""
+
+    slack = MULTIPART_SLACK
+
+    async def prepare(self) -> None:
+        boundary = boundary_from_content_type(self.request.headers.get("Content-Type", ""))
+        await super().prepare()
+        self.parser = MultipartParser(boundary)
+        self.filename: str | None = None
+        self.in_file = False
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            for event in self.parser.feed(chunk):
+                await self._event(event)
+        except Exception as exc:
+            await self.fail_upload(exc)
+
+    async def _event(self, event: object) -> None:
+        if isinstance(event, PartStart):
+            params = event.disposition
+            if params.get("name") != "file":
+                return
+            if self.filename is not None:
+                raise MalformedUpload("Malformed multipart upload: send exactly one part named 'file'")
+            if "filename" not in params:
+                raise MalformedUpload("Malformed multipart upload: the 'file' part needs a filename")
+            self.filename = check_filename(params["filename"])
+            self.in_file = True
+        elif isinstance(event, PartData) and self.in_file:
+            await self.write_body(event.data)
+        elif isinstance(event, PartEnd):
+            self.in_file = False
+
+    async def post(self) -> None:
+        if self._failed:
+            return
+        self.parser.finish()
+        if self.filename is None:
+            raise MalformedUpload("Malformed multipart upload: missing the field 'file'")
+        await self.commit(self.filename)
+
+
+class DownloadHandler(BaseHandler):
+    """``GET /download/<filename>``: streamed, verified segment by segment."""
+
+    async def get(self, name: str) -> None:
+        identity = self.authenticate()
+        download = await self.files.open(identity.user_id, name)
+        try:
+            await self._send(download)
+        finally:
+            download.close()
+
+    async def _send(self, download: Download) -> None:
+        info = download.info
+        self.set_header("Content-Type", mimetypes.guess_type(info.name)[0] or "application/octet-stream")
+        self.set_header("Content-Disposition", content_disposition(info.name))
+        self.set_header("Content-Length", str(info.size))
+        self.set_header("ETag", f'"{info.etag}"')
+        self.set_header("Cache-Control", "private, no-store")
+        chunks = download.read()
+        try:
+            async for chunk in chunks:
+                self.write(chunk)
+                await self.flush()
+        except tornado.iostream.StreamClosedError:
+            return  # the client went away
+        except IntegrityError:
+            if not self._headers_written:
+                raise
+            # Headers are out: abort so the client sees a short body, never altered bytes.
+            self.request.connection.close()  # type: ignore[attr-defined]
+            self._finished = True
+            return
+        self.finish()
+
+
+class ListHandler(BaseHandler):
+    async def get(self) -> None:
+        identity = self.authenticate()
+        files = await self.files.list(identity.user_id)
+        self.write_json(200, {"files": [file_json(info) for info in files]})
+
+
+class DeleteHandler(BaseHandler):
+    async def delete(self, name: str) -> None:
+        identity = self.authenticate()
+        await self.files.delete(identity.user_id, name)
+        self.write_json(200, {"message": "File deleted", "filename": check_filename(name)})
+
+
+def routes() -> list[tuple[str, type]]:
+    return [
+        (r"/upload", MultipartUploadHandler),
+        (r"/upload/(.+)", RawUploadHandler),
+        (r"/download/(.+)", DownloadHandler),
+        (r"/files", ListHandler),
+        (r"/files/(.+)", DeleteHandler),
+    ]
+

@@ -1,0 +1,112 @@
+"""vault: run the HTTPS server.  ``python run.py --help`` lists the options."""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import tornado.httpserver
+import tornado.netutil
+
+from handlers import make_app
+from handlers.base import Context
+from storage.sqlite import SQLiteStore
+from vault.auth import Authenticator
+from vault.config import Settings, load_settings
+from vault.errors import ConfigError
+from vault.files import FileService
+from vault.keys import load_jwt_secret, load_keyring
+from vault.tls import ensure_certificate, server_context
+
+log = logging.getLogger("vault")
+HERE = Path(__file__).resolve().parent
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="vault: encrypted file sharing over HTTPS")
+    parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="YAML settings file")
+    parser.add_argument("--host", help="address to listen on")
+    parser.add_argument("--port", type=int, help="TCP port (0: any free port)")
+    parser.add_argument("--data-dir", type=Path, help="directory for the database and secrets")
+    return parser.parse_args(argv)
+
+
+async def serve(settings: Settings) -> None:
+    if ensure_certificate(settings.tls_cert, settings.tls_key):
+        log.warning("generated a self-signed certificate: %s (key %s)", settings.tls_cert, settings.tls_key)
+    ssl_context = server_context(settings.tls_cert, settings.tls_key)
+    keyring = load_keyring(settings.data_dir, os.environ)
+    jwt_secret = load_jwt_secret(settings.data_dir, os.environ)
+    store = await SQLiteStore.open(settings.db_path)
+    crypto = ThreadPoolExecutor(settings.crypto_threads, thread_name_prefix="crypto")
+    hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")  # one thread keeps each file's order
+    bcrypt_pool = ThreadPoolExecutor(settings.auth_threads, thread_name_prefix="bcrypt")
+    files = FileService(
+        store,
+        keyring,
+        seg_size=settings.segment_size,
+        max_file_size=settings.max_file_size,
+        pipeline_depth=settings.pipeline_depth,
+        crypto=crypto,
+        hasher=hasher,
+    )
+    await files.purge(staged_too=True)  # uploads cut off by a crash or kill
+    auth = Authenticator(
+        store,
+        jwt_secret,
+        rounds=settings.bcrypt_rounds,
+        ttl=settings.token_ttl,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        executor=bcrypt_pool,
+    )
+    app = make_app(Context(settings, auth, files))
+    server = tornado.httpserver.HTTPServer(
+        app,
+        ssl_options=ssl_context,
+        max_header_size=MAX_HEADER_BYTES,
+        max_body_size=settings.max_file_size + 1024 * 1024,
+        idle_connection_timeout=settings.idle_timeout,
+        body_timeout=settings.idle_timeout,
+    )
+    sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    print(f"vault listening on https://{settings.host}:{port} (data in {settings.data_dir})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    server.stop()
+    await server.close_all_connections()
+    await store.close()
+    for pool in (crypto, hasher, bcrypt_pool):
+        pool.shutdown(wait=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
+    try:
+        settings = load_settings(args.config, os.environ, overrides)
+    except ConfigError as exc:
+        print(f"vault: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"vault: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+-- vault schema, version 1 (PRAGMA user_version). See docs/FORMAT.md for the columns' meaning.
+CREATE TABLE IF NOT EXISTS users (
+    id            INTEGER PRIMARY KEY,
+    username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash BLOB NOT NULL,
+    created       REAL NOT NULL
+);
+
+-- state: 0 STAGED (upload in progress, never served), 1 LIVE, 2 DELETED (awaiting purge).
+-- Header columns are NULL until the upload commits.
+CREATE TABLE IF NOT EXISTS files (
+    file_id     BLOB PRIMARY KEY,
+    owner       INTEGER NOT NULL,
+    state       INTEGER NOT NULL,
+    name        TEXT,
+    version     INTEGER,
+    suite       INTEGER,
+    seg_size    INTEGER,
+    size        INTEGER,
+    seg_count   INTEGER,
+    sha256      BLOB,
+    key_id      INTEGER,
+    wrapped_key BLOB,
+    header_tag  BLOB,
+    created     REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS files_live_name ON files (owner, name) WHERE state = 1;
+
+-- One row per encrypted segment: data = IV || ciphertext || HMAC tag.
+CREATE TABLE IF NOT EXISTS segments (
+    file_id BLOB NOT NULL,
+    idx     INTEGER NOT NULL,
+    data    BLOB NOT NULL,
+    PRIMARY KEY (file_id, idx)
+);

@@ -1,0 +1,139 @@
+"""Accounts and tokens: bcrypt password hashes (run off the event loop) and HS256 JWTs."""
+
+import asyncio
+import re
+import time
+import uuid
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import bcrypt
+import jwt
+
+from vault.errors import ExpiredToken, InvalidCredentials, InvalidField, InvalidToken
+from vault.store import Store
+
+USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{2,31}")
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_BYTES = 72  # bcrypt ignores (or, in bcrypt 5, refuses) anything longer
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud"]
+TOKEN_TYPE = "access"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a valid token speaks for."""
+
+    user_id: int
+    username: str
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_in: int
+
+
+def check_username(username: object) -> str:
+    if not isinstance(username, str) or not username:
+        raise InvalidField("Field 'username' is required and must be a non-empty string")
+    if not USERNAME_RE.fullmatch(username):
+        raise InvalidField(
+            "Field 'username' must be 3-32 characters: letters, digits, '_', '.', '-',"
+            " starting with a letter or digit"
+        )
+    return username
+
+
+def check_password(password: object) -> bytes:
+    if not isinstance(password, str) or not password:
+        raise InvalidField("Field 'password' is required and must be a non-empty string")
+    raw = password.encode("utf-8")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise InvalidField(f"Field 'password' must be at least {MIN_PASSWORD_CHARS} characters")
+    if len(raw) > MAX_PASSWORD_BYTES:
+        raise InvalidField(f"Field 'password' must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
+    if b"\x00" in raw:
+        raise InvalidField("Field 'password' must not contain NUL characters")
+    return raw
+
+
+class Authenticator:
+    """Registers users, checks passwords and issues and verifies tokens."""
+
+    def __init__(
+        self,
+        store: Store,
+        secret: bytes,
+        *,
+        rounds: int,
+        ttl: int,
+        issuer: str,
+        audience: str,
+        executor: Executor,
+    ) -> None:
+        self._store = store
+        self._secret = secret
+        self._rounds = rounds
+        self._ttl = ttl
+        self._issuer = issuer
+        self._audience = audience
+        self._executor = executor
+        # Compared against when the user does not exist, so both failures cost one bcrypt.
+        self._dummy_hash = bcrypt.hashpw(b"dummy password", bcrypt.gensalt(rounds))
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def register(self, username: object, password: object) -> None:
+        name = check_username(username)
+        raw = check_password(password)
+        hashed = await self._run(bcrypt.hashpw, raw, bcrypt.gensalt(self._rounds))
+        await self._store.create_user(name, hashed)
+
+    async def login(self, username: object, password: object) -> IssuedToken:
+        if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
+            raise InvalidField("Fields 'username' and 'password' are required non-empty strings")
+        raw = password.encode("utf-8")
+        user = await self._store.get_user(username) if USERNAME_RE.fullmatch(username) else None
+        hashed = user.password_hash if user else self._dummy_hash
+        ok = len(raw) <= MAX_PASSWORD_BYTES and b"\x00" not in raw
+        ok = await self._run(bcrypt.checkpw, raw[:MAX_PASSWORD_BYTES].replace(b"\x00", b""), hashed) and ok
+        if user is None or not ok:
+            raise InvalidCredentials()
+        return self.issue(Identity(user.id, user.username))
+
+    def issue(self, identity: Identity, now: float | None = None) -> IssuedToken:
+        iat = int(time.time() if now is None else now)
+        claims = {
+            "sub": str(identity.user_id),
+            "name": identity.username,
+            "typ": TOKEN_TYPE,
+            "iat": iat,
+            "exp": iat + self._ttl,
+            "jti": uuid.uuid4().hex,
+            "iss": self._issuer,
+            "aud": self._audience,
+        }
+        return IssuedToken(jwt.encode(claims, self._secret, algorithm=ALGORITHM), self._ttl)
+
+    def verify(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise ExpiredToken() from None
+        except jwt.InvalidTokenError:
+            raise InvalidToken() from None
+        sub, name = claims.get("sub"), claims.get("name")
+        if claims.get("typ") != TOKEN_TYPE or not isinstance(name, str) or not str(sub).isdigit():
+            raise InvalidToken()
+        return Identity(int(sub), name)

@@ -1,0 +1,138 @@
+"""Settings: one frozen dataclass. Sources, lowest to highest: field defaults, config.yaml,
+``VAULT_<FIELD>`` environment variables, command-line flags. Relative paths are resolved
+against the directory of the config file. Validation raises ConfigError naming the key.
+"""
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vault.errors import ConfigError
+from vault.format import DEFAULT_SEG_SIZE, check_seg_size
+
+GiB = 1024**3
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "Address to listen on.")
+    port: int = _setting(5000, "TCP port for HTTPS (0 picks a free port and prints it).")
+    data_dir: Path = _setting(Path("data"), "Directory for the database and generated secrets.")
+    tls_cert: Path = _setting(
+        Path("certs/cert.pem"), "PEM certificate; a self-signed one is generated if missing."
+    )
+    tls_key: Path = _setting(Path("certs/key.pem"), "PEM private key for tls_cert.")
+    max_file_size: int = _setting(64 * GiB, "Largest file accepted, in bytes (413 above it).")
+    max_json_size: int = _setting(64 * 1024, "Largest JSON request body, in bytes.")
+    segment_size: int = _setting(
+        DEFAULT_SEG_SIZE, "Plaintext bytes per encrypted segment for new files (docs/FORMAT.md)."
+    )
+    bcrypt_rounds: int = _setting(12, "bcrypt cost factor for new password hashes (4-31).")
+    token_ttl: int = _setting(3600, "Lifetime of a login token, in seconds.")
+    jwt_issuer: str = _setting("vault", "JWT `iss` claim issued and required.")
+    jwt_audience: str = _setting("vault", "JWT `aud` claim issued and required.")
+    crypto_threads: int = _setting(2, "Threads that encrypt, decrypt and hash segments.")
+    auth_threads: int = _setting(2, "Threads for bcrypt, kept apart so logins never stall transfers.")
+    pipeline_depth: int = _setting(4, "Segments in flight per transfer (memory: about 3x this many MiB).")
+    idle_timeout: int = _setting(60, "Seconds an idle connection (or a stalled body) is kept open.")
+    log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "vault.db"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_PATHS = {"data_dir", "tls_cert", "tls_key"}
+_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    kind = type(FIELDS[key].default)
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, (str, int)):
+            raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+        return str(value)
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigError(f"config key {key!r}: expected a path, got {value!r}")
+    return Path(value)
+
+
+def _check_range(values: Mapping[str, Any], key: str, low: int, high: int) -> None:
+    if not low <= values[key] <= high:
+        raise ConfigError(f"config key {key!r}: must be between {low} and {high}, got {values[key]}")
+
+
+def _validate(values: dict[str, Any]) -> None:
+    _check_range(values, "port", 0, 65535)
+    _check_range(values, "bcrypt_rounds", 4, 31)
+    _check_range(values, "max_file_size", 0, 2**62)
+    _check_range(values, "max_json_size", 1024, 16 * 1024 * 1024)
+    _check_range(values, "token_ttl", 1, 366 * 86400)
+    _check_range(values, "crypto_threads", 1, 64)
+    _check_range(values, "auth_threads", 1, 64)
+    _check_range(values, "pipeline_depth", 1, 64)
+    _check_range(values, "idle_timeout", 1, 86400)
+    try:
+        check_seg_size(values["segment_size"])
+    except ValueError as exc:
+        raise ConfigError(f"config key 'segment_size': {exc}") from None
+    if values["log_level"].upper() not in _LEVELS:
+        raise ConfigError(f"config key 'log_level': must be one of {sorted(_LEVELS)}")
+    values["log_level"] = values["log_level"].upper()
+    for key in ("host", "jwt_issuer", "jwt_audience"):
+        if not values[key]:
+            raise ConfigError(f"config key {key!r}: must not be empty")
+
+
+def load_settings(
+    config_file: Path | None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults, the YAML file (if given), VAULT_* variables and explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {name: f.default for name, f in FIELDS.items()}
+    base = Path.cwd()
+    if config_file is not None:
+        base = config_file.resolve().parent
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping of keys")
+        for key, value in loaded.items():
+            if key not in FIELDS:
+                raise ConfigError(f"config key {key!r}: unknown setting")
+            values[key] = _coerce(key, value)
+    for key in FIELDS:
+        env_value = environ.get(f"VAULT_{key.upper()}")
+        if env_value is not None:
+            values[key] = _coerce(key, env_value)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value)
+    for key in _PATHS:
+        path = Path(values[key]).expanduser()
+        values[key] = path if path.is_absolute() else base / path
+    _validate(values)
+    return Settings(**values)

@@ -1,0 +1,122 @@
+"""Domain errors of vault. The core raises these; handlers/ maps them to HTTP statuses.
+
+VaultError
+├── ConfigError             a setting is missing or invalid (names the key)
+├── InputError              the request is malformed
+│   ├── InvalidJSON         the body is not a JSON object
+│   ├── InvalidField        a field is missing, of the wrong type or out of range
+│   ├── InvalidFilename     a file name breaks the naming rules
+│   ├── MalformedUpload     the multipart body cannot be parsed
+│   └── DigestMismatch      the client's digest does not match what arrived
+├── AuthError               the caller is not authenticated
+│   ├── InvalidCredentials  unknown user or wrong password (one error for both)
+│   ├── InvalidToken        the token is missing, malformed, forged or of the wrong kind
+│   └── ExpiredToken        the token was valid but has expired
+├── UserExists              the username is taken
+├── NotFound                no such resource visible to the caller
+│   └── FileNotFound        no such file for this caller
+├── TooLarge                a body or file is over its configured limit
+└── IntegrityError          stored data failed authentication (never says which check)
+"""
+
+
+class VaultError(Exception):
+    """Base class of every error the vault core raises."""
+
+    message = "Internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+
+
+class ConfigError(VaultError):
+    """A setting is missing or invalid; the message names the key."""
+
+
+class InputError(VaultError):
+    """The request is malformed."""
+
+    message = "Bad request"
+
+
+class InvalidJSON(InputError):
+    """The body is not a JSON object."""
+
+    message = "Request body must be a JSON object"
+
+
+class InvalidField(InputError):
+    """A field is missing, of the wrong type or out of range."""
+
+
+class InvalidFilename(InputError):
+    """A file name breaks the naming rules."""
+
+    message = "Invalid filename"
+
+
+class MalformedUpload(InputError):
+    """The multipart body cannot be parsed."""
+
+    message = "Malformed multipart upload"
+
+
+class DigestMismatch(InputError):
+    """The digest the client declared does not match the bytes that arrived."""
+
+    message = "Digest mismatch: the upload was not stored"
+
+
+class AuthError(VaultError):
+    """The caller is not authenticated."""
+
+    message = "Authentication required"
+
+
+class InvalidCredentials(AuthError):
+    """Unknown user or wrong password; deliberately one error for both."""
+
+    message = "Invalid username or password"
+
+
+class InvalidToken(AuthError):
+    """The token is missing, malformed, forged or of the wrong kind."""
+
+    message = "Invalid token"
+
+
+class ExpiredToken(AuthError):
+    """The token was valid but has expired."""
+
+    message = "Token expired: log in again"
+
+
+class UserExists(VaultError):
+    """The username is taken."""
+
+    message = "Username already exists"
+
+
+class NotFound(VaultError):
+    """No such resource visible to the caller."""
+
+    message = "Not found"
+
+
+class FileNotFound(NotFound):
+    """No such file for this caller (also: another user's file)."""
+
+    message = "File not found"
+
+
+class TooLarge(VaultError):
+    """A body or file is over its configured limit."""
+
+    message = "Request body too large"
+
+
+class IntegrityError(VaultError):
+    """Stored data failed authentication. Deliberately says nothing about which check failed."""
+
+    message = "Stored data failed its integrity check"

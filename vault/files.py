@@ -1,0 +1,290 @@
+"""Files: the streaming upload and download pipelines on top of a :class:`Store`.
+
+An upload cuts the incoming bytes into segments, seals each in the crypto thread pool (several
+in flight, so both cores work) and writes it to the store as a STAGED file; the SHA-256 of the
+plaintext is computed in order on a single hashing thread. ``finish`` then commits the
+authenticated header in one transaction. A download verifies the header, then fetches, verifies
+and decrypts only the segments a byte range needs, a few ahead of the client.
+"""
+
+import asyncio
+import collections
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from vault import format as sfs
+from vault.errors import DigestMismatch, FileNotFound, IntegrityError, TooLarge
+from vault.keys import Keyring
+from vault.names import check_filename
+from vault.store import Store, StoredFile
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    size: int
+    sha256: str
+    created: float
+    etag: str
+
+    @classmethod
+    def of(cls, stored: StoredFile) -> "FileInfo":
+        header = stored.header
+        return cls(header.name, header.size, header.sha256.hex(), stored.created, header.file_id.hex())
+
+
+class FileService:
+    def __init__(
+        self,
+        store: Store,
+        keyring: Keyring,
+        *,
+        seg_size: int,
+        max_file_size: int,
+        pipeline_depth: int,
+        crypto: Executor,
+        hasher: Executor,
+    ) -> None:
+        sfs.check_seg_size(seg_size)
+        self.store = store
+        self.keyring = keyring
+        self.seg_size = seg_size
+        self.max_file_size = max_file_size
+        self.pipeline_depth = pipeline_depth
+        self._crypto = crypto
+        self._hasher = hasher
+        self._readers: collections.Counter[bytes] = collections.Counter()
+
+    def crypto(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(self._crypto, fn, *args)
+
+    def hash(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(self._hasher, fn, *args)
+
+    def begin_upload(self, owner: int, max_size: int | None = None) -> "Upload":
+        limit = self.max_file_size if max_size is None else min(max_size, self.max_file_size)
+        return Upload(self, owner, limit)
+
+    async def list(self, owner: int) -> list[FileInfo]:
+        return [FileInfo.of(stored) for stored in await self.store.list_files(owner)]
+
+    async def delete(self, owner: int, name: str) -> None:
+        if not await self.store.delete_file(owner, check_filename(name)):
+            raise FileNotFound()
+        await self.purge()
+
+    async def purge(self, staged_too: bool = False) -> int:
+        """Remove replaced, deleted (and, at start-up, abandoned) files no download still reads."""
+        return await self.store.purge(keep=self._readers, staged_too=staged_too)
+
+    async def open(self, owner: int, name: str) -> "Download":
+        """Find and verify a file (FORMAT.md steps 1-3) and pin it against purging."""
+        stored = await self.store.get_file(owner, check_filename(name))
+        if stored is None:
+            raise FileNotFound()
+        header = stored.header
+        kek = self.keyring.kek(stored.key_id)
+        if (header.version, header.suite) not in sfs.SUPPORTED or kek is None:
+            log.error("file %s: unknown format or key id %s", header.file_id.hex(), stored.key_id)
+            raise IntegrityError()
+        try:
+            file_key = sfs.unwrap_file_key(kek, stored.key_id, header.file_id, stored.wrapped_key)
+            keys = sfs.derive_file_keys(file_key, header.file_id)
+            sfs.verify_header(keys, header, stored.header_tag)
+        except IntegrityError:
+            log.error("file %s: wrapped key or header failed verification", header.file_id.hex())
+            raise
+        self._readers[header.file_id] += 1
+        return Download(self, stored, keys)
+
+    def _release(self, file_id: bytes) -> None:
+        self._readers[file_id] -= 1
+        if self._readers[file_id] <= 0:
+            del self._readers[file_id]
+
+
+class Upload:
+    """One file being written. Call ``write`` with body bytes, then ``finish`` or ``abort``."""
+
+    def __init__(self, service: FileService, owner: int, max_size: int) -> None:
+        self._svc = service
+        self.owner = owner
+        self.max_size = max_size
+        self.file_id = sfs.new_file_id()
+        self._file_key = sfs.new_file_key()
+        self._keys = sfs.derive_file_keys(self._file_key, self.file_id)
+        self._seg_size = service.seg_size
+        self._segment = bytearray()
+        self._index = 0
+        self.size = 0
+        self._sha = hashlib.sha256()
+        self._hashed: Awaitable[None] | None = None
+        self._inflight: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._staged = False
+        self._closed = False
+        self._committed = False
+        self._lock = asyncio.Lock()  # write, finish and abort never interleave
+
+    async def write(self, data: bytes | memoryview) -> None:
+        async with self._lock:
+            await self._write(data)
+
+    async def _write(self, data: bytes | memoryview) -> None:
+        if self._closed:
+            raise RuntimeError("upload already finished or aborted")
+        if self.size + len(data) > self.max_size:
+            raise TooLarge(f"File too large: the limit is {self.max_size} bytes")
+        if not self._staged:
+            await self._svc.store.stage_file(self.file_id, self.owner, time.time())
+            self._staged = True
+        self.size += len(data)
+        view = memoryview(data)
+        while view:
+            # A full segment is only sealed once a further byte proves it is not the last.
+            if len(self._segment) == self._seg_size:
+                await self._emit(final=False)
+            room = self._seg_size - len(self._segment)
+            self._segment += view[:room]
+            view = view[room:]
+
+    async def _emit(self, final: bool) -> None:
+        segment, self._segment = self._segment, bytearray()
+        index, self._index = self._index, self._index + 1
+        self._hashed = self._svc.hash(self._sha.update, segment)
+        while len(self._inflight) >= self._svc.pipeline_depth:
+            await self._inflight.popleft()
+        self._inflight.append(asyncio.ensure_future(self._store_segment(index, final, segment)))
+
+    async def _store_segment(self, index: int, final: bool, segment: bytearray) -> None:
+        blob = await self._svc.crypto(
+            sfs.seal_segment, self._keys, self.file_id, self._seg_size, index, final, segment
+        )
+        await self._svc.store.put_segment(self.file_id, index, blob)
+
+    async def finish(self, name: str, expected_sha256: bytes | None = None) -> FileInfo:
+        """Seal the last segment, wait for every write, check the digest and commit atomically."""
+        async with self._lock:
+            if self._closed:
+                raise RuntimeError("upload already finished or aborted")
+            info = await self._finish(check_filename(name), expected_sha256)
+        await self._svc.purge()
+        return info
+
+    async def _finish(self, name: str, expected_sha256: bytes | None) -> FileInfo:
+        if not self._staged:
+            await self._svc.store.stage_file(self.file_id, self.owner, time.time())
+            self._staged = True
+        await self._emit(final=True)
+        self._closed = True
+        while self._inflight:
+            await self._inflight.popleft()
+        if self._hashed is not None:
+            await self._hashed
+        digest = self._sha.digest()
+        if expected_sha256 is not None and expected_sha256 != digest:
+            raise DigestMismatch()
+        header = sfs.Header(
+            version=sfs.VERSION,
+            suite=sfs.SUITE_AES256CBC_HMACSHA256,
+            seg_size=self._seg_size,
+            file_id=self.file_id,
+            owner=self.owner,
+            name=name,
+            size=self.size,
+            seg_count=self._index,
+            sha256=digest,
+        )
+        keyring = self._svc.keyring
+        stored = StoredFile(
+            header=header,
+            key_id=keyring.primary,
+            wrapped_key=sfs.wrap_file_key(
+                keyring.keks[keyring.primary], keyring.primary, self.file_id, self._file_key
+            ),
+            header_tag=sfs.header_tag(self._keys, header),
+            created=time.time(),
+        )
+        await self._svc.store.commit_file(stored)
+        self._committed = True
+        return FileInfo.of(stored)
+
+    async def abort(self) -> None:
+        """Stop and remove everything staged, unless it committed. Safe to call more than once."""
+        self._closed = True  # no new write begins; one under way ends within its chunk
+        async with self._lock:
+            for task in self._inflight:
+                task.cancel()
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+            self._inflight.clear()
+            if self._staged and not self._committed:
+                self._staged = False
+                await self._svc.store.discard_file(self.file_id)
+
+
+class Download:
+    """A verified, pinned file. Read byte ranges with ``read``; always ``close`` it."""
+
+    def __init__(self, service: FileService, stored: StoredFile, keys: sfs.KeyPair) -> None:
+        self._svc = service
+        self.header = stored.header
+        self.info = FileInfo.of(stored)
+        self._keys = keys
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return self.header.size
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._svc._release(self.header.file_id)
+
+    async def _segment(self, index: int) -> bytes:
+        header = self.header
+        rows = await self._svc.store.read_segments(header.file_id, index, 1)
+        if len(rows) != 1 or rows[0][0] != index:
+            log.error("file %s: segment %d is missing", header.file_id.hex(), index)
+            raise IntegrityError()
+        final = index == header.seg_count - 1
+        length = sfs.final_segment_len(header.size, header.seg_size) if final else header.seg_size
+        try:
+            return await self._svc.crypto(
+                sfs.open_segment, self._keys, header.file_id, header.seg_size, index, final, length, rows[0][1]
+            )
+        except IntegrityError:
+            log.error("file %s: segment %d failed verification", header.file_id.hex(), index)
+            raise
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Yield the plaintext of bytes [start, end), verifying each segment before it is used."""
+        end = self.size if end is None else end
+        if not 0 <= start <= end <= self.size:
+            raise ValueError("range outside the file")
+        if start == end:
+            return
+        seg_size = self.header.seg_size
+        first, last = start // seg_size, (end - 1) // seg_size
+        pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
+        next_index = first
+        try:
+            for index in range(first, last + 1):
+                while next_index <= last and len(pending) < self._svc.pipeline_depth:
+                    pending.append(asyncio.ensure_future(self._segment(next_index)))
+                    next_index += 1
+                plaintext = await pending.popleft()
+                offset = index * seg_size
+                lo, hi = max(start - offset, 0), min(end - offset, len(plaintext))
+                yield plaintext if (lo, hi) == (0, len(plaintext)) else plaintext[lo:hi]
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)

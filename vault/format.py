@@ -1,0 +1,260 @@
+"""SFS v1: the encrypted segment format (see docs/FORMAT.md for the full specification).
+
+Every file is cut into segments of ``seg_size`` plaintext bytes (the last one 0..seg_size).
+Each segment is AES-256-CBC encrypted under a per-file key with a fresh random IV and then
+authenticated with HMAC-SHA256 (encrypt-then-MAC) over every field that gives it meaning:
+format version, suite, segment size, final flag, file id, index and ciphertext length.
+The per-file key is random, and stored only wrapped under a master key.
+
+Every failure raises the one generic :class:`IntegrityError`, raised ``from None``: callers
+and clients never learn which check failed.
+"""
+
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+
+from Crypto.Cipher import AES
+
+from vault.errors import IntegrityError
+
+VERSION = 1
+SUITE_AES256CBC_HMACSHA256 = 1
+SUPPORTED = frozenset({(VERSION, SUITE_AES256CBC_HMACSHA256)})
+
+KEY_LEN = 32
+FILE_ID_LEN = 16
+IV_LEN = 16
+BLOCK_LEN = 16
+TAG_LEN = 32
+SHA256_LEN = 32
+WRAPPED_KEY_LEN = IV_LEN + KEY_LEN + TAG_LEN
+MIN_SEG_SIZE = 4096
+MAX_SEG_SIZE = 16 * 1024 * 1024
+DEFAULT_SEG_SIZE = 1024 * 1024
+MAX_NAME_BYTES = 255
+
+_SEG_LABEL = b"seg"
+_HDR_LABEL = b"hdr"
+_WRAP_LABEL = b"wrap"
+_KEK_INFO = b"sfs/v1/kek"
+_FILE_INFO = b"sfs/v1/file"
+# label, version u8, suite u8, seg_size u32, final u8, file_id 16, index u64, len(C) u64
+_SEG_FIELDS = struct.Struct(">3sBBIB16sQQ")
+# label, version u8, suite u8, seg_size u32, file_id 16, owner u64, P u64, N u64, sha256 32,
+# len(name) u16 -- followed by the UTF-8 name
+_HDR_FIELDS = struct.Struct(">3sBBI16sQQQ32sH")
+# label, version u8, key_id u32, file_id 16 -- followed by IV and wrapped ciphertext
+_WRAP_FIELDS = struct.Struct(">4sBI16s")
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with the standard library's HMAC."""
+    prk = hmac.digest(salt or bytes(32), ikm, "sha256")
+    okm, block, counter = b"", b"", 1
+    while len(okm) < length:
+        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
+        okm += block
+        counter += 1
+    return okm[:length]
+
+
+@dataclass(frozen=True, repr=False)
+class KeyPair:
+    """An encryption key and a MAC key derived together; ``repr`` never shows them."""
+
+    enc: bytes
+    mac: bytes
+
+    def __repr__(self) -> str:
+        return "KeyPair(<secret>)"
+
+
+def derive_kek(master_key: bytes) -> KeyPair:
+    """Key-encryption keys for one master key."""
+    okm = hkdf_sha256(master_key, b"", _KEK_INFO, 2 * KEY_LEN)
+    return KeyPair(okm[:KEY_LEN], okm[KEY_LEN:])
+
+
+def derive_file_keys(file_key: bytes, file_id: bytes) -> KeyPair:
+    """Per-file encryption and MAC keys from the random file key FK."""
+    okm = hkdf_sha256(file_key, file_id, _FILE_INFO, 2 * KEY_LEN)
+    return KeyPair(okm[:KEY_LEN], okm[KEY_LEN:])
+
+
+def new_file_id() -> bytes:
+    return os.urandom(FILE_ID_LEN)
+
+
+def new_file_key() -> bytes:
+    return os.urandom(KEY_LEN)
+
+
+def _wrap_tag(kek: KeyPair, key_id: int, file_id: bytes, iv_ct: bytes) -> bytes:
+    prefix = _WRAP_FIELDS.pack(_WRAP_LABEL, VERSION, key_id, file_id)
+    return hmac.digest(kek.mac, prefix + iv_ct, "sha256")
+
+
+def wrap_file_key(kek: KeyPair, key_id: int, file_id: bytes, file_key: bytes) -> bytes:
+    """IV || AES-256-CBC(KEK_enc, FK) || HMAC(KEK_mac, "wrap" || version || key_id || file_id || IV || ct)."""
+    iv = os.urandom(IV_LEN)
+    iv_ct = iv + AES.new(kek.enc, AES.MODE_CBC, iv).encrypt(file_key)
+    return iv_ct + _wrap_tag(kek, key_id, file_id, iv_ct)
+
+
+def unwrap_file_key(kek: KeyPair, key_id: int, file_id: bytes, wrapped: bytes) -> bytes:
+    """Check the wrap MAC, then decrypt FK."""
+    if len(wrapped) != WRAPPED_KEY_LEN:
+        raise IntegrityError() from None
+    iv_ct, tag = wrapped[:-TAG_LEN], wrapped[-TAG_LEN:]
+    if not hmac.compare_digest(tag, _wrap_tag(kek, key_id, file_id, iv_ct)):
+        raise IntegrityError() from None
+    return AES.new(kek.enc, AES.MODE_CBC, iv_ct[:IV_LEN]).decrypt(iv_ct[IV_LEN:])
+
+
+def check_seg_size(seg_size: int) -> None:
+    """Raise ValueError unless seg_size is a block multiple within the supported range."""
+    if not (MIN_SEG_SIZE <= seg_size <= MAX_SEG_SIZE and seg_size % BLOCK_LEN == 0):
+        raise ValueError(
+            f"segment size must be a multiple of {BLOCK_LEN} between {MIN_SEG_SIZE} and {MAX_SEG_SIZE}"
+        )
+
+
+def segment_count(size: int, seg_size: int) -> int:
+    """N = max(1, ceil(P / S)): an empty file still has one (final, padded) segment."""
+    return max(1, -(-size // seg_size))
+
+
+def final_segment_len(size: int, seg_size: int) -> int:
+    """Plaintext bytes in the final segment of a file of ``size`` bytes."""
+    return size - (segment_count(size, seg_size) - 1) * seg_size
+
+
+def _seg_mac(
+    keys: KeyPair, seg_size: int, final: bool, file_id: bytes, index: int, iv_ct: memoryview
+) -> bytes:
+    prefix = _SEG_FIELDS.pack(
+        _SEG_LABEL,
+        VERSION,
+        SUITE_AES256CBC_HMACSHA256,
+        seg_size,
+        1 if final else 0,
+        file_id,
+        index,
+        len(iv_ct) - IV_LEN,
+    )
+    mac = hmac.new(keys.mac, prefix, "sha256")
+    mac.update(iv_ct)
+    return mac.digest()
+
+
+def seal_segment(
+    keys: KeyPair, file_id: bytes, seg_size: int, index: int, final: bool, plaintext: bytes | bytearray
+) -> bytearray:
+    """Encrypt and authenticate one segment: returns IV || C || T.
+
+    A non-final segment holds exactly ``seg_size`` bytes and is not padded (the size is a
+    block multiple); the final one holds 0..seg_size bytes and is PKCS#7-padded.
+    """
+    if final:
+        if len(plaintext) > seg_size:
+            raise ValueError("final segment longer than the segment size")
+        pad_len = BLOCK_LEN - len(plaintext) % BLOCK_LEN
+        data: bytes | bytearray = bytes(plaintext) + bytes([pad_len]) * pad_len
+    else:
+        if len(plaintext) != seg_size:
+            raise ValueError("a non-final segment must hold exactly the segment size")
+        data = plaintext
+    iv = os.urandom(IV_LEN)
+    blob = bytearray(IV_LEN + len(data) + TAG_LEN)
+    view = memoryview(blob)
+    view[:IV_LEN] = iv
+    AES.new(keys.enc, AES.MODE_CBC, iv).encrypt(data, output=view[IV_LEN:-TAG_LEN])
+    view[-TAG_LEN:] = _seg_mac(keys, seg_size, final, file_id, index, view[:-TAG_LEN])
+    return blob
+
+
+def open_segment(
+    keys: KeyPair,
+    file_id: bytes,
+    seg_size: int,
+    index: int,
+    final: bool,
+    expected_len: int,
+    blob: bytes,
+) -> bytes:
+    """Verify and decrypt one segment whose position and length come from the caller.
+
+    Order: exact length check, constant-time MAC check, decrypt, then (final only) unpad and
+    check the length. No byte of the segment is decrypted before its MAC verifies.
+    """
+    if final:
+        ct_len = (expected_len // BLOCK_LEN + 1) * BLOCK_LEN
+    else:
+        ct_len = seg_size
+    if expected_len > seg_size or len(blob) != IV_LEN + ct_len + TAG_LEN:
+        raise IntegrityError() from None
+    view = memoryview(blob)
+    tag = _seg_mac(keys, seg_size, final, file_id, index, view[:-TAG_LEN])
+    if not hmac.compare_digest(tag, view[-TAG_LEN:]):
+        raise IntegrityError() from None
+    plaintext = AES.new(keys.enc, AES.MODE_CBC, view[:IV_LEN]).decrypt(view[IV_LEN:-TAG_LEN])
+    if not final:
+        return plaintext
+    pad_len = plaintext[-1]
+    if pad_len != ct_len - expected_len or plaintext[-pad_len:] != bytes([pad_len]) * pad_len:
+        raise IntegrityError() from None
+    return plaintext[:expected_len]
+
+
+@dataclass(frozen=True)
+class Header:
+    """The authenticated description of one stored file."""
+
+    version: int
+    suite: int
+    seg_size: int
+    file_id: bytes
+    owner: int
+    name: str
+    size: int
+    seg_count: int
+    sha256: bytes
+
+
+def header_tag(keys: KeyPair, header: Header) -> bytes:
+    """HMAC over every header field; fixed-width fields then the length-prefixed name."""
+    name = header.name.encode("utf-8")
+    if (
+        len(name) > MAX_NAME_BYTES
+        or len(header.sha256) != SHA256_LEN
+        or len(header.file_id) != FILE_ID_LEN
+    ):
+        raise IntegrityError() from None
+    try:
+        fields = _HDR_FIELDS.pack(
+            _HDR_LABEL,
+            header.version,
+            header.suite,
+            header.seg_size,
+            header.file_id,
+            header.owner,
+            header.size,
+            header.seg_count,
+            header.sha256,
+            len(name),
+        )
+    except struct.error:  # a tampered column outside its field's range
+        raise IntegrityError() from None
+    return hmac.digest(keys.mac, fields + name, "sha256")
+
+
+def verify_header(keys: KeyPair, header: Header, tag: bytes) -> None:
+    """Check the header tag and the segment count; only then may P and N be trusted."""
+    if (header.version, header.suite) not in SUPPORTED:
+        raise IntegrityError() from None
+    if not hmac.compare_digest(tag, header_tag(keys, header)):
+        raise IntegrityError() from None
+    if header.seg_count != segment_count(header.size, header.seg_size):
+        raise IntegrityError() from None

@@ -1,0 +1,95 @@
+"""Secrets: the master keyring and the JWT signing secret.
+
+Both come from the environment if set (``VAULT_MASTER_KEY``: base64 of 32 bytes, key id 1;
+``VAULT_JWT_SECRET``: base64 of at least 32 bytes), otherwise from files in the data directory,
+generated on first run with mode 0600. They are never stored in the database or in config.yaml.
+The keyring file holds ``{"primary": id, "keys": {"id": "<base64>"}}`` so that keys can be
+rotated: files wrapped under an older key id still open while that key is in the ring.
+"""
+
+import base64
+import binascii
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vault.errors import ConfigError
+from vault.format import KEY_LEN, KeyPair, derive_kek
+
+log = logging.getLogger(__name__)
+
+KEYRING_FILE = "master.keys"
+JWT_SECRET_FILE = "jwt.secret"
+MIN_JWT_SECRET_LEN = 32
+
+
+@dataclass(frozen=True, repr=False)
+class Keyring:
+    """Master keys by id, one of them primary. ``repr`` never shows key material."""
+
+    primary: int
+    keks: Mapping[int, KeyPair] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Keyring(primary={self.primary}, ids={sorted(self.keks)})"
+
+    def kek(self, key_id: int) -> KeyPair | None:
+        return self.keks.get(key_id)
+
+
+def _b64(value: str, what: str, min_len: int, max_len: int) -> bytes:
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{what}: not valid base64") from None
+    if not min_len <= len(raw) <= max_len:
+        raise ConfigError(f"{what}: must decode to {min_len}..{max_len} bytes, got {len(raw)}")
+    return raw
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create a file readable only by its owner; never overwrite an existing one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def load_keyring(data_dir: Path, environ: Mapping[str, str]) -> Keyring:
+    env_key = environ.get("VAULT_MASTER_KEY")
+    if env_key:
+        key = _b64(env_key, "VAULT_MASTER_KEY", KEY_LEN, KEY_LEN)
+        return Keyring(primary=1, keks={1: derive_kek(key)})
+    path = data_dir / KEYRING_FILE
+    if not path.exists():
+        key = base64.b64encode(os.urandom(KEY_LEN)).decode()
+        _write_private(path, json.dumps({"primary": 1, "keys": {"1": key}}, indent=2) + "\n")
+        log.info("generated a new master key in %s (back it up: without it no file opens)", path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        keys = {int(k): v for k, v in doc["keys"].items()}
+        primary = int(doc["primary"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"keyring {path}: unreadable or not of the documented shape") from None
+    if primary not in keys:
+        raise ConfigError(f"keyring {path}: primary key id {primary} is not in the ring")
+    keks = {kid: derive_kek(_b64(v, f"keyring {path} key {kid}", KEY_LEN, KEY_LEN)) for kid, v in keys.items()}
+    return Keyring(primary=primary, keks=keks)
+
+
+def load_jwt_secret(data_dir: Path, environ: Mapping[str, str]) -> bytes:
+    env_secret = environ.get("VAULT_JWT_SECRET")
+    if env_secret:
+        return _b64(env_secret, "VAULT_JWT_SECRET", MIN_JWT_SECRET_LEN, 1024)
+    path = data_dir / JWT_SECRET_FILE
+    if not path.exists():
+        _write_private(path, base64.b64encode(os.urandom(MIN_JWT_SECRET_LEN)).decode() + "\n")
+        log.info("generated a new JWT signing secret in %s", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"JWT secret {path}: {exc.strerror}") from None
+    return _b64(text, f"JWT secret {path}", MIN_JWT_SECRET_LEN, 1024)

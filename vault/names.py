@@ -1,0 +1,31 @@
+"""File-name rules: an allow-list of what a stored name may be.
+
+A name is normalised to Unicode NFC (macOS sends NFD), then must be 1..255 UTF-8 bytes, not
+``.`` or ``..``, and free of path separators (``/``, ``\\``), NUL and other control characters
+(Unicode category Cc), line/paragraph separators and bidirectional overrides (which can make
+``evil\u202Etxt.exe`` display as ``evilexe.txt``).
+"""
+
+import unicodedata
+
+from vault.errors import InvalidFilename
+from vault.format import MAX_NAME_BYTES
+
+_FORBIDDEN = frozenset("/\\\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def check_filename(name: object) -> str:
+    """Return the normalised name, or raise InvalidFilename saying what is wrong."""
+    if not isinstance(name, str) or not name:
+        raise InvalidFilename("Invalid filename: a non-empty file name is required")
+    name = unicodedata.normalize("NFC", name)
+    if len(name.encode("utf-8", errors="replace")) > MAX_NAME_BYTES:
+        raise InvalidFilename(f"Invalid filename: longer than {MAX_NAME_BYTES} bytes in UTF-8")
+    if name in (".", ".."):
+        raise InvalidFilename("Invalid filename: '.' and '..' are not file names")
+    for char in name:
+        if char in _FORBIDDEN or unicodedata.category(char) in ("Cc", "Cs"):
+            raise InvalidFilename(
+                "Invalid filename: path separators, control and bidirectional characters are not allowed"
+            )
+    return name

@@ -1,0 +1,64 @@
+"""The storage interface the core needs, and the records that cross it.
+
+storage/ implements :class:`Store` (SQLite today); nothing above it sees SQL. A file row goes
+STAGED (segments being written, never visible) -> LIVE (header committed, visible under its
+name) -> DELETED (replaced or deleted, segments purged when no download still reads them).
+"""
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from vault.format import Header
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    password_hash: bytes
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A LIVE file row: the header plus what is needed to verify and open it."""
+
+    header: Header
+    key_id: int
+    wrapped_key: bytes
+    header_tag: bytes
+    created: float
+
+
+class Store(Protocol):
+    async def create_user(self, username: str, password_hash: bytes) -> int:
+        """Insert a user; raise UserExists if the name is taken."""
+
+    async def get_user(self, username: str) -> User | None: ...
+
+    async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
+        """Reserve a STAGED row for an upload in progress."""
+
+    async def put_segment(self, file_id: bytes, index: int, blob: bytes | bytearray) -> None: ...
+
+    async def commit_file(self, stored: StoredFile) -> None:
+        """In one transaction: mark the owner's LIVE file of that name DELETED and make this
+        STAGED row LIVE with its header. Readers see the old version or the new, never neither."""
+
+    async def discard_file(self, file_id: bytes) -> None:
+        """Drop a STAGED file and its segments."""
+
+    async def get_file(self, owner: int, name: str) -> StoredFile | None: ...
+
+    async def list_files(self, owner: int) -> list[StoredFile]: ...
+
+    async def delete_file(self, owner: int, name: str) -> bool:
+        """Mark the LIVE file DELETED; True if there was one."""
+
+    async def read_segments(self, file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
+        """(index, blob) pairs for indices first..first+count-1 that exist, in index order."""
+
+    async def purge(self, keep: Collection[bytes], staged_too: bool = False) -> int:
+        """Remove DELETED files (and STAGED ones if asked) not in ``keep``; return how many."""
+
+    async def close(self) -> None: ...
