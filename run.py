@@ -72,7 +72,6 @@ async def serve(settings: Settings) -> None:
         max_header_size=MAX_HEADER_BYTES,
         max_body_size=settings.max_file_size + 1024 * 1024,
         idle_connection_timeout=settings.idle_timeout,
-        body_timeout=settings.idle_timeout,
     )
     sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)

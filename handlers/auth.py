@@ -28,4 +28,3 @@ def routes() -> list[tuple[str, type]]:
         (r"/login", LoginHandler),
         (r"/health", HealthHandler),
     ]
-

@@ -4,9 +4,10 @@ import json
 import logging
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from vault.auth import Authenticator, Identity
 from vault.config import Settings
@@ -77,6 +78,10 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("Strict-Transport-Security", "max-age=31536000")
 
+    @property
+    def connection(self) -> HTTP1Connection:
+        return cast(HTTP1Connection, self.request.connection)
+
     def write_json(self, status: int, body: dict[str, Any] | list[Any]) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -99,7 +104,9 @@ class BaseHandler(tornado.web.RequestHandler):
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         else:
-            message = REASONS.get(status_code, "Internal server error" if status_code >= 500 else self._reason)
+            message = REASONS.get(
+                status_code, "Internal server error" if status_code >= 500 else self._reason
+            )
         self.clear_header("Content-Disposition")
         self.clear_header("Content-Range")
         self.write_json(status_code, {"message": message, "status": status_code})
@@ -113,7 +120,9 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(value, VaultError):
             status = status_for(value)
             level = logging.ERROR if status >= 500 else logging.INFO
-            log.log(level, "%s %s -> %d %s", self.request.method, self.request.path, status, type(value).__name__)
+            log.log(
+                level, "%s %s -> %d %s", self.request.method, self.request.path, status, type(value).__name__
+            )
         else:
             super().log_exception(typ, value, tb)
 
@@ -143,7 +152,7 @@ class JSONBodyHandler(BaseHandler):
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise TooLarge(f"Request body too large: JSON bodies are limited to {limit} bytes")
-        self.request.connection.set_max_body_size(limit)  # type: ignore[attr-defined]
+        self.connection.set_max_body_size(limit)
         self._body = bytearray()
 
     def data_received(self, chunk: bytes) -> None:

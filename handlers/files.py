@@ -24,7 +24,7 @@ _DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):", re.IGNOR
 
 
 def file_json(info: FileInfo) -> dict[str, Any]:
-    created = datetime.datetime.fromtimestamp(info.created, datetime.timezone.utc)
+    created = datetime.datetime.fromtimestamp(info.created, datetime.UTC)
     return {
         "filename": info.name,
         "size": info.size,
@@ -74,7 +74,7 @@ class UploadHandler(BaseHandler):
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit + self.slack:
             raise TooLarge(f"File too large: the limit is {limit} bytes")
-        self.request.connection.set_max_body_size(limit + self.slack)  # type: ignore[attr-defined]
+        self.connection.set_max_body_size(limit + self.slack)
         self.digest = expected_digest(self.request.headers)
         self.upload = self.files.begin_upload(self.identity.user_id)
 
@@ -200,7 +200,7 @@ class DownloadHandler(BaseHandler):
             if not self._headers_written:
                 raise
             # Headers are out: abort so the client sees a short body, never altered bytes.
-            self.request.connection.close()  # type: ignore[attr-defined]
+            self.connection.close()
             self._finished = True
             return
         self.finish()
@@ -228,4 +228,3 @@ def routes() -> list[tuple[str, type]]:
         (r"/files", ListHandler),
         (r"/files/(.+)", DeleteHandler),
     ]
-

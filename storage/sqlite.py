@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -38,20 +39,22 @@ _FILE_COLUMNS = (
 )
 
 
-def _stored_file(row: sqlite3.Row | tuple[object, ...]) -> StoredFile:
-    (file_id, owner, name, version, suite, seg_size, size, seg_count, sha, key_id, wrapped, tag, created) = row
-    header = Header(
-        version=int(version),  # type: ignore[call-overload]
-        suite=int(suite),  # type: ignore[call-overload]
-        seg_size=int(seg_size),  # type: ignore[call-overload]
-        file_id=bytes(file_id),  # type: ignore[call-overload]
-        owner=int(owner),  # type: ignore[call-overload]
-        name=str(name),
-        size=int(size),  # type: ignore[call-overload]
-        seg_count=int(seg_count),  # type: ignore[call-overload]
-        sha256=bytes(sha),  # type: ignore[call-overload]
+def _stored_file(row: Any) -> StoredFile:
+    (file_id, owner, name, version, suite, seg_size, size, seg_count, sha, key_id, wrapped, tag, created) = (
+        row
     )
-    return StoredFile(header, int(key_id), bytes(wrapped), bytes(tag), float(created))  # type: ignore[call-overload]
+    header = Header(
+        version=int(version),
+        suite=int(suite),
+        seg_size=int(seg_size),
+        file_id=bytes(file_id),
+        owner=int(owner),
+        name=str(name),
+        size=int(size),
+        seg_count=int(seg_count),
+        sha256=bytes(sha),
+    )
+    return StoredFile(header, int(key_id), bytes(wrapped), bytes(tag), float(created))
 
 
 class SQLiteStore:
@@ -123,7 +126,9 @@ class SQLiteStore:
         )
 
     async def put_segment(self, file_id: bytes, index: int, blob: bytes | bytearray) -> None:
-        await self._write("INSERT INTO segments (file_id, idx, data) VALUES (?, ?, ?)", (file_id, index, blob))
+        await self._write(
+            "INSERT INTO segments (file_id, idx, data) VALUES (?, ?, ?)", (file_id, index, blob)
+        )
 
     async def commit_file(self, stored: StoredFile) -> None:
         h = stored.header
@@ -137,9 +142,21 @@ class SQLiteStore:
                 " seg_count = ?, sha256 = ?, key_id = ?, wrapped_key = ?, header_tag = ?, created = ?"
                 " WHERE file_id = ? AND owner = ? AND state = ?",
                 (
-                    LIVE, h.name, h.version, h.suite, h.seg_size, h.size, h.seg_count, h.sha256,
-                    stored.key_id, stored.wrapped_key, stored.header_tag, stored.created,
-                    h.file_id, h.owner, STAGED,
+                    LIVE,
+                    h.name,
+                    h.version,
+                    h.suite,
+                    h.seg_size,
+                    h.size,
+                    h.seg_count,
+                    h.sha256,
+                    stored.key_id,
+                    stored.wrapped_key,
+                    stored.header_tag,
+                    stored.created,
+                    h.file_id,
+                    h.owner,
+                    STAGED,
                 ),
             )
             if cursor.rowcount != 1:
@@ -163,18 +180,18 @@ class SQLiteStore:
 
     async def get_file(self, owner: int, name: str) -> StoredFile | None:
         cursor = await self._reader.execute(
-            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND name = ? AND state = ?",
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND name = ? AND state = ?",  # noqa: S608 (constant)
             (owner, name, LIVE),
         )
         row = await cursor.fetchone()
-        return _stored_file(tuple(row)) if row else None
+        return _stored_file(row) if row else None
 
     async def list_files(self, owner: int) -> list[StoredFile]:
         cursor = await self._reader.execute(
-            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND state = ? ORDER BY name",
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND state = ? ORDER BY name",  # noqa: S608 (constant)
             (owner, LIVE),
         )
-        return [_stored_file(tuple(row)) for row in await cursor.fetchall()]
+        return [_stored_file(row) for row in await cursor.fetchall()]
 
     async def delete_file(self, owner: int, name: str) -> bool:
         changed = await self._write(
@@ -192,9 +209,7 @@ class SQLiteStore:
 
     async def purge(self, keep: Collection[bytes], staged_too: bool = False) -> int:
         states = (DELETED, STAGED) if staged_too else (DELETED, DELETED)
-        cursor = await self._reader.execute(
-            "SELECT file_id, state FROM files WHERE state IN (?, ?)", states
-        )
+        cursor = await self._reader.execute("SELECT file_id, state FROM files WHERE state IN (?, ?)", states)
         victims = [(bytes(fid), int(state)) for fid, state in await cursor.fetchall()]
         victims = [(fid, state) for fid, state in victims if fid not in keep]
         for file_id, state in victims:

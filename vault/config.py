@@ -43,7 +43,7 @@ class Settings:
     crypto_threads: int = _setting(2, "Threads that encrypt, decrypt and hash segments.")
     auth_threads: int = _setting(2, "Threads for bcrypt, kept apart so logins never stall transfers.")
     pipeline_depth: int = _setting(4, "Segments in flight per transfer (memory: about 3x this many MiB).")
-    idle_timeout: int = _setting(60, "Seconds an idle connection (or a stalled body) is kept open.")
+    idle_timeout: int = _setting(60, "Seconds an idle keep-alive connection is kept open.")
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
 
     @property

@@ -258,7 +258,14 @@ class Download:
         length = sfs.final_segment_len(header.size, header.seg_size) if final else header.seg_size
         try:
             return await self._svc.crypto(
-                sfs.open_segment, self._keys, header.file_id, header.seg_size, index, final, length, rows[0][1]
+                sfs.open_segment,
+                self._keys,
+                header.file_id,
+                header.seg_size,
+                index,
+                final,
+                length,
+                rows[0][1],
             )
         except IntegrityError:
             log.error("file %s: segment %d failed verification", header.file_id.hex(), index)

@@ -226,11 +226,7 @@ class Header:
 def header_tag(keys: KeyPair, header: Header) -> bytes:
     """HMAC over every header field; fixed-width fields then the length-prefixed name."""
     name = header.name.encode("utf-8")
-    if (
-        len(name) > MAX_NAME_BYTES
-        or len(header.sha256) != SHA256_LEN
-        or len(header.file_id) != FILE_ID_LEN
-    ):
+    if len(name) > MAX_NAME_BYTES or len(header.sha256) != SHA256_LEN or len(header.file_id) != FILE_ID_LEN:
         raise IntegrityError() from None
     try:
         fields = _HDR_FIELDS.pack(

@@ -22,7 +22,7 @@ from vault.format import KEY_LEN, KeyPair, derive_kek
 log = logging.getLogger(__name__)
 
 KEYRING_FILE = "master.keys"
-JWT_SECRET_FILE = "jwt.secret"
+JWT_SECRET_FILE = "jwt.secret"  # noqa: S105 (a file name)
 MIN_JWT_SECRET_LEN = 32
 
 
@@ -65,8 +65,8 @@ def load_keyring(data_dir: Path, environ: Mapping[str, str]) -> Keyring:
         return Keyring(primary=1, keks={1: derive_kek(key)})
     path = data_dir / KEYRING_FILE
     if not path.exists():
-        key = base64.b64encode(os.urandom(KEY_LEN)).decode()
-        _write_private(path, json.dumps({"primary": 1, "keys": {"1": key}}, indent=2) + "\n")
+        encoded = base64.b64encode(os.urandom(KEY_LEN)).decode()
+        _write_private(path, json.dumps({"primary": 1, "keys": {"1": encoded}}, indent=2) + "\n")
         log.info("generated a new master key in %s (back it up: without it no file opens)", path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -76,7 +76,9 @@ def load_keyring(data_dir: Path, environ: Mapping[str, str]) -> Keyring:
         raise ConfigError(f"keyring {path}: unreadable or not of the documented shape") from None
     if primary not in keys:
         raise ConfigError(f"keyring {path}: primary key id {primary} is not in the ring")
-    keks = {kid: derive_kek(_b64(v, f"keyring {path} key {kid}", KEY_LEN, KEY_LEN)) for kid, v in keys.items()}
+    keks = {
+        kid: derive_kek(_b64(v, f"keyring {path} key {kid}", KEY_LEN, KEY_LEN)) for kid, v in keys.items()
+    }
     return Keyring(primary=primary, keks=keks)
 
 

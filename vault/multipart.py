@@ -14,7 +14,7 @@ from vault.errors import MalformedUpload
 
 MAX_BOUNDARY_LEN = 70  # RFC 2046
 _BOUNDARY_RE = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 (RFC 9110 token characters)
 _PARAM_RE = re.compile(rf';\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 _PREAMBLE, _AFTER_DELIMITER, _HEADERS, _BODY, _DONE = range(5)
 
@@ -62,7 +62,9 @@ def parse_disposition(value: str) -> dict[str, str]:
             charset, _, tail = raw.partition("'")
             _, _, encoded = tail.partition("'")
             try:
-                extended[key[:-1]] = urllib.parse.unquote(encoded, encoding=charset or "utf-8", errors="strict")
+                extended[key[:-1]] = urllib.parse.unquote(
+                    encoded, encoding=charset or "utf-8", errors="strict"
+                )
             except (LookupError, UnicodeDecodeError):
                 raise MalformedUpload(f"Malformed multipart upload: bad {key} parameter") from None
         else:

@@ -3,7 +3,7 @@
 A name is normalised to Unicode NFC (macOS sends NFD), then must be 1..255 UTF-8 bytes, not
 ``.`` or ``..``, and free of path separators (``/``, ``\\``), NUL and other control characters
 (Unicode category Cc), line/paragraph separators and bidirectional overrides (which can make
-``evil\u202Etxt.exe`` display as ``evilexe.txt``).
+``evil\u202etxt.exe`` display as ``evilexe.txt``).
 """
 
 import unicodedata
