@@ -20,6 +20,7 @@ from vault.errors import (
     InvalidJSON,
     InvalidToken,
     NotFound,
+    RangeNotSatisfiable,
     TooLarge,
     UserExists,
     VaultError,
@@ -34,6 +35,7 @@ STATUS: dict[type[VaultError], int] = {
     NotFound: 404,
     UserExists: 409,
     TooLarge: 413,
+    RangeNotSatisfiable: 416,
     IntegrityError: 500,
     ConfigError: 500,
 }
@@ -107,8 +109,10 @@ class BaseHandler(tornado.web.RequestHandler):
             message = REASONS.get(
                 status_code, "Internal server error" if status_code >= 500 else self._reason
             )
-        self.clear_header("Content-Disposition")
-        self.clear_header("Content-Range")
+        for header in ("Content-Disposition", "Content-Range", "Content-Length", "ETag", "Repr-Digest"):
+            self.clear_header(header)
+        if isinstance(exc, RangeNotSatisfiable):
+            self.set_header("Content-Range", f"bytes */{exc.size}")
         self.write_json(status_code, {"message": message, "status": status_code})
 
     def log_exception(

@@ -4,15 +4,18 @@ import asyncio
 import base64
 import binascii
 import datetime
+import email.utils
 import mimetypes
 import re
 import urllib.parse
+from collections.abc import AsyncIterator
 from typing import Any
 
 import tornado.iostream
 import tornado.web
 
 from handlers.base import BaseHandler
+from handlers.ranges import if_range_holds, none_match, parse_range
 from vault.auth import Identity
 from vault.errors import InputError, IntegrityError, MalformedUpload, TooLarge
 from vault.files import Download, FileInfo, Upload
@@ -172,38 +175,66 @@ class MultipartUploadHandler(UploadHandler):
 
 
 class DownloadHandler(BaseHandler):
-    """``GET /download/<filename>``: streamed, verified segment by segment."""
+    """``GET``/``HEAD /download/<filename>``: streamed, verified segment by segment, with a
+    single byte range, conditional requests, a strong ETag and an RFC 9530 Repr-Digest."""
 
     async def get(self, name: str) -> None:
+        await self._serve(name, send_body=True)
+
+    async def head(self, name: str) -> None:
+        await self._serve(name, send_body=False)
+
+    async def _serve(self, name: str, send_body: bool) -> None:
         identity = self.authenticate()
         download = await self.files.open(identity.user_id, name)
         try:
-            await self._send(download)
+            await self._send(download, send_body)
         finally:
             download.close()
 
-    async def _send(self, download: Download) -> None:
-        info = download.info
+    async def _send(self, download: Download, send_body: bool) -> None:
+        info, headers = download.info, self.request.headers
+        etag = f'"{info.etag}"'
+        last_modified = email.utils.formatdate(info.created, usegmt=True)
+        self.set_header("ETag", etag)
+        self.set_header("Last-Modified", last_modified)
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("Cache-Control", "private, no-store")
+        if none_match(headers.get("If-None-Match"), etag):
+            self.set_status(304)
+            self.finish()
+            return
+        byte_range = None
+        if if_range_holds(headers.get("If-Range"), etag, last_modified):
+            byte_range = parse_range(headers.get("Range"), info.size)
+        start, end = byte_range or (0, info.size)
+        if byte_range is not None:
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{info.size}")
         self.set_header("Content-Type", mimetypes.guess_type(info.name)[0] or "application/octet-stream")
         self.set_header("Content-Disposition", content_disposition(info.name))
-        self.set_header("Content-Length", str(info.size))
-        self.set_header("ETag", f'"{info.etag}"')
-        self.set_header("Cache-Control", "private, no-store")
-        chunks = download.read()
+        self.set_header("Content-Length", str(end - start))
+        self.set_header(
+            "Repr-Digest", "sha-256=:" + base64.b64encode(bytes.fromhex(info.sha256)).decode() + ":"
+        )
+        if send_body:
+            await self._stream(download.read(start, end))
+        if not self._finished:
+            self.finish()
+
+    async def _stream(self, chunks: AsyncIterator[bytes]) -> None:
         try:
             async for chunk in chunks:
                 self.write(chunk)
                 await self.flush()
         except tornado.iostream.StreamClosedError:
-            return  # the client went away
+            self._finished = True  # the client went away
         except IntegrityError:
             if not self._headers_written:
                 raise
             # Headers are out: abort so the client sees a short body, never altered bytes.
             self.connection.close()
             self._finished = True
-            return
-        self.finish()
 
 
 class ListHandler(BaseHandler):

@@ -16,6 +16,7 @@ VaultError
 ├── NotFound                no such resource visible to the caller
 │   └── FileNotFound        no such file for this caller
 ├── TooLarge                a body or file is over its configured limit
+├── RangeNotSatisfiable     the requested byte range lies outside the file
 └── IntegrityError          stored data failed authentication (never says which check)
 """
 
@@ -114,6 +115,16 @@ class TooLarge(VaultError):
     """A body or file is over its configured limit."""
 
     message = "Request body too large"
+
+
+class RangeNotSatisfiable(VaultError):
+    """The requested byte range lies outside the file; carries the file size for Content-Range."""
+
+    message = "Range not satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
 
 
 class IntegrityError(VaultError):
