@@ -1,0 +1,136 @@
+"""check_filename: the allow-list of what a stored file name may be."""
+
+import unicodedata
+
+import pytest
+
+from vault.errors import InvalidFilename
+from vault.names import check_filename
+
+# The explicit bidirectional formatting characters (embeddings, overrides, isolates): the
+# Trojan Source set, which can make "evil\u202etxt.exe" display as "evilexe.txt".
+BIDI_FORMATTING = [
+    "\u202a",  # LEFT-TO-RIGHT EMBEDDING
+    "\u202b",  # RIGHT-TO-LEFT EMBEDDING
+    "\u202c",  # POP DIRECTIONAL FORMATTING
+    "\u202d",  # LEFT-TO-RIGHT OVERRIDE
+    "\u202e",  # RIGHT-TO-LEFT OVERRIDE
+    "\u2066",  # LEFT-TO-RIGHT ISOLATE
+    "\u2067",  # RIGHT-TO-LEFT ISOLATE
+    "\u2068",  # FIRST STRONG ISOLATE
+    "\u2069",  # POP DIRECTIONAL ISOLATE
+]
+C0_AND_DEL = [chr(c) for c in range(0x20)] + ["\x7f"]
+C1 = [chr(c) for c in range(0x80, 0xA0)]
+
+
+def assert_rejected(name: object) -> None:
+    with pytest.raises(InvalidFilename) as info:
+        check_filename(name)
+    assert str(info.value).startswith("Invalid filename")
+    assert info.value.message.startswith("Invalid filename")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "report.pdf",
+        "a",
+        "no-extension",
+        ".hidden",
+        "...",
+        "a..b",
+        "name with spaces.txt",
+        " leading and trailing ",
+        "café.txt",
+        "日本語のファイル.txt",
+        "emoji-😀.png",
+        "Ωmega-ß.bin",
+        "x" * 255,
+    ],
+)
+def test_ordinary_names_are_accepted_unchanged(name: str) -> None:
+    assert check_filename(name) == name
+
+
+def test_255_byte_multibyte_name_is_accepted() -> None:
+    name = "a" * 253 + "é"  # 253 + 2 bytes
+    assert len(name.encode("utf-8")) == 255
+    assert check_filename(name) == name
+
+
+def test_nfd_name_is_normalised_to_nfc() -> None:
+    nfd = unicodedata.normalize("NFD", "café résumé.txt")
+    assert nfd != "café résumé.txt"
+    result = check_filename(nfd)
+    assert result == "café résumé.txt"
+    assert unicodedata.is_normalized("NFC", result)
+
+
+def test_length_limit_applies_to_the_nfc_form() -> None:
+    nfd = "e\u0301" * 100  # 300 bytes as NFD, 200 bytes as NFC
+    assert len(nfd.encode("utf-8")) > 255
+    assert check_filename(nfd) == "é" * 100
+
+
+@pytest.mark.parametrize("name", [None, b"report.pdf", 42, ["a"], object()])
+def test_non_string_is_rejected(name: object) -> None:
+    assert_rejected(name)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "/", "a/b", "/etc/passwd", "../x", "\\", "a\\b", "..\\x"])
+def test_empty_dot_names_and_path_separators_are_rejected(name: str) -> None:
+    assert_rejected(name)
+
+
+@pytest.mark.parametrize("char", C0_AND_DEL, ids=[f"U+{ord(c):04X}" for c in C0_AND_DEL])
+def test_every_c0_control_and_del_is_rejected(char: str) -> None:
+    assert_rejected(f"a{char}b.txt")
+    assert_rejected(char)
+
+
+@pytest.mark.parametrize("char", C1, ids=[f"U+{ord(c):04X}" for c in C1])
+def test_every_c1_control_is_rejected(char: str) -> None:
+    assert_rejected(f"a{char}b.txt")
+
+
+@pytest.mark.parametrize("char", BIDI_FORMATTING, ids=[f"U+{ord(c):04X}" for c in BIDI_FORMATTING])
+def test_bidi_formatting_characters_are_rejected(char: str) -> None:
+    assert_rejected(f"evil{char}txt.exe")
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029"], ids=["U+2028", "U+2029"])
+def test_line_and_paragraph_separators_are_rejected(char: str) -> None:
+    assert_rejected(f"a{char}b")
+
+
+@pytest.mark.parametrize("char", ["\ud800", "\udbff", "\udc00", "\udfff"])
+def test_lone_surrogates_are_rejected(char: str) -> None:
+    assert_rejected(f"a{char}b")
+    assert_rejected(char)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x" * 256,
+        "x" * 1000,
+        "é" * 128,  # 256 bytes in 128 characters
+        "a" * 254 + "é",  # the last character crosses 255
+        "a" * 253 + "€",  # 3-byte character crosses 255
+        "a" * 252 + "😀",  # 4-byte character crosses 255
+        "😀" * 64,  # 256 bytes in 64 characters
+    ],
+    ids=[
+        "ascii-256",
+        "ascii-1000",
+        "2byte-256",
+        "2byte-crossing",
+        "3byte-crossing",
+        "4byte-crossing",
+        "4byte-256",
+    ],
+)
+def test_names_over_255_utf8_bytes_are_rejected(name: str) -> None:
+    assert len(name.encode("utf-8")) > 255
+    assert_rejected(name)
