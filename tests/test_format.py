@@ -1,0 +1,635 @@
+"""Unit tests of the SFS v1 segment format (vault/format.py): no server, no database.
+
+One test per attack of the shared FORMAT.md that applies to a single segment, wrapped key or
+header, plus RFC 5869 vectors for the KDF and known-answer vectors that freeze the format.
+"""
+
+import dataclasses
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from Crypto.Cipher import AES
+
+from vault import format as sfs
+from vault.errors import IntegrityError
+
+S = 4096  # the smallest supported segment size keeps these tests fast
+MASTER_KEY = bytes(range(32))
+FILE_KEY = bytes(range(32, 64))
+FILE_ID = bytes(range(64, 80))
+KEY_ID = 7
+SIZES = [0, 1, 15, 16, 17, S - 1, S, S + 1, 2 * S, 2 * S + 1]
+
+
+def data_of(size: int) -> bytes:
+    return bytes((i * 7 + 3) % 251 for i in range(size))
+
+
+def file_keys() -> sfs.KeyPair:
+    return sfs.derive_file_keys(FILE_KEY, FILE_ID)
+
+
+def seal_file(keys: sfs.KeyPair, file_id: bytes, seg_size: int, data: bytes) -> list[bytearray]:
+    """Cut ``data`` into segments and seal each; the last one is final."""
+    count = sfs.segment_count(len(data), seg_size)
+    return [
+        sfs.seal_segment(keys, file_id, seg_size, i, i == count - 1, data[i * seg_size : (i + 1) * seg_size])
+        for i in range(count)
+    ]
+
+
+def open_file(keys: sfs.KeyPair, file_id: bytes, seg_size: int, size: int, blobs: list[bytes]) -> bytes:
+    """Open segments as a reader does: index and final flag come from the loop and the
+    authenticated size, never from the blobs."""
+    count = sfs.segment_count(size, seg_size)
+    if len(blobs) != count:
+        raise IntegrityError() from None
+    last_len = sfs.final_segment_len(size, seg_size)
+    out = bytearray()
+    for i, blob in enumerate(blobs):
+        final = i == count - 1
+        out += sfs.open_segment(keys, file_id, seg_size, i, final, last_len if final else seg_size, blob)
+    return bytes(out)
+
+
+def assert_integrity_error(fn: Callable[..., Any], *args: Any) -> None:
+    """The call fails with exactly the one generic error, raised from None, same message."""
+    with pytest.raises(IntegrityError) as info:
+        fn(*args)
+    exc = info.value
+    assert type(exc) is IntegrityError
+    assert exc.args == (IntegrityError.message,)
+    assert str(exc) == IntegrityError.message
+    assert exc.__cause__ is None
+    assert exc.__context__ is None or exc.__suppress_context__
+
+
+def flip(blob: bytes | bytearray, pos: int, bit: int = 0) -> bytes:
+    out = bytearray(blob)
+    out[pos] ^= 1 << bit
+    return bytes(out)
+
+
+def seg_tag_by_spec(
+    mac_key: bytes, seg_size: int, final: bool, file_id: bytes, index: int, iv: bytes, ct: bytes
+) -> bytes:
+    """T_i exactly as docs/FORMAT.md writes it, built independently of vault.format."""
+    prefix = (
+        b"seg"
+        + struct.pack(">BBI", 1, 1, seg_size)
+        + bytes([1 if final else 0])
+        + file_id
+        + struct.pack(">QQ", index, len(ct))
+    )
+    return hmac.digest(mac_key, prefix + iv + ct, "sha256")
+
+
+def blob_by_spec(keys: sfs.KeyPair, index: int, final: bool, padded_plaintext: bytes) -> bytes:
+    iv = bytes(range(100, 116))
+    ct = AES.new(keys.enc, AES.MODE_CBC, iv).encrypt(padded_plaintext)
+    return iv + ct + seg_tag_by_spec(keys.mac, S, final, FILE_ID, index, iv, ct)
+
+
+class RecordingAES:
+    """Stands in for ``Crypto.Cipher.AES`` and counts every decrypt call."""
+
+    MODE_CBC = AES.MODE_CBC
+
+    def __init__(self) -> None:
+        self.decrypts = 0
+
+    def new(self, key: bytes, mode: int, iv: Any) -> Any:
+        assert mode == AES.MODE_CBC
+        cipher = AES.new(key, AES.MODE_CBC, iv)
+        recorder = self
+
+        class Cipher:
+            def encrypt(self, *args: Any, **kwargs: Any) -> Any:
+                return cipher.encrypt(*args, **kwargs)
+
+            def decrypt(self, *args: Any, **kwargs: Any) -> Any:
+                recorder.decrypts += 1
+                return cipher.decrypt(*args, **kwargs)
+
+        return Cipher()
+
+
+@pytest.fixture
+def recording_aes(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingAES]:
+    recorder = RecordingAES()
+    monkeypatch.setattr(sfs, "AES", recorder)
+    yield recorder
+
+
+def fixed_urandom(first: int) -> Callable[[int], bytes]:
+    """os.urandom replacement: call k returns first+k, first+k+1, ... (mod 256)."""
+    calls = [0]
+
+    def urandom(n: int) -> bytes:
+        start = first + calls[0]
+        calls[0] += 1
+        return bytes((start + i) % 256 for i in range(n))
+
+    return urandom
+
+
+# --- HKDF (RFC 5869, appendix A, SHA-256 cases) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ikm", "salt", "info", "length", "okm"),
+    [
+        pytest.param(
+            bytes([0x0B]) * 22,
+            bytes(range(0x0D)),
+            bytes(range(0xF0, 0xFA)),
+            42,
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865",
+            id="case1",
+        ),
+        pytest.param(
+            bytes(range(0x50)),
+            bytes(range(0x60, 0xB0)),
+            bytes(range(0xB0, 0x100)),
+            82,
+            "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c"
+            "59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71"
+            "cc30c58179ec3e87c14c01d5c1f3434f1d87",
+            id="case2",
+        ),
+        pytest.param(
+            bytes([0x0B]) * 22,
+            b"",
+            b"",
+            42,
+            "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8",
+            id="case3",
+        ),
+    ],
+)
+def test_hkdf_matches_rfc5869_vectors(ikm: bytes, salt: bytes, info: bytes, length: int, okm: str) -> None:
+    assert sfs.hkdf_sha256(ikm, salt, info, length).hex() == okm
+
+
+# --- round trips -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_file_round_trips_at_edge_sizes(size: int) -> None:
+    keys, data = file_keys(), data_of(size)
+    blobs = seal_file(keys, FILE_ID, S, data)
+    assert len(blobs) == max(1, -(-size // S))
+    assert open_file(keys, FILE_ID, S, size, [bytes(b) for b in blobs]) == data
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_stored_blob_lengths_follow_the_format(size: int) -> None:
+    blobs = seal_file(file_keys(), FILE_ID, S, data_of(size))
+    for blob in blobs[:-1]:
+        assert len(blob) == sfs.IV_LEN + S + sfs.TAG_LEN
+    last_len = sfs.final_segment_len(size, S)
+    assert len(blobs[-1]) == sfs.IV_LEN + (last_len // 16 + 1) * 16 + sfs.TAG_LEN
+
+
+def test_segment_built_from_the_spec_opens() -> None:
+    """Control for the bad-padding test: the independent construction matches the code."""
+    keys = file_keys()
+    plaintext = data_of(20)
+    blob = blob_by_spec(keys, 3, True, plaintext + bytes([12]) * 12)
+    assert sfs.open_segment(keys, FILE_ID, S, 3, True, 20, blob) == plaintext
+    full = data_of(S)
+    blob = blob_by_spec(keys, 0, False, full)
+    assert sfs.open_segment(keys, FILE_ID, S, 0, False, S, blob) == full
+
+
+def test_seal_rejects_a_short_non_final_or_an_oversized_final_segment() -> None:
+    with pytest.raises(ValueError):
+        sfs.seal_segment(file_keys(), FILE_ID, S, 0, False, data_of(S - 1))
+    with pytest.raises(ValueError):
+        sfs.seal_segment(file_keys(), FILE_ID, S, 0, True, data_of(S + 1))
+
+
+# --- tampered segments -------------------------------------------------------------------------
+
+# (name, offset from the start of a blob, or negative from its end)
+_REGIONS = [
+    ("iv_first", 0),
+    ("iv_last", sfs.IV_LEN - 1),
+    ("ct_first", sfs.IV_LEN),
+    ("ct_middle", sfs.IV_LEN + 40),
+    ("ct_last", -sfs.TAG_LEN - 1),
+    ("tag_first", -sfs.TAG_LEN),
+    ("tag_last", -1),
+]
+
+
+@pytest.mark.parametrize("final", [False, True], ids=["nonfinal", "final"])
+@pytest.mark.parametrize(("region", "pos"), _REGIONS, ids=[r[0] for r in _REGIONS])
+@pytest.mark.parametrize("bit", [0, 7])
+def test_bit_flip_in_segment_fails_without_decrypting(
+    recording_aes: RecordingAES, final: bool, region: str, pos: int, bit: int
+) -> None:
+    keys = file_keys()
+    length = 100 if final else S
+    blob = sfs.seal_segment(keys, FILE_ID, S, 1, final, data_of(length))
+    assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, 1, final, length, flip(blob, pos, bit))
+    assert recording_aes.decrypts == 0
+    assert sfs.open_segment(keys, FILE_ID, S, 1, final, length, bytes(blob)) == data_of(length)
+    assert recording_aes.decrypts == 1  # the recorder does see real decryptions
+
+
+def test_every_single_bit_flip_in_a_final_segment_fails() -> None:
+    keys = file_keys()
+    blob = sfs.seal_segment(keys, FILE_ID, S, 0, True, b"short final segment")
+    for pos in range(len(blob)):
+        for bit in range(8):
+            assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, 0, True, 19, flip(blob, pos, bit))
+
+
+def test_segment_opened_at_another_index_fails(recording_aes: RecordingAES) -> None:
+    keys = file_keys()
+    blob = bytes(sfs.seal_segment(keys, FILE_ID, S, 1, False, data_of(S)))
+    for index in (0, 2, 1 << 32, (1 << 64) - 1):
+        assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, index, False, S, blob)
+    assert recording_aes.decrypts == 0
+
+
+def test_swapped_segments_fail() -> None:
+    keys, data = file_keys(), data_of(3 * S)
+    blobs = [bytes(b) for b in seal_file(keys, FILE_ID, S, data)]
+    swapped = [blobs[1], blobs[0], blobs[2]]
+    assert_integrity_error(open_file, keys, FILE_ID, S, len(data), swapped)
+
+
+def test_final_flag_swapped_fails(recording_aes: RecordingAES) -> None:
+    """A final segment of S-1 bytes has the same blob length as a non-final one, so only the
+    MAC can tell them apart."""
+    keys = file_keys()
+    final = bytes(sfs.seal_segment(keys, FILE_ID, S, 1, True, data_of(S - 1)))
+    nonfinal = bytes(sfs.seal_segment(keys, FILE_ID, S, 1, False, data_of(S)))
+    assert len(final) == len(nonfinal)
+    assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, 1, False, S, final)
+    assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, 1, True, S - 1, nonfinal)
+    assert recording_aes.decrypts == 0
+
+
+def test_final_and_non_final_segment_swapped_fails() -> None:
+    keys, data = file_keys(), data_of(2 * S - 1)
+    blobs = [bytes(b) for b in seal_file(keys, FILE_ID, S, data)]
+    assert_integrity_error(open_file, keys, FILE_ID, S, len(data), blobs[::-1])
+
+
+def test_dropped_or_appended_segment_fails() -> None:
+    keys, data = file_keys(), data_of(2 * S + 1)
+    blobs = [bytes(b) for b in seal_file(keys, FILE_ID, S, data)]
+    assert_integrity_error(open_file, keys, FILE_ID, S, len(data), blobs[:-1])
+    assert_integrity_error(open_file, keys, FILE_ID, S, len(data), [blobs[0], blobs[2]])
+    # truncating and claiming the shorter size: the non-final segment cannot pose as final
+    assert_integrity_error(open_file, keys, FILE_ID, S, 2 * S, blobs[:2])
+    extra = bytes(sfs.seal_segment(keys, FILE_ID, S, 3, True, b"x"))
+    assert_integrity_error(open_file, keys, FILE_ID, S, len(data), [*blobs, extra])
+
+
+def test_segment_of_another_file_fails(recording_aes: RecordingAES) -> None:
+    keys = file_keys()
+    other_id = bytes(16)
+    other_keys = sfs.derive_file_keys(FILE_KEY, other_id)  # even under the same file key
+    blob = bytes(sfs.seal_segment(other_keys, other_id, S, 0, False, data_of(S)))
+    assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, 0, False, S, blob)
+    # the right keys but the wrong file id in the MAC input
+    blob = bytes(sfs.seal_segment(keys, other_id, S, 0, False, data_of(S)))
+    assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, 0, False, S, blob)
+    assert recording_aes.decrypts == 0
+
+
+def test_segment_opened_with_another_segment_size_fails(recording_aes: RecordingAES) -> None:
+    keys = file_keys()
+    final = bytes(sfs.seal_segment(keys, FILE_ID, 2 * S, 0, True, data_of(100)))
+    assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, 0, True, 100, final)
+    final = bytes(sfs.seal_segment(keys, FILE_ID, S, 0, True, data_of(100)))
+    assert_integrity_error(sfs.open_segment, keys, FILE_ID, 2 * S, 0, True, 100, final)
+    nonfinal = bytes(sfs.seal_segment(keys, FILE_ID, S, 0, False, data_of(S)))
+    assert_integrity_error(sfs.open_segment, keys, FILE_ID, 2 * S, 0, False, 2 * S, nonfinal)
+    assert recording_aes.decrypts == 0
+
+
+def test_final_segment_opened_with_another_expected_length_fails() -> None:
+    keys = file_keys()
+    blob = bytes(sfs.seal_segment(keys, FILE_ID, S, 0, True, data_of(20)))
+    for length in (0, 16, 19, 21, 31, 32, S, S + 1):
+        assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, 0, True, length, blob)
+
+
+@pytest.mark.parametrize("final", [False, True], ids=["nonfinal", "final"])
+def test_malformed_blob_fails_without_decrypting(recording_aes: RecordingAES, final: bool) -> None:
+    keys = file_keys()
+    length = 100 if final else S
+    blob = bytes(sfs.seal_segment(keys, FILE_ID, S, 0, final, data_of(length)))
+    malformed = {
+        "empty": b"",
+        "one_byte": blob[:1],
+        "iv_only": blob[: sfs.IV_LEN],
+        "iv_and_tag": blob[: sfs.IV_LEN] + blob[-sfs.TAG_LEN :],
+        "one_block_short": blob[: sfs.IV_LEN] + blob[sfs.IV_LEN + 16 :],
+        "not_block_aligned": blob[:-1],
+        "one_byte_too_long": blob + b"\x00",
+        "one_block_too_long": blob[:-32] + bytes(16) + blob[-32:],
+    }
+    for bad in malformed.values():
+        assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, 0, final, length, bad)
+    assert recording_aes.decrypts == 0
+
+
+@pytest.mark.parametrize(
+    "padded",
+    [
+        pytest.param(data_of(31) + b"\x00", id="pad_byte_zero"),
+        pytest.param(data_of(31) + b"\x11", id="pad_byte_over_block"),
+        pytest.param(data_of(31) + b"\x20", id="pad_byte_whole_ciphertext"),
+        pytest.param(data_of(31) + b"\xff", id="pad_byte_255"),
+        pytest.param(data_of(20) + b"\x0c" * 11 + b"\x0b", id="pad_bytes_inconsistent"),
+        pytest.param(data_of(20) + b"\x0b" * 11 + b"\x0c", id="pad_bytes_one_short"),
+        pytest.param(data_of(30) + b"\x02\x02", id="valid_padding_wrong_length"),
+        pytest.param(data_of(16) + b"\x10" * 16, id="valid_full_block_padding_wrong_length"),
+    ],
+)
+def test_valid_mac_over_bad_padding_gives_the_same_error(padded: bytes) -> None:
+    """No padding oracle: a segment whose MAC verifies but whose padding is wrong fails with
+    exactly the error a forged MAC gives."""
+    keys = file_keys()
+    blob = blob_by_spec(keys, 0, True, padded)
+    assert_integrity_error(sfs.open_segment, keys, FILE_ID, S, 0, True, 20, blob)
+    with pytest.raises(IntegrityError) as forged:
+        sfs.open_segment(keys, FILE_ID, S, 0, True, 20, flip(blob, -1))
+    with pytest.raises(IntegrityError) as bad_padding:
+        sfs.open_segment(keys, FILE_ID, S, 0, True, 20, blob)
+    assert forged.value.args == bad_padding.value.args
+
+
+# --- wrapped file key --------------------------------------------------------------------------
+
+
+def test_wrapped_key_round_trips() -> None:
+    kek = sfs.derive_kek(MASTER_KEY)
+    wrapped = sfs.wrap_file_key(kek, KEY_ID, FILE_ID, FILE_KEY)
+    assert len(wrapped) == sfs.WRAPPED_KEY_LEN
+    assert FILE_KEY not in wrapped
+    assert sfs.unwrap_file_key(kek, KEY_ID, FILE_ID, wrapped) == FILE_KEY
+
+
+def test_unwrap_with_wrong_key_id_fails(recording_aes: RecordingAES) -> None:
+    kek = sfs.derive_kek(MASTER_KEY)
+    wrapped = sfs.wrap_file_key(kek, KEY_ID, FILE_ID, FILE_KEY)
+    for key_id in (0, KEY_ID - 1, KEY_ID + 1, 2**32 - 1):
+        assert_integrity_error(sfs.unwrap_file_key, kek, key_id, FILE_ID, wrapped)
+    assert recording_aes.decrypts == 0
+
+
+def test_unwrap_with_wrong_file_id_fails(recording_aes: RecordingAES) -> None:
+    kek = sfs.derive_kek(MASTER_KEY)
+    wrapped = sfs.wrap_file_key(kek, KEY_ID, FILE_ID, FILE_KEY)
+    assert_integrity_error(sfs.unwrap_file_key, kek, KEY_ID, bytes(16), wrapped)
+    assert_integrity_error(sfs.unwrap_file_key, kek, KEY_ID, flip(FILE_ID, 15), wrapped)
+    assert recording_aes.decrypts == 0
+
+
+def test_unwrap_with_wrong_master_key_fails(recording_aes: RecordingAES) -> None:
+    wrapped = sfs.wrap_file_key(sfs.derive_kek(MASTER_KEY), KEY_ID, FILE_ID, FILE_KEY)
+    other = sfs.derive_kek(flip(MASTER_KEY, 0))
+    assert_integrity_error(sfs.unwrap_file_key, other, KEY_ID, FILE_ID, wrapped)
+    assert recording_aes.decrypts == 0
+
+
+def test_every_bit_flip_in_wrapped_key_fails(recording_aes: RecordingAES) -> None:
+    kek = sfs.derive_kek(MASTER_KEY)
+    wrapped = sfs.wrap_file_key(kek, KEY_ID, FILE_ID, FILE_KEY)
+    for pos in range(len(wrapped)):
+        for bit in range(8):
+            assert_integrity_error(sfs.unwrap_file_key, kek, KEY_ID, FILE_ID, flip(wrapped, pos, bit))
+    for bad in (b"", wrapped[:-1], wrapped + b"\x00", wrapped[:48]):
+        assert_integrity_error(sfs.unwrap_file_key, kek, KEY_ID, FILE_ID, bad)
+    assert recording_aes.decrypts == 0
+
+
+# --- header ------------------------------------------------------------------------------------
+
+
+def header() -> sfs.Header:
+    size = 2 * S + 5
+    return sfs.Header(
+        version=sfs.VERSION,
+        suite=sfs.SUITE_AES256CBC_HMACSHA256,
+        seg_size=S,
+        file_id=FILE_ID,
+        owner=42,
+        name="report.pdf",
+        size=size,
+        seg_count=3,
+        sha256=hashlib.sha256(b"contents").digest(),
+    )
+
+
+def test_untouched_header_verifies() -> None:
+    keys, h = file_keys(), header()
+    sfs.verify_header(keys, h, sfs.header_tag(keys, h))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("owner", 43),
+        ("owner", 0),
+        ("size", 2 * S + 4),
+        ("size", 2 * S + 6),
+        ("seg_count", 4),
+        ("name", "report.pdF"),
+        ("name", "report.pdf "),
+        ("name", ""),
+        ("sha256", hashlib.sha256(b"other").digest()),
+        ("file_id", bytes(16)),
+        ("version", 0),
+        ("version", 2),
+        ("suite", 0),
+        ("suite", 2),
+        ("seg_size", 2 * S),
+        ("seg_size", S - 16),
+    ],
+)
+def test_header_with_changed_field_fails(field: str, value: Any) -> None:
+    keys, h = file_keys(), header()
+    tag = sfs.header_tag(keys, h)
+    assert_integrity_error(sfs.verify_header, keys, dataclasses.replace(h, **{field: value}), tag)
+
+
+def test_header_with_changed_size_and_matching_seg_count_fails() -> None:
+    """Drop the last segment and rewrite P and N consistently: the tag still catches it."""
+    keys, h = file_keys(), header()
+    tag = sfs.header_tag(keys, h)
+    assert_integrity_error(sfs.verify_header, keys, dataclasses.replace(h, size=2 * S, seg_count=2), tag)
+
+
+def test_header_under_another_file_key_fails() -> None:
+    h = header()
+    tag = sfs.header_tag(sfs.derive_file_keys(flip(FILE_KEY, 0), FILE_ID), h)
+    assert_integrity_error(sfs.verify_header, file_keys(), h, tag)
+
+
+def test_header_with_bad_tag_fails() -> None:
+    keys, h = file_keys(), header()
+    tag = sfs.header_tag(keys, h)
+    for bad in (b"", tag[:-1], tag + b"\x00", flip(tag, 0), flip(tag, 31, 7), bytes(32)):
+        assert_integrity_error(sfs.verify_header, keys, h, bad)
+
+
+@pytest.mark.parametrize(("size", "seg_count"), [(2 * S + 5, 2), (2 * S, 3), (0, 0), (S, 2), (1, 0)])
+def test_header_with_seg_count_inconsistent_with_size_fails(size: int, seg_count: int) -> None:
+    """Even a correctly tagged header is refused when N != max(1, ceil(P/S))."""
+    keys = file_keys()
+    h = dataclasses.replace(header(), size=size, seg_count=seg_count)
+    assert_integrity_error(sfs.verify_header, keys, h, sfs.header_tag(keys, h))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("size", -1),
+        ("size", 2**64),
+        ("seg_count", -1),
+        ("seg_count", 2**64),
+        ("owner", -1),
+        ("owner", 2**64),
+        ("seg_size", -1),
+        ("seg_size", 0),
+        ("seg_size", 2**40),
+        ("file_id", FILE_ID[:-1]),
+        ("file_id", FILE_ID + b"\x00"),
+        ("sha256", b""),
+        ("sha256", bytes(33)),
+        ("name", "n" * (sfs.MAX_NAME_BYTES + 1)),
+        ("version", -1),
+        ("version", 256),
+        ("suite", 2**40),
+    ],
+)
+def test_header_field_out_of_range_fails_as_integrity_error(field: str, value: Any) -> None:
+    """A tampered column outside its field's range is an integrity failure, not struct.error."""
+    keys, h = file_keys(), header()
+    tag = sfs.header_tag(keys, h)
+    assert_integrity_error(sfs.verify_header, keys, dataclasses.replace(h, **{field: value}), tag)
+
+
+# --- freshness ---------------------------------------------------------------------------------
+
+
+def test_same_plaintext_sealed_twice_differs() -> None:
+    keys, plaintext = file_keys(), data_of(S)
+    first = sfs.seal_segment(keys, FILE_ID, S, 0, False, plaintext)
+    second = sfs.seal_segment(keys, FILE_ID, S, 0, False, plaintext)
+    assert first[: sfs.IV_LEN] != second[: sfs.IV_LEN]
+    assert first[sfs.IV_LEN : -sfs.TAG_LEN] != second[sfs.IV_LEN : -sfs.TAG_LEN]
+    assert first != second
+    kek = sfs.derive_kek(MASTER_KEY)
+    assert sfs.wrap_file_key(kek, 1, FILE_ID, FILE_KEY) != sfs.wrap_file_key(kek, 1, FILE_ID, FILE_KEY)
+
+
+def test_two_files_get_different_ids_and_keys() -> None:
+    ids = {sfs.new_file_id() for _ in range(8)}
+    file_keys_ = {sfs.new_file_key() for _ in range(8)}
+    assert len(ids) == 8 and all(len(i) == sfs.FILE_ID_LEN for i in ids)
+    assert len(file_keys_) == 8 and all(len(k) == sfs.KEY_LEN for k in file_keys_)
+    a = sfs.derive_file_keys(sfs.new_file_key(), sfs.new_file_id())
+    b = sfs.derive_file_keys(sfs.new_file_key(), sfs.new_file_id())
+    assert len({a.enc, a.mac, b.enc, b.mac}) == 4
+    # the same file key under another file id still gives other keys (the id is the salt)
+    assert sfs.derive_file_keys(FILE_KEY, FILE_ID).enc != sfs.derive_file_keys(FILE_KEY, bytes(16)).enc
+
+
+def test_key_pair_repr_hides_key_material() -> None:
+    keys = file_keys()
+    assert keys.enc.hex() not in repr(keys) and keys.mac.hex() not in repr(keys)
+    assert str(keys.enc) not in repr(keys)
+
+
+# --- known-answer vectors: these freeze SFS v1 -------------------------------------------------
+
+
+def test_derive_kek_known_answer() -> None:
+    kek = sfs.derive_kek(MASTER_KEY)
+    assert kek.enc.hex() == "2e67505a18644572879b05deb2308c9fd6905b966b69a8b19ab7ffe5e0e0a5bd"
+    assert kek.mac.hex() == "a192addde5388693bdfdbd2f2fd0950ed193d5251fc4062955276c8d9cbe76a8"
+
+
+def test_derive_file_keys_known_answer() -> None:
+    keys = file_keys()
+    assert keys.enc.hex() == "89944eb5b35c8c1a1c73e496078bf404c6c72e30f0889bc81f8c8e56eed75462"
+    assert keys.mac.hex() == "4764d9a391b4a816ab0580d2f365469f5dd77289bce78b016a09fa032dbc6c9f"
+
+
+def test_wrap_file_key_known_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("vault.format.os.urandom", fixed_urandom(0xA0))
+    wrapped = sfs.wrap_file_key(sfs.derive_kek(MASTER_KEY), KEY_ID, FILE_ID, FILE_KEY)
+    assert wrapped.hex() == (
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+        "5d3c873cbe5c9faac5d6e5c513b1c3c4a3368cc93a2e7770fe157baff144f37a"
+        "ddfa07bae8be9721ab95006763930f2486484efcf0017272aa98495ad885267c"
+    )
+
+
+def test_sealed_non_final_segment_known_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("vault.format.os.urandom", fixed_urandom(0xA0))
+    plaintext = bytes(i % 251 for i in range(S))
+    blob = bytes(sfs.seal_segment(file_keys(), FILE_ID, S, 0, False, plaintext))
+    assert len(blob) == 4144
+    assert blob[: sfs.IV_LEN].hex() == "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+    assert blob[-sfs.TAG_LEN :].hex() == "5cff491e5341df23be7b9f19704e97fb409475fe26e9c94934ffee24435f7174"
+    assert hashlib.sha256(blob).hexdigest() == (
+        "e2262aa1b11f6dba6e794015143e9c6a92a8f12220ed3ff2185d836f936b67db"
+    )
+
+
+def test_sealed_final_segment_known_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("vault.format.os.urandom", fixed_urandom(0xA0))
+    blob = bytes(sfs.seal_segment(file_keys(), FILE_ID, S, 1, True, b"final segment of the test file"))
+    assert blob.hex() == (
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+        "1ac2b84f7580701ca2e7c93249289efc6c973324330b82f8ebe59c8c0efc0b61"
+        "a31f7c8c2814405e2f30a4fa450f0ab6465da15e79dc96bdac97399e6ddb6997"
+    )
+
+
+def test_header_tag_known_answer() -> None:
+    h = sfs.Header(
+        version=1,
+        suite=1,
+        seg_size=S,
+        file_id=FILE_ID,
+        owner=42,
+        name="report.pdf",
+        size=S + 30,
+        seg_count=2,
+        sha256=hashlib.sha256(b"x").digest(),
+    )
+    assert sfs.header_tag(file_keys(), h).hex() == (
+        "05038c86c25e93a80a76fc808b737323ffdc055be5c7a6ae3dcf688fcce2ce35"
+    )
+
+
+def test_header_tag_matches_the_documented_layout() -> None:
+    """header_tag = HMAC(K_mac, "hdr" || version || suite || seg_size || file_id || owner || P ||
+    N || sha256 || len(name) u16 || name), built here independently of vault.format."""
+    keys, h = file_keys(), header()
+    name = h.name.encode()
+    msg = (
+        b"hdr"
+        + struct.pack(">BBI", h.version, h.suite, h.seg_size)
+        + h.file_id
+        + struct.pack(">QQQ", h.owner, h.size, h.seg_count)
+        + h.sha256
+        + struct.pack(">H", len(name))
+        + name
+    )
+    assert sfs.header_tag(keys, h) == hmac.digest(keys.mac, msg, "sha256")
