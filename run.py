@@ -5,11 +5,13 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import tornado.httpserver
+import tornado.ioloop
 import tornado.netutil
 
 from handlers import make_app
@@ -19,12 +21,13 @@ from vault.auth import Authenticator
 from vault.config import Settings, load_settings
 from vault.errors import ConfigError
 from vault.files import FileService
-from vault.keys import load_jwt_secret, load_keyring
+from vault.keys import Keyring, load_jwt_secret, load_keyring
 from vault.tls import ensure_certificate, server_context
 
 log = logging.getLogger("vault")
 HERE = Path(__file__).resolve().parent
 MAX_HEADER_BYTES = 16 * 1024
+PURGE_INTERVAL = 300  # seconds between sweeps for expired resumable uploads
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,6 +49,24 @@ async def serve(settings: Settings) -> None:
     crypto = ThreadPoolExecutor(settings.crypto_threads, thread_name_prefix="crypto")
     hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")  # one thread keeps each file's order
     bcrypt_pool = ThreadPoolExecutor(settings.auth_threads, thread_name_prefix="bcrypt")
+    try:
+        await _serve(settings, ssl_context, store, keyring, jwt_secret, crypto, hasher, bcrypt_pool)
+    finally:
+        await store.close()  # aiosqlite threads would otherwise keep the process alive
+        for pool in (crypto, hasher, bcrypt_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _serve(
+    settings: Settings,
+    ssl_context: ssl.SSLContext,
+    store: SQLiteStore,
+    keyring: Keyring,
+    jwt_secret: bytes,
+    crypto: ThreadPoolExecutor,
+    hasher: ThreadPoolExecutor,
+    bcrypt_pool: ThreadPoolExecutor,
+) -> None:
     files = FileService(
         store,
         keyring,
@@ -75,6 +96,8 @@ async def serve(settings: Settings) -> None:
     )
     sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
+    purger = tornado.ioloop.PeriodicCallback(files.purge, PURGE_INTERVAL * 1000)
+    purger.start()
     port = sockets[0].getsockname()[1]
     print(f"vault listening on https://{settings.host}:{port} (data in {settings.data_dir})", flush=True)
     stop = asyncio.Event()
@@ -83,11 +106,9 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    purger.stop()
     server.stop()
     await server.close_all_connections()
-    await store.close()
-    for pool in (crypto, hasher, bcrypt_pool):
-        pool.shutdown(wait=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -358,8 +358,6 @@ class BenchServer:
         self.user = ""
         self.pid = 0
         self.stats = ProcStats(0)
-        self._drain_stop = threading.Event()
-        self._drainer: threading.Thread | None = None
         self._curl_env = {**os.environ, "LC_ALL": "C"}
 
     def __enter__(self) -> BenchServer:
@@ -368,9 +366,6 @@ class BenchServer:
             assert self.server.process is not None
             self.pid = self.server.process.pid
             self.stats = ProcStats(self.pid)
-            # Keep reading the server's log so a full pipe never blocks it.
-            self._drainer = threading.Thread(target=self._drain, name="log-drain", daemon=True)
-            self._drainer.start()
             try:
                 self.user, self.token = self.server.new_user()
             except (AssertionError, OSError, ValueError, KeyError) as exc:
@@ -386,37 +381,16 @@ class BenchServer:
         self.stop()
 
     def _start(self) -> None:
-        """``Server.start``, but a server that hangs before listening is killed, not waited on."""
-
-        def kill_if_hung() -> None:
-            process = self.server.process
-            if process is not None and process.poll() is None and not self.server.port:
-                process.kill()
-
-        watchdog = threading.Timer(START_TIMEOUT, kill_if_hung)
-        watchdog.start()
         try:
             self.server.start(timeout=START_TIMEOUT)
         except RuntimeError as exc:
             raise BenchError(f"the server did not start: {exc}") from None
-        finally:
-            watchdog.cancel()
-
-    def _drain(self) -> None:
-        while not self._drain_stop.wait(0.2):
-            self.server.output()
 
     def stop(self) -> None:
-        self._drain_stop.set()
-        if self._drainer is not None:
-            self._drainer.join()
-            self._drainer = None
         self.server.stop()
 
     def log_tail(self, lines: int = 20) -> str:
-        if self._drainer is None:
-            self.server.output()
-        return "".join("".join(self.server.log).splitlines(keepends=True)[-lines:])
+        return "".join(self.server.output().splitlines(keepends=True)[-lines:])
 
     def curl_command(self, args: Sequence[str], write_out: str) -> list[str]:
         return [

@@ -7,7 +7,9 @@ CREATE TABLE IF NOT EXISTS users (
 );
 
 -- state: 0 STAGED (upload in progress, never served), 1 LIVE, 2 DELETED (awaiting purge).
--- Header columns are NULL until the upload commits.
+-- Header columns are NULL until the upload commits. A resumable (tus) upload is a STAGED row
+-- with tus_id set; it keeps its wrapped key, target name, declared length, the offset stored
+-- so far and the sealed partial segment (tail) until it completes or expires.
 CREATE TABLE IF NOT EXISTS files (
     file_id     BLOB PRIMARY KEY,
     owner       INTEGER NOT NULL,
@@ -22,9 +24,16 @@ CREATE TABLE IF NOT EXISTS files (
     key_id      INTEGER,
     wrapped_key BLOB,
     header_tag  BLOB,
-    created     REAL NOT NULL
+    created     REAL NOT NULL,
+    tus_id      TEXT,
+    upload_length INTEGER,
+    upload_offset INTEGER,
+    tail        BLOB,
+    expires     REAL,
+    metadata    TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS files_live_name ON files (owner, name) WHERE state = 1;
+CREATE UNIQUE INDEX IF NOT EXISTS files_tus_id ON files (tus_id) WHERE tus_id IS NOT NULL;
 
 -- One row per encrypted segment: data = IV || ciphertext || HMAC tag.
 CREATE TABLE IF NOT EXISTS segments (

@@ -18,9 +18,9 @@ from typing import Any
 
 import aiosqlite
 
-from vault.errors import UserExists
+from vault.errors import IntegrityError, UserExists
 from vault.format import Header
-from vault.store import StoredFile, User
+from vault.store import Resumable, StoredFile, User
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,19 @@ _FILE_COLUMNS = (
 
 
 def _stored_file(row: Any) -> StoredFile:
+    """A LIVE row as a record; a column of the wrong type (tampering) is an IntegrityError."""
+    try:
+        return _convert_file_row(row)
+    except (TypeError, ValueError):
+        raise IntegrityError() from None
+
+
+def _convert_file_row(row: Any) -> StoredFile:
     (file_id, owner, name, version, suite, seg_size, size, seg_count, sha, key_id, wrapped, tag, created) = (
         row
     )
+    if not all(isinstance(v, bytes) for v in (file_id, sha, wrapped, tag)) or not isinstance(name, str):
+        raise TypeError("blob or text column of the wrong type")
     header = Header(
         version=int(version),
         suite=int(suite),
@@ -127,8 +137,57 @@ class SQLiteStore:
 
     async def put_segment(self, file_id: bytes, index: int, blob: bytes | bytearray) -> None:
         await self._write(
-            "INSERT INTO segments (file_id, idx, data) VALUES (?, ?, ?)", (file_id, index, blob)
+            "INSERT OR REPLACE INTO segments (file_id, idx, data) VALUES (?, ?, ?)", (file_id, index, blob)
         )
+
+    async def create_resumable(self, upload: Resumable) -> None:
+        u = upload
+        await self._write(
+            "INSERT INTO files (file_id, owner, state, name, seg_size, key_id, wrapped_key, created,"
+            " tus_id, upload_length, upload_offset, tail, expires, metadata)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (u.file_id, u.owner, STAGED, u.name, u.seg_size, u.key_id, u.wrapped_key, u.created)
+            + (u.tus_id, u.length, u.offset, u.tail, u.expires, u.metadata),
+        )
+
+    async def get_resumable(self, owner: int, tus_id: str) -> Resumable | None:
+        cursor = await self._reader.execute(
+            "SELECT tus_id, file_id, owner, name, upload_length, upload_offset, seg_size, key_id,"
+            " wrapped_key, tail, expires, metadata, created FROM files"
+            " WHERE tus_id = ? AND owner = ? AND state = ?",
+            (tus_id, owner, STAGED),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        try:
+            return Resumable(
+                tus_id=str(row[0]),
+                file_id=bytes(row[1]),
+                owner=int(row[2]),
+                name=str(row[3]),
+                length=int(row[4]),
+                offset=int(row[5]),
+                seg_size=int(row[6]),
+                key_id=int(row[7]),
+                wrapped_key=bytes(row[8]),
+                tail=None if row[9] is None else bytes(row[9]),
+                expires=float(row[10]),
+                metadata=str(row[11]),
+                created=float(row[12]),
+            )
+        except (TypeError, ValueError):
+            raise IntegrityError() from None
+
+    async def save_progress(
+        self, file_id: bytes, old_offset: int, new_offset: int, tail: bytes, expires: float
+    ) -> bool:
+        changed = await self._write(
+            "UPDATE files SET upload_offset = ?, tail = ?, expires = ?"
+            " WHERE file_id = ? AND state = ? AND upload_offset = ?",
+            (new_offset, tail, expires, file_id, STAGED, old_offset),
+        )
+        return changed == 1
 
     async def commit_file(self, stored: StoredFile) -> None:
         h = stored.header
@@ -139,7 +198,8 @@ class SQLiteStore:
             )
             cursor = await db.execute(
                 "UPDATE files SET state = ?, name = ?, version = ?, suite = ?, seg_size = ?, size = ?,"
-                " seg_count = ?, sha256 = ?, key_id = ?, wrapped_key = ?, header_tag = ?, created = ?"
+                " seg_count = ?, sha256 = ?, key_id = ?, wrapped_key = ?, header_tag = ?, created = ?,"
+                " tus_id = NULL, upload_length = NULL, upload_offset = NULL, tail = NULL, expires = NULL"
                 " WHERE file_id = ? AND owner = ? AND state = ?",
                 (
                     LIVE,
@@ -165,8 +225,15 @@ class SQLiteStore:
     async def discard_file(self, file_id: bytes) -> None:
         await self._remove(file_id, STAGED)
 
-    async def _remove(self, file_id: bytes, state: int) -> None:
-        """Delete a file's segments in batches, then its row (so a crash leaves it purgeable)."""
+    async def _remove(self, file_id: bytes, state: int) -> int:
+        """Remove a file in ``state``: mark it DELETED, delete its segments in batches, then the
+        row. A crash part-way leaves a DELETED row for the next purge; a file that is no longer
+        in ``state`` (say, it committed meanwhile) is left alone. Returns 1 if it removed it."""
+        changed = await self._write(
+            "UPDATE files SET state = ? WHERE file_id = ? AND state = ?", (DELETED, file_id, state)
+        )
+        if changed != 1:
+            return 0
         while True:
             async with self._lock:
                 cursor = await self._writer.execute(
@@ -176,7 +243,8 @@ class SQLiteStore:
                 )
             if cursor.rowcount < PURGE_BATCH:
                 break
-        await self._write("DELETE FROM files WHERE file_id = ? AND state = ?", (file_id, state))
+        await self._write("DELETE FROM files WHERE file_id = ? AND state = ?", (file_id, DELETED))
+        return 1
 
     async def get_file(self, owner: int, name: str) -> StoredFile | None:
         cursor = await self._reader.execute(
@@ -207,16 +275,20 @@ class SQLiteStore:
         )
         return [(int(idx), data) for idx, data in await cursor.fetchall()]
 
-    async def purge(self, keep: Collection[bytes], staged_too: bool = False) -> int:
-        states = (DELETED, STAGED) if staged_too else (DELETED, DELETED)
-        cursor = await self._reader.execute("SELECT file_id, state FROM files WHERE state IN (?, ?)", states)
+    async def purge(self, keep: Collection[bytes], staged_too: bool = False, now: float = 0.0) -> int:
+        cursor = await self._reader.execute(
+            "SELECT file_id, state FROM files WHERE state = ?"
+            " OR (state = ? AND tus_id IS NOT NULL AND expires < ?)"
+            " OR (state = ? AND tus_id IS NULL AND ?)",
+            (DELETED, STAGED, now, STAGED, staged_too),
+        )
         victims = [(bytes(fid), int(state)) for fid, state in await cursor.fetchall()]
-        victims = [(fid, state) for fid, state in victims if fid not in keep]
+        removed = 0
         for file_id, state in victims:
-            if file_id not in keep:  # a live view: a download may have pinned it meanwhile
-                await self._remove(file_id, state)
+            if file_id not in keep:  # a live view: a transfer may have pinned it meanwhile
+                removed += await self._remove(file_id, state)
         if staged_too:
             await self._write("DELETE FROM segments WHERE file_id NOT IN (SELECT file_id FROM files)", ())
-        if victims:
-            log.info("purged %d replaced, deleted or abandoned file(s)", len(victims))
-        return len(victims)
+        if removed:
+            log.info("purged %d replaced, deleted, expired or abandoned file(s)", removed)
+        return removed

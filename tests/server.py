@@ -34,9 +34,8 @@ class Server:
 
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[str] | None = None
+    process: subprocess.Popen[bytes] | None = None
     port: int = 0
-    log: list[str] = field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:
@@ -54,44 +53,52 @@ class Server:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
     def start(self, port: int = 0, timeout: float = 30.0) -> "Server":
         config = self.workdir / "config.yaml"
         if not config.exists():
             self.workdir.mkdir(parents=True, exist_ok=True)
             config.write_text("data_dir: data\ntls_cert: certs/cert.pem\ntls_key: certs/key.pem\n")
         env = {**os.environ, "VAULT_BCRYPT_ROUNDS": "4", "VAULT_LOG_LEVEL": "INFO", **self.env}
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), "--config", str(config), "--port", str(port or self.port)],
-            cwd=self.workdir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "run.py"),
+                    "--config",
+                    str(config),
+                    "--port",
+                    str(port or self.port),
+                ],
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
-        assert self.process.stdout is not None
         while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError("server exited during start-up:\n" + "".join(self.log))
-            self.log.append(line)
-            match = _LISTENING.search(line)
+            text = self.output()[start_at:]
+            match = _LISTENING.search(text)
             if match:
                 self.port = int(match.group(2))
-                os.set_blocking(self.process.stdout.fileno(), False)
                 return self
-        raise RuntimeError("server did not start in time:\n" + "".join(self.log))
+            if self.process.poll() is not None:
+                raise RuntimeError("server exited during start-up:\n" + text)
+            time.sleep(0.05)
+        self.process.kill()
+        raise RuntimeError("server did not start in time:\n" + self.output()[start_at:])
 
     def output(self) -> str:
-        """Everything the server printed so far."""
-        if self.process and self.process.stdout:
-            try:
-                chunk = self.process.stdout.read()
-            except (OSError, TypeError):
-                chunk = None
-            if chunk:
-                self.log.append(chunk)
-        return "".join(self.log)
+        """Everything the server printed so far (over all its starts)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:
@@ -101,9 +108,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.output()
-        if self.process and self.process.stdout and not self.process.stdout.closed:
-            self.process.stdout.close()
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.cert))

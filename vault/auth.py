@@ -14,6 +14,7 @@ import jwt
 from vault.errors import ExpiredToken, InvalidCredentials, InvalidField, InvalidToken
 from vault.store import Store
 
+_DIGITS = re.compile(r"[0-9]{1,18}")
 USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{2,31}")
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores (or, in bcrypt 5, refuses) anything longer
@@ -134,6 +135,6 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise InvalidToken() from None
         sub, name = claims.get("sub"), claims.get("name")
-        if claims.get("typ") != TOKEN_TYPE or not isinstance(name, str) or not str(sub).isdigit():
+        if claims.get("typ") != TOKEN_TYPE or not isinstance(name, str) or not _DIGITS.fullmatch(str(sub)):
             raise InvalidToken()
         return Identity(int(str(sub)), name)

@@ -59,7 +59,7 @@ _LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 def _coerce(key: str, value: Any) -> Any:
     kind = type(FIELDS[key].default)
     if kind is int:
-        if isinstance(value, bool):
+        if isinstance(value, (bool, float)):
             raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
         try:
             return int(value)

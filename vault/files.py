@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from vault import format as sfs
-from vault.errors import DigestMismatch, FileNotFound, IntegrityError, TooLarge
+from vault.errors import DigestMismatch, FileNotFound, InputError, IntegrityError, TooLarge
 from vault.keys import Keyring
 from vault.names import check_filename
 from vault.store import Store, StoredFile
@@ -61,7 +61,7 @@ class FileService:
         self.pipeline_depth = pipeline_depth
         self._crypto = crypto
         self._hasher = hasher
-        self._readers: collections.Counter[bytes] = collections.Counter()
+        self._pinned: collections.Counter[bytes] = collections.Counter()
 
     def crypto(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self._crypto, fn, *args)
@@ -82,8 +82,12 @@ class FileService:
         await self.purge()
 
     async def purge(self, staged_too: bool = False) -> int:
-        """Remove replaced, deleted (and, at start-up, abandoned) files no download still reads."""
-        return await self.store.purge(keep=self._readers, staged_too=staged_too)
+        """Remove replaced and deleted files, expired resumable uploads and (at start-up) uploads
+        cut off by a crash, except those a transfer still uses."""
+        return await self.store.purge(keep=self._pinned, staged_too=staged_too, now=time.time())
+
+    def _pin(self, file_id: bytes) -> None:
+        self._pinned[file_id] += 1
 
     async def open(self, owner: int, name: str) -> "Download":
         """Find and verify a file (FORMAT.md steps 1-3) and pin it against purging."""
@@ -102,33 +106,54 @@ class FileService:
         except IntegrityError:
             log.error("file %s: wrapped key or header failed verification", header.file_id.hex())
             raise
-        self._readers[header.file_id] += 1
+        self._pin(header.file_id)
         return Download(self, stored, keys)
 
     def _release(self, file_id: bytes) -> None:
-        self._readers[file_id] -= 1
-        if self._readers[file_id] <= 0:
-            del self._readers[file_id]
+        self._pinned[file_id] -= 1
+        if self._pinned[file_id] <= 0:
+            del self._pinned[file_id]
+
+
+@dataclass
+class ResumeState:
+    """Where a resumable upload stands: its keys, the bytes stored so far, the plaintext of the
+    partial segment and the SHA-256 of everything before it."""
+
+    file_id: bytes
+    file_key: bytes
+    seg_size: int
+    length: int
+    offset: int
+    tail: bytes
+    sha: "hashlib._Hash"
 
 
 class Upload:
-    """One file being written. Call ``write`` with body bytes, then ``finish`` or ``abort``."""
+    """One file being written. Call ``write`` with body bytes, then ``finish`` or ``abort``.
 
-    def __init__(self, service: FileService, owner: int, max_size: int) -> None:
+    A one-shot upload learns its size at the end, so a full segment is sealed only once a
+    further byte shows it is not the last. A resumed upload knows its length in advance.
+    """
+
+    def __init__(
+        self, service: FileService, owner: int, max_size: int, resume: ResumeState | None = None
+    ) -> None:
         self._svc = service
         self.owner = owner
         self.max_size = max_size
-        self.file_id = sfs.new_file_id()
-        self._file_key = sfs.new_file_key()
+        self.file_id = resume.file_id if resume else sfs.new_file_id()
+        self._file_key = resume.file_key if resume else sfs.new_file_key()
         self._keys = sfs.derive_file_keys(self._file_key, self.file_id)
-        self._seg_size = service.seg_size
-        self._segment = bytearray()
-        self._index = 0
-        self.size = 0
-        self._sha = hashlib.sha256()
+        self._seg_size = resume.seg_size if resume else service.seg_size
+        self.length = resume.length if resume else None
+        self._segment = bytearray(resume.tail) if resume else bytearray()
+        self.size = resume.offset if resume else 0
+        self._index = self.size // self._seg_size
+        self._sha = resume.sha if resume else hashlib.sha256()
         self._hashed: Awaitable[None] | None = None
         self._inflight: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._staged = False
+        self._staged = resume is not None
         self._closed = False
         self._committed = False
         self._lock = asyncio.Lock()  # write, finish and abort never interleave
@@ -142,6 +167,8 @@ class Upload:
             raise RuntimeError("upload already finished or aborted")
         if self.size + len(data) > self.max_size:
             raise TooLarge(f"File too large: the limit is {self.max_size} bytes")
+        if self.length is not None and self.size + len(data) > self.length:
+            raise InputError("The body goes beyond the declared Upload-Length")
         if not self._staged:
             await self._svc.store.stage_file(self.file_id, self.owner, time.time())
             self._staged = True
@@ -154,14 +181,41 @@ class Upload:
             room = self._seg_size - len(self._segment)
             self._segment += view[:room]
             view = view[room:]
+        if self.length is not None and len(self._segment) == self._seg_size and self.size < self.length:
+            await self._emit(final=False)  # the declared length says more follows
 
     async def _emit(self, final: bool) -> None:
         segment, self._segment = self._segment, bytearray()
         index, self._index = self._index, self._index + 1
         self._hashed = self._svc.hash(self._sha.update, segment)
-        while len(self._inflight) >= self._svc.pipeline_depth:
-            await self._inflight.popleft()
+        await self._limit_inflight(self._svc.pipeline_depth)
         self._inflight.append(asyncio.ensure_future(self._store_segment(index, final, segment)))
+
+    async def _limit_inflight(self, limit: int) -> None:
+        while len(self._inflight) > limit - 1 and self._inflight:
+            await self._inflight.popleft()
+
+    async def _drain(self) -> None:
+        """Wait until every sealed segment is stored and hashed."""
+        while self._inflight:
+            await self._inflight.popleft()
+        if self._hashed is not None:
+            await self._hashed
+            self._hashed = None
+
+    async def checkpoint(self) -> ResumeState:
+        """Store everything but the partial segment; return the state to resume from."""
+        async with self._lock:
+            await self._drain()
+            return ResumeState(
+                self.file_id,
+                self._file_key,
+                self._seg_size,
+                self.length or 0,
+                self.size,
+                bytes(self._segment),
+                self._sha,
+            )
 
     async def _store_segment(self, index: int, final: bool, segment: bytearray) -> None:
         blob = await self._svc.crypto(
@@ -182,12 +236,11 @@ class Upload:
         if not self._staged:
             await self._svc.store.stage_file(self.file_id, self.owner, time.time())
             self._staged = True
+        if self.length is not None and self.size != self.length:
+            raise InputError("The upload is not complete")
         await self._emit(final=True)
         self._closed = True
-        while self._inflight:
-            await self._inflight.popleft()
-        if self._hashed is not None:
-            await self._hashed
+        await self._drain()
         digest = self._sha.digest()
         if expected_sha256 is not None and expected_sha256 != digest:
             raise DigestMismatch()

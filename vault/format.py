@@ -38,6 +38,7 @@ MAX_NAME_BYTES = 255
 _SEG_LABEL = b"seg"
 _HDR_LABEL = b"hdr"
 _WRAP_LABEL = b"wrap"
+_TAIL_LABEL = b"tail"
 _KEK_INFO = b"sfs/v1/kek"
 _FILE_INFO = b"sfs/v1/file"
 # label, version u8, suite u8, seg_size u32, final u8, file_id 16, index u64, len(C) u64
@@ -45,6 +46,8 @@ _SEG_FIELDS = struct.Struct(">3sBBIB16sQQ")
 # label, version u8, suite u8, seg_size u32, file_id 16, owner u64, P u64, N u64, sha256 32,
 # len(name) u16 -- followed by the UTF-8 name
 _HDR_FIELDS = struct.Struct(">3sBBI16sQQQ32sH")
+# label, version u8, suite u8, seg_size u32, file_id 16, index u64, offset u64, len(C) u64
+_TAIL_FIELDS = struct.Struct(">4sBBI16sQQQ")
 # label, version u8, key_id u32, file_id 16 -- followed by IV and wrapped ciphertext
 _WRAP_FIELDS = struct.Struct(">4sBI16s")
 
@@ -254,3 +257,53 @@ def verify_header(keys: KeyPair, header: Header, tag: bytes) -> None:
         raise IntegrityError() from None
     if header.seg_count != segment_count(header.size, header.seg_size):
         raise IntegrityError() from None
+
+
+def _tail_mac(keys: KeyPair, seg_size: int, file_id: bytes, offset: int, iv_ct: bytes | memoryview) -> bytes:
+    prefix = _TAIL_FIELDS.pack(
+        _TAIL_LABEL,
+        VERSION,
+        SUITE_AES256CBC_HMACSHA256,
+        seg_size,
+        file_id,
+        offset // seg_size,
+        offset,
+        len(iv_ct) - IV_LEN,
+    )
+    mac = hmac.new(keys.mac, prefix, "sha256")
+    mac.update(iv_ct)
+    return mac.digest()
+
+
+def seal_tail(keys: KeyPair, file_id: bytes, seg_size: int, offset: int, tail: bytes | bytearray) -> bytes:
+    """Encrypt the partial segment a resumable upload holds between two requests.
+
+    ``tail`` is the plaintext from the start of segment ``offset // seg_size`` up to ``offset``.
+    Its own label and the bound offset keep it from being taken for a segment, or for the tail
+    of another offset or file.
+    """
+    if len(tail) != offset % seg_size:
+        raise ValueError("the tail must hold the bytes of the current segment up to the offset")
+    pad_len = BLOCK_LEN - len(tail) % BLOCK_LEN
+    iv = os.urandom(IV_LEN)
+    iv_ct = iv + AES.new(keys.enc, AES.MODE_CBC, iv).encrypt(bytes(tail) + bytes([pad_len]) * pad_len)
+    return iv_ct + _tail_mac(keys, seg_size, file_id, offset, iv_ct)
+
+
+def open_tail(keys: KeyPair, file_id: bytes, seg_size: int, offset: int, blob: bytes) -> bytes:
+    """Verify and decrypt a tail sealed for exactly this file, segment size and offset."""
+    expected_len = offset % seg_size
+    ct_len = (expected_len // BLOCK_LEN + 1) * BLOCK_LEN
+    if len(blob) != IV_LEN + ct_len + TAG_LEN:
+        raise IntegrityError() from None
+    iv_ct = blob[:-TAG_LEN]
+    try:
+        tag = _tail_mac(keys, seg_size, file_id, offset, iv_ct)
+    except struct.error:
+        raise IntegrityError() from None
+    if not hmac.compare_digest(tag, blob[-TAG_LEN:]):
+        raise IntegrityError() from None
+    plaintext = AES.new(keys.enc, AES.MODE_CBC, iv_ct[:IV_LEN]).decrypt(iv_ct[IV_LEN:])
+    if plaintext[-1] != ct_len - expected_len:
+        raise IntegrityError() from None
+    return plaintext[:expected_len]

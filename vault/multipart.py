@@ -16,6 +16,7 @@ MAX_BOUNDARY_LEN = 70  # RFC 2046
 _BOUNDARY_RE = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 (RFC 9110 token characters)
 _PARAM_RE = re.compile(rf';\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+_CHARSETS = frozenset({"utf-8", "iso-8859-1"})  # RFC 8187's two
 _PREAMBLE, _AFTER_DELIMITER, _HEADERS, _BODY, _DONE = range(5)
 
 
@@ -61,6 +62,8 @@ def parse_disposition(value: str) -> dict[str, str]:
         if key.endswith("*"):
             charset, _, tail = raw.partition("'")
             _, _, encoded = tail.partition("'")
+            if charset.lower() not in _CHARSETS:
+                raise MalformedUpload(f"Malformed multipart upload: unsupported charset in {key}")
             try:
                 extended[key[:-1]] = urllib.parse.unquote(
                     encoded, encoding=charset or "utf-8", errors="strict"
@@ -80,9 +83,9 @@ def boundary_from_content_type(content_type: str) -> bytes:
     for match in _PARAM_RE.finditer(";" + rest):
         if match.group(1).lower() == "boundary":
             raw = match.group(2).strip()
-            boundary = (raw[1:-1] if raw.startswith('"') else raw).encode("latin-1", "replace")
-            if _BOUNDARY_RE.fullmatch(boundary):
-                return boundary
+            value = raw[1:-1] if raw.startswith('"') else raw
+            if value.isascii() and _BOUNDARY_RE.fullmatch(value.encode("ascii")):
+                return value.encode("ascii")
             break
     raise MalformedUpload("Malformed multipart upload: missing or invalid boundary")
 

@@ -2,8 +2,8 @@
 
 A name is normalised to Unicode NFC (macOS sends NFD), then must be 1..255 UTF-8 bytes, not
 ``.`` or ``..``, and free of path separators (``/``, ``\\``), NUL and other control characters
-(Unicode category Cc), line/paragraph separators and bidirectional overrides (which can make
-``evil\u202etxt.exe`` display as ``evilexe.txt``).
+(Unicode category Cc), line and paragraph separators, and every bidirectional control
+character (Bidi_Control), which can make ``evil\u202etxt.exe`` display as ``evilexe.txt``.
 """
 
 import unicodedata
@@ -11,7 +11,9 @@ import unicodedata
 from vault.errors import InvalidFilename
 from vault.format import MAX_NAME_BYTES
 
-_FORBIDDEN = frozenset("/\\\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_FORBIDDEN = frozenset(
+    "/\\\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 
 
 def check_filename(name: object) -> str:

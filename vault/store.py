@@ -30,6 +30,25 @@ class StoredFile:
     created: float
 
 
+@dataclass(frozen=True)
+class Resumable:
+    """A STAGED resumable (tus) upload: everything needed to go on after a restart."""
+
+    tus_id: str
+    file_id: bytes
+    owner: int
+    name: str
+    length: int
+    offset: int
+    seg_size: int
+    key_id: int
+    wrapped_key: bytes
+    tail: bytes | None
+    expires: float
+    metadata: str
+    created: float
+
+
 class Store(Protocol):
     async def create_user(self, username: str, password_hash: bytes) -> int:
         """Insert a user; raise UserExists if the name is taken."""
@@ -39,7 +58,17 @@ class Store(Protocol):
     async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
         """Reserve a STAGED row for an upload in progress."""
 
-    async def put_segment(self, file_id: bytes, index: int, blob: bytes | bytearray) -> None: ...
+    async def put_segment(self, file_id: bytes, index: int, blob: bytes | bytearray) -> None:
+        """Insert a segment, replacing one at the same index (a resumed upload rewrites)."""
+
+    async def create_resumable(self, upload: Resumable) -> None: ...
+
+    async def get_resumable(self, owner: int, tus_id: str) -> Resumable | None: ...
+
+    async def save_progress(
+        self, file_id: bytes, old_offset: int, new_offset: int, tail: bytes, expires: float
+    ) -> bool:
+        """Move a resumable upload's offset forward if it is still at old_offset."""
 
     async def commit_file(self, stored: StoredFile) -> None:
         """In one transaction: mark the owner's LIVE file of that name DELETED and make this
@@ -58,7 +87,8 @@ class Store(Protocol):
     async def read_segments(self, file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
         """(index, blob) pairs for indices first..first+count-1 that exist, in index order."""
 
-    async def purge(self, keep: Collection[bytes], staged_too: bool = False) -> int:
-        """Remove DELETED files (and STAGED ones if asked) not in ``keep``; return how many."""
+    async def purge(self, keep: Collection[bytes], staged_too: bool = False, now: float = 0.0) -> int:
+        """Remove DELETED files, resumable uploads that expired before ``now``, and (if asked)
+        other STAGED files, none of them in ``keep``; return how many."""
 
     async def close(self) -> None: ...
