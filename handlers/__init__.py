@@ -2,12 +2,12 @@
 
 import tornado.web
 
-from handlers import auth, files
+from handlers import auth, files, tus
 from handlers.base import Context, NotFoundHandler
 
 
 def make_app(ctx: Context) -> tornado.web.Application:
-    table = [*auth.routes(), *files.routes()]
+    table = [*auth.routes(), *files.routes(), *tus.routes()]
     return tornado.web.Application(
         [(pattern, handler, {"ctx": ctx}) for pattern, handler in table],
         default_handler_class=NotFoundHandler,

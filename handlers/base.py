@@ -13,16 +13,19 @@ from vault.auth import Authenticator, Identity
 from vault.config import Settings
 from vault.errors import (
     AuthError,
+    ChecksumMismatch,
     ConfigError,
+    Conflict,
     ExpiredToken,
     InputError,
     IntegrityError,
     InvalidJSON,
     InvalidToken,
     NotFound,
+    PreconditionFailed,
     RangeNotSatisfiable,
     TooLarge,
-    UserExists,
+    UnsupportedMediaType,
     VaultError,
 )
 from vault.files import FileService
@@ -33,7 +36,10 @@ STATUS: dict[type[VaultError], int] = {
     InputError: 400,
     AuthError: 401,
     NotFound: 404,
-    UserExists: 409,
+    Conflict: 409,
+    PreconditionFailed: 412,
+    UnsupportedMediaType: 415,
+    ChecksumMismatch: 460,  # tus checksum extension
     TooLarge: 413,
     RangeNotSatisfiable: 416,
     IntegrityError: 500,

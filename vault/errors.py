@@ -7,12 +7,17 @@ VaultError
 │   ├── InvalidField        a field is missing, of the wrong type or out of range
 │   ├── InvalidFilename     a file name breaks the naming rules
 │   ├── MalformedUpload     the multipart body cannot be parsed
-│   └── DigestMismatch      the client's digest does not match what arrived
+│   ├── DigestMismatch      the client's digest does not match what arrived
+│   ├── ChecksumMismatch    a resumable upload's chunk does not match its checksum
+│   ├── UnsupportedMediaType the body's Content-Type is not the one required
+│   └── PreconditionFailed  a required protocol version header is missing or unsupported
 ├── AuthError               the caller is not authenticated
 │   ├── InvalidCredentials  unknown user or wrong password (one error for both)
 │   ├── InvalidToken        the token is missing, malformed, forged or of the wrong kind
 │   └── ExpiredToken        the token was valid but has expired
-├── UserExists              the username is taken
+├── Conflict                the request conflicts with the resource's current state
+│   ├── UserExists          the username is taken
+│   └── OffsetMismatch      a resumable upload is not at the offset the client claims
 ├── NotFound                no such resource visible to the caller
 │   └── FileNotFound        no such file for this caller
 ├── TooLarge                a body or file is over its configured limit
@@ -69,6 +74,24 @@ class DigestMismatch(InputError):
     message = "Digest mismatch: the upload was not stored"
 
 
+class ChecksumMismatch(InputError):
+    """A resumable upload's chunk does not match its Upload-Checksum; the chunk was discarded."""
+
+    message = "Checksum mismatch: the chunk was discarded"
+
+
+class UnsupportedMediaType(InputError):
+    """The body's Content-Type is not the one this endpoint requires."""
+
+    message = "Unsupported Content-Type"
+
+
+class PreconditionFailed(InputError):
+    """A required protocol version header is missing or names an unsupported version."""
+
+    message = "Unsupported protocol version"
+
+
 class AuthError(VaultError):
     """The caller is not authenticated."""
 
@@ -93,10 +116,22 @@ class ExpiredToken(AuthError):
     message = "Token expired: log in again"
 
 
-class UserExists(VaultError):
+class Conflict(VaultError):
+    """The request conflicts with the current state of the resource."""
+
+    message = "Conflict"
+
+
+class UserExists(Conflict):
     """The username is taken."""
 
     message = "Username already exists"
+
+
+class OffsetMismatch(Conflict):
+    """A resumable upload is not at the offset the client claims (or is busy with another request)."""
+
+    message = "Upload-Offset does not match the upload's offset"
 
 
 class NotFound(VaultError):

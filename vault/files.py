@@ -11,6 +11,7 @@ import asyncio
 import collections
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -18,13 +19,22 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from vault import format as sfs
-from vault.errors import DigestMismatch, FileNotFound, InputError, IntegrityError, TooLarge
+from vault.errors import (
+    DigestMismatch,
+    FileNotFound,
+    InputError,
+    IntegrityError,
+    NotFound,
+    OffsetMismatch,
+    TooLarge,
+)
 from vault.keys import Keyring
 from vault.names import check_filename
-from vault.store import Store, StoredFile
+from vault.store import Resumable, Store, StoredFile
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+RESUMABLE_ID_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,20 @@ class FileInfo:
         return cls(header.name, header.size, header.sha256.hex(), stored.created, header.file_id.hex())
 
 
+@dataclass
+class ResumeState:
+    """Where a resumable upload stands: its keys, the bytes stored so far, the plaintext of the
+    partial segment and the SHA-256 of everything before it."""
+
+    file_id: bytes
+    file_key: bytes
+    seg_size: int
+    length: int
+    offset: int
+    tail: bytes
+    sha: "hashlib._Hash"
+
+
 class FileService:
     def __init__(
         self,
@@ -52,6 +76,7 @@ class FileService:
         pipeline_depth: int,
         crypto: Executor,
         hasher: Executor,
+        resumable_ttl: int = 86400,
     ) -> None:
         sfs.check_seg_size(seg_size)
         self.store = store
@@ -61,7 +86,10 @@ class FileService:
         self.pipeline_depth = pipeline_depth
         self._crypto = crypto
         self._hasher = hasher
+        self.resumable_ttl = resumable_ttl
         self._pinned: collections.Counter[bytes] = collections.Counter()
+        self._busy: set[str] = set()  # resumable uploads a request is writing to right now
+        self._hashes: dict[str, tuple[int, hashlib._Hash]] = {}  # tus_id -> (offset, SHA-256 so far)
 
     def crypto(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self._crypto, fn, *args)
@@ -109,24 +137,104 @@ class FileService:
         self._pin(header.file_id)
         return Download(self, stored, keys)
 
+    async def create_resumable(self, owner: int, name: str, length: int, metadata: str) -> Resumable:
+        """Register a resumable upload of ``length`` bytes; its key is wrapped at once so the
+        upload survives a restart."""
+        name = check_filename(name)
+        if length > self.max_file_size:
+            raise TooLarge(f"File too large: the limit is {self.max_file_size} bytes")
+        file_id, file_key, now = sfs.new_file_id(), sfs.new_file_key(), time.time()
+        primary = self.keyring.primary
+        upload = Resumable(
+            tus_id=secrets.token_urlsafe(RESUMABLE_ID_BYTES),
+            file_id=file_id,
+            owner=owner,
+            name=name,
+            length=length,
+            offset=0,
+            seg_size=self.seg_size,
+            key_id=primary,
+            wrapped_key=sfs.wrap_file_key(self.keyring.keks[primary], primary, file_id, file_key),
+            tail=None,
+            expires=now + self.resumable_ttl,
+            metadata=metadata,
+            created=now,
+        )
+        await self.store.create_resumable(upload)
+        return upload
+
+    async def get_resumable(self, owner: int, tus_id: str) -> Resumable:
+        upload = await self.store.get_resumable(owner, tus_id)
+        if upload is None or upload.expires < time.time():
+            raise NotFound("Upload not found")
+        return upload
+
+    async def resume(self, owner: int, tus_id: str, offset: int) -> "ResumedUpload":
+        """Open a resumable upload for one request that appends at ``offset``."""
+        upload = await self.get_resumable(owner, tus_id)
+        if tus_id in self._busy:
+            raise OffsetMismatch("Another request is writing to this upload; retry with HEAD")
+        if offset != upload.offset:
+            raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
+        self._busy.add(tus_id)
+        self._pin(upload.file_id)
+        try:
+            state = await self._resume_state(upload)
+        except BaseException:
+            self._busy.discard(tus_id)
+            self._release(upload.file_id)
+            raise
+        return ResumedUpload(self, upload, Upload(self, owner, self.max_file_size, state))
+
+    async def _resume_state(self, upload: Resumable) -> ResumeState:
+        kek = self.keyring.kek(upload.key_id)
+        if kek is None:
+            raise IntegrityError()
+        file_key = sfs.unwrap_file_key(kek, upload.key_id, upload.file_id, upload.wrapped_key)
+        keys = sfs.derive_file_keys(file_key, upload.file_id)
+        tail = b""
+        if upload.tail is not None:
+            tail = sfs.open_tail(keys, upload.file_id, upload.seg_size, upload.offset, upload.tail)
+        elif upload.offset:
+            raise IntegrityError()
+        cached = self._hashes.get(upload.tus_id)
+        if cached is not None and cached[0] == upload.offset:
+            sha = cached[1].copy()  # a copy: a failed request must not spoil the cached state
+        else:
+            sha = await self._rehash(upload, keys)
+        return ResumeState(upload.file_id, file_key, upload.seg_size, upload.length, upload.offset, tail, sha)
+
+    async def _rehash(self, upload: Resumable, keys: sfs.KeyPair) -> "hashlib._Hash":
+        """After a restart the running SHA-256 is gone: hash the stored full segments once."""
+        sha = hashlib.sha256()
+        for index in range(upload.offset // upload.seg_size):
+            rows = await self.store.read_segments(upload.file_id, index, 1)
+            if len(rows) != 1 or rows[0][0] != index:
+                raise IntegrityError()
+            plaintext = await self.crypto(
+                sfs.open_segment,
+                keys,
+                upload.file_id,
+                upload.seg_size,
+                index,
+                False,
+                upload.seg_size,
+                rows[0][1],
+            )
+            await self.hash(sha.update, plaintext)
+        return sha
+
+    async def terminate(self, owner: int, tus_id: str) -> None:
+        upload = await self.get_resumable(owner, tus_id)
+        if tus_id in self._busy:
+            raise OffsetMismatch("Another request is writing to this upload")
+        self._hashes.pop(tus_id, None)
+        await self.store.discard_file(upload.file_id)
+
     def _release(self, file_id: bytes) -> None:
         self._pinned[file_id] -= 1
         if self._pinned[file_id] <= 0:
             del self._pinned[file_id]
-
-
-@dataclass
-class ResumeState:
-    """Where a resumable upload stands: its keys, the bytes stored so far, the plaintext of the
-    partial segment and the SHA-256 of everything before it."""
-
-    file_id: bytes
-    file_key: bytes
-    seg_size: int
-    length: int
-    offset: int
-    tail: bytes
-    sha: "hashlib._Hash"
 
 
 class Upload:
@@ -280,6 +388,67 @@ class Upload:
             if self._staged and not self._committed:
                 self._staged = False
                 await self._svc.store.discard_file(self.file_id)
+
+
+class ResumedUpload:
+    """One request's worth of appending to a resumable upload: ``write``, then ``save`` (which
+    completes the file when the last byte arrived) or ``discard``."""
+
+    def __init__(self, service: FileService, resumable: Resumable, upload: Upload) -> None:
+        self._svc = service
+        self.resumable = resumable
+        self._upload = upload
+        self._done = False
+        self.info: FileInfo | None = None
+
+    @property
+    def offset(self) -> int:
+        return self._upload.size
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    async def write(self, data: bytes) -> None:
+        await self._upload.write(data)
+
+    async def save(self) -> int:
+        """Make what arrived durable and return the new offset; commit the file if complete."""
+        if self._done:
+            raise RuntimeError("resumed upload already saved or discarded")
+        svc, r = self._svc, self.resumable
+        try:
+            if self._upload.size == r.length:
+                self.info = await self._upload.finish(r.name)
+                svc._hashes.pop(r.tus_id, None)
+                return r.length
+            state = await self._upload.checkpoint()
+            tail = await svc.crypto(sfs.seal_tail, *self._tail_args(state))
+            expires = time.time() + svc.resumable_ttl
+            if not await svc.store.save_progress(r.file_id, r.offset, state.offset, tail, expires):
+                raise OffsetMismatch()
+            svc._hashes[r.tus_id] = (state.offset, state.sha)
+            return state.offset
+        finally:
+            self._close()
+
+    def _tail_args(self, state: ResumeState) -> tuple[sfs.KeyPair, bytes, int, int, bytes]:
+        keys = sfs.derive_file_keys(state.file_key, state.file_id)
+        return keys, state.file_id, state.seg_size, state.offset, state.tail
+
+    async def discard(self) -> None:
+        """Forget what this request sent: the stored offset stays where it was."""
+        if not self._done:
+            try:
+                await self._upload.checkpoint()  # let segment writes under way finish first
+            finally:
+                self._close()
+
+    def _close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._svc._busy.discard(self.resumable.tus_id)
+            self._svc._release(self.resumable.file_id)
 
 
 class Download:

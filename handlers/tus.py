@@ -1,0 +1,247 @@
+"""Resumable uploads: the tus 1.0.0 protocol (core, creation, creation-with-upload,
+termination, expiration, checksum with sha256 or sha1) behind the same Bearer-token auth.
+
+``POST /tus`` creates an upload (optionally with its first bytes), ``HEAD /tus/<id>`` tells
+the offset, ``PATCH /tus/<id>`` appends, ``DELETE /tus/<id>`` abandons it. The upload becomes an
+ordinary file, atomically, when its last byte is stored. See docs/FORMAT.md for how the partial
+segment between two requests is kept encrypted.
+"""
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import hashlib
+import hmac
+import logging
+
+import tornado.web
+
+from handlers.base import BaseHandler
+from handlers.files import CHUNK_ALLOWANCE, file_json
+from vault.errors import (
+    ChecksumMismatch,
+    InputError,
+    PreconditionFailed,
+    UnsupportedMediaType,
+)
+from vault.files import ResumedUpload
+from vault.store import Resumable
+
+log = logging.getLogger(__name__)
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
+OFFSET_TYPE = "application/offset+octet-stream"
+MAX_METADATA_BYTES = 4096
+# sha1 only because tuspy cannot send anything else; the checksum guards a chunk against
+# corruption in transit, while TLS and the per-segment MACs guard against attackers.
+CHECKSUM_ALGORITHMS = ("sha256", "sha1")
+
+
+def parse_metadata(header: str | None) -> dict[str, bytes]:
+    """``Upload-Metadata``: comma-separated ``key base64value`` pairs (the value is optional)."""
+    if not header:
+        return {}
+    if len(header) > MAX_METADATA_BYTES:
+        raise InputError("Upload-Metadata is too long")
+    pairs: dict[str, bytes] = {}
+    for item in header.split(","):
+        key, _, value = item.strip().partition(" ")
+        if not key or not key.isascii() or " " in value.strip():
+            raise InputError("Malformed Upload-Metadata")
+        try:
+            pairs[key] = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(f"Malformed Upload-Metadata: the value of {key!r} is not base64") from None
+    return pairs
+
+
+def parse_checksum(header: str | None) -> tuple[str, bytes] | None:
+    """``Upload-Checksum: <algorithm> <base64>`` of this request's body: (algorithm, digest)."""
+    if header is None:
+        return None
+    algorithm, _, value = header.strip().partition(" ")
+    algorithm = algorithm.lower()
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise InputError("Unsupported Upload-Checksum algorithm: use sha256 (or sha1)")
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != hashlib.new(algorithm).digest_size:
+        raise InputError(f"Malformed Upload-Checksum: not a {algorithm} digest in base64")
+    return algorithm, digest
+
+
+def parse_length(value: str | None, header: str) -> int:
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 19:
+        raise InputError(f"{header} must be a non-negative integer")
+    return int(value)
+
+
+class TusHandler(BaseHandler):
+    """Protocol headers, OPTIONS discovery, and the body streaming both write routes share."""
+
+    session: ResumedUpload | None = None
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Tus-Resumable", TUS_VERSION)
+
+    async def options(self, *args: str) -> None:
+        self.set_header("Tus-Version", TUS_VERSION)
+        self.set_header("Tus-Extension", TUS_EXTENSIONS)
+        self.set_header("Tus-Max-Size", str(self.files.max_file_size))
+        self.set_header("Tus-Checksum-Algorithm", ",".join(CHECKSUM_ALGORITHMS))
+        self.set_status(204)
+        self.finish()
+
+    def check_protocol(self) -> None:
+        if self.request.headers.get("Tus-Resumable") != TUS_VERSION:
+            self.set_header("Tus-Version", TUS_VERSION)
+            raise PreconditionFailed(f"Send Tus-Resumable: {TUS_VERSION}")
+
+    def expect_body(self, remaining: int) -> None:
+        """Checks for a request that appends bytes: content type, checksum and size cap."""
+        if self.request.headers.get("Content-Type", "").split(";")[0].strip().lower() != OFFSET_TYPE:
+            raise UnsupportedMediaType(f"Content-Type must be {OFFSET_TYPE}")
+        checksum = parse_checksum(self.request.headers.get("Upload-Checksum"))
+        self.checksum = checksum[1] if checksum else None
+        self.body_sha = hashlib.new(checksum[0]) if checksum else None
+        self.connection.set_max_body_size(remaining + CHUNK_ALLOWANCE)
+        self._failed = False
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self.session is None or self._failed:
+            return
+        try:
+            if self.body_sha is not None:
+                self.body_sha.update(chunk)
+            await self.session.write(chunk)
+        except Exception as exc:
+            self._failed = True
+            await self.session.discard()
+            self.fail(exc)
+
+    async def save_body(self) -> int:
+        """Keep what arrived (unless its checksum fails) and return the new offset."""
+        assert self.session is not None
+        if self.body_sha is not None and self.checksum is not None:
+            if not hmac.compare_digest(self.body_sha.digest(), self.checksum):
+                await self.session.discard()
+                raise ChecksumMismatch()
+        return await self.session.save()
+
+    def on_connection_close(self) -> None:
+        if self.session is not None and not self.session.done:
+            asyncio.ensure_future(self._interrupted(self.session))
+
+    async def _interrupted(self, session: ResumedUpload) -> None:
+        """tus asks a server to keep what an interrupted request delivered; with a checksum
+        the partial chunk cannot be verified, so it is dropped."""
+        try:
+            if self.body_sha is not None:
+                await session.discard()
+            else:
+                await session.save()
+        except Exception:
+            log.exception("saving an interrupted resumable upload failed")
+            await session.discard()
+
+    def upload_headers(self, upload: Resumable, offset: int) -> None:
+        self.set_header("Upload-Offset", str(offset))
+        self.set_header("Upload-Expires", email.utils.formatdate(upload.expires, usegmt=True))
+
+
+@tornado.web.stream_request_body
+class TusCreateHandler(TusHandler):
+    """``POST /tus``: Upload-Length and Upload-Metadata (``filename``) create an upload."""
+
+    async def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        self.check_protocol()
+        identity = self.authenticate()
+        if "Upload-Defer-Length" in self.request.headers:
+            raise InputError("Upload-Defer-Length is not supported: send Upload-Length")
+        length = parse_length(self.request.headers.get("Upload-Length"), "Upload-Length")
+        raw_metadata = self.request.headers.get("Upload-Metadata", "")
+        metadata = parse_metadata(raw_metadata)
+        name_bytes = metadata.get("filename", metadata.get("name"))
+        if name_bytes is None:
+            raise InputError("Upload-Metadata must carry the file name as 'filename'")
+        try:
+            name = name_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError("The file name in Upload-Metadata must be UTF-8") from None
+        has_body = self.request.headers.get("Content-Length", "0") != "0" or (
+            "Transfer-Encoding" in self.request.headers
+        )
+        if has_body:
+            self.expect_body(length)
+        else:
+            self.connection.set_max_body_size(0)
+            self.body_sha = None
+        self.upload = await self.files.create_resumable(identity.user_id, name, length, raw_metadata)
+        if has_body or length == 0:
+            self.session = await self.files.resume(identity.user_id, self.upload.tus_id, 0)
+        self._failed = False
+
+    async def post(self) -> None:
+        if self._failed:
+            return
+        offset = await self.save_body() if self.session is not None else 0
+        self.set_header("Location", f"{self.request.protocol}://{self.request.host}/tus/{self.upload.tus_id}")
+        self.upload_headers(self.upload, offset)
+        body: dict[str, object] = {"message": "Upload created", "offset": offset}
+        if self.session is not None and self.session.info is not None:
+            body = {"message": "File uploaded successfully", **file_json(self.session.info)}
+        self.write_json(201, body)
+
+
+@tornado.web.stream_request_body
+class TusUploadHandler(TusHandler):
+    """``HEAD``, ``PATCH`` and ``DELETE /tus/<id>``."""
+
+    async def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        self.check_protocol()
+        self.identity = self.authenticate()
+        if self.request.method == "PATCH":
+            offset = parse_length(self.request.headers.get("Upload-Offset"), "Upload-Offset")
+            upload = await self.files.get_resumable(self.identity.user_id, self.path_args[0])
+            self.expect_body(max(upload.length - offset, 0))
+            self.session = await self.files.resume(self.identity.user_id, self.path_args[0], offset)
+        else:
+            self.connection.set_max_body_size(0)
+
+    async def head(self, tus_id: str) -> None:
+        upload = await self.files.get_resumable(self.identity.user_id, tus_id)
+        self.upload_headers(upload, upload.offset)
+        self.set_header("Upload-Length", str(upload.length))
+        if upload.metadata:
+            self.set_header("Upload-Metadata", upload.metadata)
+        self.set_status(200)
+        self.finish()
+
+    async def patch(self, tus_id: str) -> None:
+        if self._failed or self.session is None:
+            return
+        offset = await self.save_body()
+        self.upload_headers(self.session.resumable, offset)
+        self.set_status(204)
+        self.finish()
+
+    async def delete(self, tus_id: str) -> None:
+        await self.files.terminate(self.identity.user_id, tus_id)
+        self.set_status(204)
+        self.finish()
+
+
+def routes() -> list[tuple[str, type]]:
+    return [
+        (r"/tus/?", TusCreateHandler),
+        (r"/tus/([A-Za-z0-9_-]{1,64})", TusUploadHandler),
+    ]
