@@ -75,6 +75,7 @@ async def _serve(
         pipeline_depth=settings.pipeline_depth,
         crypto=crypto,
         hasher=hasher,
+        resumable_ttl=settings.resumable_ttl,
     )
     await files.purge(staged_too=True)  # uploads cut off by a crash or kill
     auth = Authenticator(

@@ -171,7 +171,7 @@ class JSONBodyHandler(BaseHandler):
     def json_body(self) -> dict[str, Any]:
         try:
             body = json.loads(self._body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidJSON("Malformed JSON: the body must be a JSON object") from None
         if not isinstance(body, dict):
             raise InvalidJSON()

@@ -107,6 +107,10 @@ class UploadHandler(BaseHandler):
         if self.upload is not None:
             asyncio.ensure_future(self.upload.abort())
 
+    def on_finish(self) -> None:
+        """Whatever the answer was, an upload that did not commit is removed (a no-op otherwise)."""
+        self.on_connection_close()
+
 
 @tornado.web.stream_request_body
 class RawUploadHandler(UploadHandler):
@@ -136,9 +140,10 @@ class MultipartUploadHandler(UploadHandler):
     slack = MULTIPART_SLACK
 
     async def prepare(self) -> None:
-        boundary = boundary_from_content_type(self.request.headers.get("Content-Type", ""))
         await super().prepare()
-        self.parser = MultipartParser(boundary)
+        self.parser = MultipartParser(
+            boundary_from_content_type(self.request.headers.get("Content-Type", ""))
+        )
         self.filename: str | None = None
         self.in_file = False
 

@@ -88,9 +88,9 @@ class TusHandler(BaseHandler):
     def set_default_headers(self) -> None:
         super().set_default_headers()
         self.set_header("Tus-Resumable", TUS_VERSION)
+        self.set_header("Tus-Version", TUS_VERSION)  # also on errors: send_error resets headers
 
     async def options(self, *args: str) -> None:
-        self.set_header("Tus-Version", TUS_VERSION)
         self.set_header("Tus-Extension", TUS_EXTENSIONS)
         self.set_header("Tus-Max-Size", str(self.files.max_file_size))
         self.set_header("Tus-Checksum-Algorithm", ",".join(CHECKSUM_ALGORITHMS))
@@ -99,7 +99,6 @@ class TusHandler(BaseHandler):
 
     def check_protocol(self) -> None:
         if self.request.headers.get("Tus-Resumable") != TUS_VERSION:
-            self.set_header("Tus-Version", TUS_VERSION)
             raise PreconditionFailed(f"Send Tus-Resumable: {TUS_VERSION}")
 
     def expect_body(self, remaining: int) -> None:

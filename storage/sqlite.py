@@ -39,6 +39,12 @@ _FILE_COLUMNS = (
 )
 
 
+def _lenient_text(raw: bytes) -> str:
+    """TEXT that is not UTF-8 (only a tampered row has that) decodes with U+FFFD, so the
+    header check, not a decoding exception, turns it away."""
+    return raw.decode("utf-8", errors="replace")
+
+
 def _stored_file(row: Any) -> StoredFile:
     """A LIVE row as a record; a column of the wrong type (tampering) is an IntegrityError."""
     try:
@@ -87,6 +93,7 @@ class SQLiteStore:
         await writer.executescript(schema)
         await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         reader = await aiosqlite.connect(path, isolation_level=None)
+        reader.text_factory = _lenient_text
         for pragma in _PRAGMAS:
             await reader.execute(pragma)
         return cls(writer, reader)
@@ -106,6 +113,20 @@ class SQLiteStore:
                 raise
             await self._writer.execute("COMMIT")
 
+    async def _all(self, sql: str, params: tuple[object, ...]) -> list[Any]:
+        """Run a read and always reset the statement, so an error cannot leave the reader
+        holding an old snapshot. A row that cannot even be decoded is an IntegrityError."""
+        try:
+            async with self._reader.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except (sqlite3.DataError, sqlite3.OperationalError) as exc:
+            log.error("reading the database failed: %s", exc)
+            raise IntegrityError() from None
+
+    async def _one(self, sql: str, params: tuple[object, ...]) -> Any:
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
+
     async def _write(self, sql: str, params: tuple[object, ...]) -> int:
         async with self._lock:
             cursor = await self._writer.execute(sql, params)
@@ -123,10 +144,7 @@ class SQLiteStore:
         return int(cursor.lastrowid or 0)
 
     async def get_user(self, username: str) -> User | None:
-        cursor = await self._reader.execute(
-            "SELECT id, username, password_hash FROM users WHERE username = ?", (username,)
-        )
-        row = await cursor.fetchone()
+        row = await self._one("SELECT id, username, password_hash FROM users WHERE username = ?", (username,))
         return User(int(row[0]), str(row[1]), bytes(row[2])) if row else None
 
     async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
@@ -151,13 +169,12 @@ class SQLiteStore:
         )
 
     async def get_resumable(self, owner: int, tus_id: str) -> Resumable | None:
-        cursor = await self._reader.execute(
+        row = await self._one(
             "SELECT tus_id, file_id, owner, name, upload_length, upload_offset, seg_size, key_id,"
             " wrapped_key, tail, expires, metadata, created FROM files"
             " WHERE tus_id = ? AND owner = ? AND state = ?",
             (tus_id, owner, STAGED),
         )
-        row = await cursor.fetchone()
         if row is None:
             return None
         try:
@@ -247,19 +264,18 @@ class SQLiteStore:
         return 1
 
     async def get_file(self, owner: int, name: str) -> StoredFile | None:
-        cursor = await self._reader.execute(
+        row = await self._one(
             f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND name = ? AND state = ?",  # noqa: S608 (constant)
             (owner, name, LIVE),
         )
-        row = await cursor.fetchone()
         return _stored_file(row) if row else None
 
     async def list_files(self, owner: int) -> list[StoredFile]:
-        cursor = await self._reader.execute(
+        rows = await self._all(
             f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND state = ? ORDER BY name",  # noqa: S608 (constant)
             (owner, LIVE),
         )
-        return [_stored_file(row) for row in await cursor.fetchall()]
+        return [_stored_file(row) for row in rows]
 
     async def delete_file(self, owner: int, name: str) -> bool:
         changed = await self._write(
@@ -269,20 +285,20 @@ class SQLiteStore:
         return changed == 1
 
     async def read_segments(self, file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
-        cursor = await self._reader.execute(
+        rows = await self._all(
             "SELECT idx, data FROM segments WHERE file_id = ? AND idx >= ? AND idx < ? ORDER BY idx",
             (file_id, first, first + count),
         )
-        return [(int(idx), data) for idx, data in await cursor.fetchall()]
+        return [(int(idx), data) for idx, data in rows]
 
     async def purge(self, keep: Collection[bytes], staged_too: bool = False, now: float = 0.0) -> int:
-        cursor = await self._reader.execute(
+        rows = await self._all(
             "SELECT file_id, state FROM files WHERE state = ?"
             " OR (state = ? AND tus_id IS NOT NULL AND expires < ?)"
             " OR (state = ? AND tus_id IS NULL AND ?)",
             (DELETED, STAGED, now, STAGED, staged_too),
         )
-        victims = [(bytes(fid), int(state)) for fid, state in await cursor.fetchall()]
+        victims = [(bytes(fid), int(state)) for fid, state in rows]
         removed = 0
         for file_id, state in victims:
             if file_id not in keep:  # a live view: a transfer may have pinned it meanwhile

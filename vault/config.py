@@ -43,6 +43,9 @@ class Settings:
     crypto_threads: int = _setting(2, "Threads that encrypt, decrypt and hash segments.")
     auth_threads: int = _setting(2, "Threads for bcrypt, kept apart so logins never stall transfers.")
     pipeline_depth: int = _setting(4, "Segments in flight per transfer (memory: about 3x this many MiB).")
+    resumable_ttl: int = _setting(
+        86400, "Seconds an unfinished resumable (tus) upload is kept after its last write."
+    )
     idle_timeout: int = _setting(60, "Seconds an idle keep-alive connection is kept open.")
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
 
@@ -89,6 +92,7 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "auth_threads", 1, 64)
     _check_range(values, "pipeline_depth", 1, 64)
     _check_range(values, "idle_timeout", 1, 86400)
+    _check_range(values, "resumable_ttl", 60, 366 * 86400)
     try:
         check_seg_size(values["segment_size"])
     except ValueError as exc:
