@@ -107,7 +107,11 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(exc, VaultError):
             status_code, message = status_for(exc), exc.message
             if isinstance(exc, AuthError):
-                error = "invalid_token" if isinstance(exc, (InvalidToken, ExpiredToken)) else None
+                # RFC 6750 3.1: no error code when the request carried no credentials at all.
+                presented = "Authorization" in self.request.headers
+                error = (
+                    "invalid_token" if presented and isinstance(exc, (InvalidToken, ExpiredToken)) else None
+                )
                 self.set_header("WWW-Authenticate", f'Bearer error="{error}"' if error else "Bearer")
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message

@@ -74,6 +74,7 @@ class UploadHandler(BaseHandler):
     async def prepare(self) -> None:
         self._failed = False
         self.identity: Identity = self.authenticate()
+        self.check_request()
         limit = self.files.max_file_size
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit + self.slack:
@@ -82,6 +83,9 @@ class UploadHandler(BaseHandler):
         self.connection.set_max_body_size(limit + self.slack + CHUNK_ALLOWANCE)
         self.digest = expected_digest(self.request.headers)
         self.upload = self.files.begin_upload(self.identity.user_id)
+
+    def check_request(self) -> None:
+        """Route-specific checks made before any of the body is read."""
 
     async def write_body(self, data: bytes) -> None:
         assert self.upload is not None
@@ -96,11 +100,7 @@ class UploadHandler(BaseHandler):
 
     async def commit(self, name: str) -> None:
         assert self.upload is not None
-        try:
-            info = await self.upload.finish(name, self.digest)
-        except BaseException:
-            await self.upload.abort()
-            raise
+        info = await self.upload.finish(name, self.digest)  # on failure, on_finish removes it
         self.write_json(201, {"message": "File uploaded successfully", **file_json(info)})
 
     def on_connection_close(self) -> None:
@@ -116,9 +116,8 @@ class UploadHandler(BaseHandler):
 class RawUploadHandler(UploadHandler):
     """``PUT /upload/<filename>`` with the file as the body (``curl -T``)."""
 
-    async def prepare(self) -> None:
-        check_filename(self.path_args[0])  # refuse a bad name before reading the body
-        await super().prepare()
+    def check_request(self) -> None:
+        check_filename(self.path_args[0])
 
     async def data_received(self, chunk: bytes) -> None:
         if self._failed:
