@@ -76,6 +76,7 @@ async def _serve(
         crypto=crypto,
         hasher=hasher,
         resumable_ttl=settings.resumable_ttl,
+        segments_in_flight=settings.segments_in_flight,
     )
     await files.purge(staged_too=True)  # uploads cut off by a crash or kill
     auth = Authenticator(

@@ -42,7 +42,10 @@ class Settings:
     jwt_audience: str = _setting("vault", "JWT `aud` claim issued and required.")
     crypto_threads: int = _setting(2, "Threads that encrypt, decrypt and hash segments.")
     auth_threads: int = _setting(2, "Threads for bcrypt, kept apart so logins never stall transfers.")
-    pipeline_depth: int = _setting(4, "Segments in flight per transfer (memory: about 3x this many MiB).")
+    pipeline_depth: int = _setting(4, "Segments in flight per transfer.")
+    segments_in_flight: int = _setting(
+        8, "Segments being sealed or stored across all uploads together (bounds memory: ~2 MiB each)."
+    )
     resumable_ttl: int = _setting(
         86400, "Seconds an unfinished resumable (tus) upload is kept after its last write."
     )
@@ -91,6 +94,7 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "crypto_threads", 1, 64)
     _check_range(values, "auth_threads", 1, 64)
     _check_range(values, "pipeline_depth", 1, 64)
+    _check_range(values, "segments_in_flight", 1, 1024)
     _check_range(values, "idle_timeout", 1, 86400)
     _check_range(values, "resumable_ttl", 60, 366 * 86400)
     try:

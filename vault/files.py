@@ -77,6 +77,7 @@ class FileService:
         crypto: Executor,
         hasher: Executor,
         resumable_ttl: int = 86400,
+        segments_in_flight: int = 8,
     ) -> None:
         sfs.check_seg_size(seg_size)
         self.store = store
@@ -87,6 +88,9 @@ class FileService:
         self._crypto = crypto
         self._hasher = hasher
         self.resumable_ttl = resumable_ttl
+        # One bound for all uploads together: a sealed segment waiting for the database holds
+        # two segment-sized buffers, so memory stays flat however many clients upload at once.
+        self.slots = asyncio.Semaphore(segments_in_flight)
         self._pinned: collections.Counter[bytes] = collections.Counter()
         self._busy: set[str] = set()  # resumable uploads a request is writing to right now
         self._hashes: dict[str, tuple[int, hashlib._Hash]] = {}  # tus_id -> (offset, SHA-256 so far)
@@ -297,7 +301,10 @@ class Upload:
         index, self._index = self._index, self._index + 1
         self._hashed = self._svc.hash(self._sha.update, segment)
         await self._limit_inflight(self._svc.pipeline_depth)
-        self._inflight.append(asyncio.ensure_future(self._store_segment(index, final, segment)))
+        await self._svc.slots.acquire()
+        task = asyncio.ensure_future(self._store_segment(index, final, segment))
+        task.add_done_callback(lambda _: self._svc.slots.release())
+        self._inflight.append(task)
 
     async def _limit_inflight(self, limit: int) -> None:
         while len(self._inflight) > limit - 1 and self._inflight:
