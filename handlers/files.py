@@ -104,12 +104,16 @@ class UploadHandler(BaseHandler):
         self.write_json(201, {"message": "File uploaded successfully", **file_json(info)})
 
     def on_connection_close(self) -> None:
-        if self.upload is not None:
-            asyncio.ensure_future(self.upload.abort())
+        super().on_connection_close()  # ends the request: Tornado resolves the body future here
+        self._remove_uncommitted()
 
     def on_finish(self) -> None:
         """Whatever the answer was, an upload that did not commit is removed (a no-op otherwise)."""
-        self.on_connection_close()
+        self._remove_uncommitted()
+
+    def _remove_uncommitted(self) -> None:
+        if self.upload is not None:
+            asyncio.ensure_future(self.upload.abort())
 
 
 @tornado.web.stream_request_body

@@ -22,6 +22,8 @@ from handlers.files import CHUNK_ALLOWANCE, file_json
 from vault.errors import (
     ChecksumMismatch,
     InputError,
+    NotFound,
+    OffsetMismatch,
     PreconditionFailed,
     UnsupportedMediaType,
 )
@@ -102,9 +104,13 @@ class TusHandler(BaseHandler):
             raise PreconditionFailed(f"Send Tus-Resumable: {TUS_VERSION}")
 
     def expect_body(self, remaining: int) -> None:
-        """Checks for a request that appends bytes: content type, checksum and size cap."""
+        """Checks for a request that appends bytes, before any of it is read: content type,
+        checksum, and a declared length that fits what the upload still expects."""
         if self.request.headers.get("Content-Type", "").split(";")[0].strip().lower() != OFFSET_TYPE:
             raise UnsupportedMediaType(f"Content-Type must be {OFFSET_TYPE}")
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and parse_length(declared, "Content-Length") > remaining:
+            raise InputError(f"The body goes beyond the declared Upload-Length: {remaining} bytes remain")
         checksum = parse_checksum(self.request.headers.get("Upload-Checksum"))
         self.checksum = checksum[1] if checksum else None
         self.body_sha = hashlib.new(checksum[0]) if checksum else None
@@ -133,10 +139,15 @@ class TusHandler(BaseHandler):
         return await self.session.save()
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()  # ends the request: Tornado resolves the body future here
         if self.session is not None and not self.session.done:
-            asyncio.ensure_future(self._interrupted(self.session))
+            asyncio.ensure_future(self.interrupted(self.session))
 
-    async def _interrupted(self, session: ResumedUpload) -> None:
+    def on_finish(self) -> None:
+        if self.session is not None and not self.session.done:  # an error answer
+            asyncio.ensure_future(self.session.discard())
+
+    async def interrupted(self, session: ResumedUpload) -> None:
         """tus asks a server to keep what an interrupted request delivered; with a checksum
         the partial chunk cannot be verified, so it is dropped."""
         try:
@@ -187,6 +198,22 @@ class TusCreateHandler(TusHandler):
             self.session = await self.files.resume(identity.user_id, self.upload.tus_id, 0)
         self._failed = False
 
+    async def interrupted(self, session: ResumedUpload) -> None:
+        """The client never learnt the upload's URL, so it could not resume it: remove it."""
+        await session.discard()
+        await self._remove_created()
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        if self.get_status() >= 400 and getattr(self, "upload", None) is not None:
+            asyncio.ensure_future(self._remove_created())
+
+    async def _remove_created(self) -> None:
+        try:
+            await self.files.terminate(self.upload.owner, self.upload.tus_id)
+        except NotFound:
+            pass
+
     async def post(self) -> None:
         if self._failed:
             return
@@ -211,7 +238,9 @@ class TusUploadHandler(TusHandler):
         if self.request.method == "PATCH":
             offset = parse_length(self.request.headers.get("Upload-Offset"), "Upload-Offset")
             upload = await self.files.get_resumable(self.identity.user_id, self.path_args[0])
-            self.expect_body(max(upload.length - offset, 0))
+            if offset != upload.offset:
+                raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
+            self.expect_body(upload.length - offset)
             self.session = await self.files.resume(self.identity.user_id, self.path_args[0], offset)
         else:
             self.connection.set_max_body_size(0)
