@@ -30,7 +30,8 @@ MAX_HEADER_BYTES = 16 * 1024
 # Body bytes per data_received call. Measured (bench/transfer.py, 256 MiB, 3 runs): 64 KiB gave
 # 173/162/327 MB/s (PUT/multipart/GET), 256 KiB 187/178/342, 1 MiB 157/149/307.
 BODY_CHUNK = 256 * 1024
-PURGE_INTERVAL = 300  # seconds between sweeps for expired resumable uploads
+PURGE_INTERVAL = 300
+SMALL_BODY_LIMIT = 64 * 1024  # seconds between sweeps for expired resumable uploads
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -96,7 +97,9 @@ async def _serve(
         app,
         ssl_options=ssl_context,
         max_header_size=MAX_HEADER_BYTES,
-        max_body_size=settings.max_file_size + 1024 * 1024,
+        # Handlers that do not stream get whole bodies buffered by Tornado before they run, so
+        # the server-wide cap is small; the streaming handlers raise it in prepare(), after auth.
+        max_body_size=SMALL_BODY_LIMIT,
         idle_connection_timeout=settings.idle_timeout,
         chunk_size=BODY_CHUNK,
     )
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vault: {exc}", file=sys.stderr)
         return 2
+    os.umask(0o077)  # the database, its WAL and generated secrets: readable by the owner only
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(settings))

@@ -35,6 +35,7 @@ from vault.store import Resumable, Store, StoredFile
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RESUMABLE_ID_BYTES = 16
+OPEN_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class FileService:
         self.slots = asyncio.Semaphore(segments_in_flight)
         self._pinned: collections.Counter[bytes] = collections.Counter()
         self._busy: set[str] = set()  # resumable uploads a request is writing to right now
-        self._hashes: dict[str, tuple[int, hashlib._Hash]] = {}  # tus_id -> (offset, SHA-256 so far)
+        # tus_id -> (offset, SHA-256 of the segments before it, last used): saves re-reading them
+        self._hashes: dict[str, tuple[int, hashlib._Hash, float]] = {}
 
     def crypto(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self._crypto, fn, *args)
@@ -116,16 +118,35 @@ class FileService:
     async def purge(self, staged_too: bool = False) -> int:
         """Remove replaced and deleted files, expired resumable uploads and (at start-up) uploads
         cut off by a crash, except those a transfer still uses."""
-        return await self.store.purge(keep=self._pinned, staged_too=staged_too, now=time.time())
+        now = time.time()
+        for tus_id in [t for t, (_, _, used) in self._hashes.items() if used < now - self.resumable_ttl]:
+            del self._hashes[tus_id]
+        return await self.store.purge(keep=self._pinned, staged_too=staged_too, now=now)
 
     def _pin(self, file_id: bytes) -> None:
         self._pinned[file_id] += 1
 
     async def open(self, owner: int, name: str) -> "Download":
         """Find and verify a file (FORMAT.md steps 1-3) and pin it against purging."""
-        stored = await self.store.get_file(owner, check_filename(name))
-        if stored is None:
-            raise FileNotFound()
+        name = check_filename(name)
+        for _ in range(OPEN_ATTEMPTS):
+            stored = await self.store.get_file(owner, name)
+            if stored is None:
+                raise FileNotFound()
+            self._pin(stored.header.file_id)
+            # Pinned: no purge removes it from now on. Was it replaced (and so perhaps being
+            # purged already) between the lookup and the pin? Then take the new version.
+            again = await self.store.get_file(owner, name)
+            if again is not None and again.header.file_id == stored.header.file_id:
+                try:
+                    return self._verified(stored)
+                except BaseException:
+                    self._release(stored.header.file_id)
+                    raise
+            self._release(stored.header.file_id)
+        raise FileNotFound()
+
+    def _verified(self, stored: StoredFile) -> "Download":
         header = stored.header
         kek = self.keyring.kek(stored.key_id)
         if (header.version, header.suite) not in sfs.SUPPORTED or kek is None:
@@ -138,7 +159,6 @@ class FileService:
         except IntegrityError:
             log.error("file %s: wrapped key or header failed verification", header.file_id.hex())
             raise
-        self._pin(header.file_id)
         return Download(self, stored, keys)
 
     async def create_resumable(self, owner: int, name: str, length: int, metadata: str) -> Resumable:
@@ -232,8 +252,12 @@ class FileService:
         upload = await self.get_resumable(owner, tus_id)
         if tus_id in self._busy:
             raise OffsetMismatch("Another request is writing to this upload")
-        self._hashes.pop(tus_id, None)
-        await self.store.discard_file(upload.file_id)
+        self._busy.add(tus_id)  # no PATCH may start while its segments are being deleted
+        try:
+            self._hashes.pop(tus_id, None)
+            await self.store.discard_file(upload.file_id)
+        finally:
+            self._busy.discard(tus_id)
 
     def _release(self, file_id: bytes) -> None:
         self._pinned[file_id] -= 1
@@ -434,7 +458,7 @@ class ResumedUpload:
             expires = time.time() + svc.resumable_ttl
             if not await svc.store.save_progress(r.file_id, r.offset, state.offset, tail, expires):
                 raise OffsetMismatch()
-            svc._hashes[r.tus_id] = (state.offset, state.sha)
+            svc._hashes[r.tus_id] = (state.offset, state.sha, time.time())
             return state.offset
         finally:
             self._close()
