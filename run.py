@@ -86,6 +86,7 @@ async def _serve(
     auth = Authenticator(
         store,
         jwt_secret,
+        keyring,
         rounds=settings.bcrypt_rounds,
         ttl=settings.token_ttl,
         issuer=settings.jwt_issuer,

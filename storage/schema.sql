@@ -1,15 +1,20 @@
 -- vault schema, version 1 (PRAGMA user_version). See docs/FORMAT.md for the columns' meaning.
+-- id is random (not a counter); tag = HMAC under a key derived from master key key_id over
+-- id, username and password_hash, so a row cannot be forged or edited without the master key.
 CREATE TABLE IF NOT EXISTS users (
     id            INTEGER PRIMARY KEY,
     username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
     password_hash BLOB NOT NULL,
+    key_id        INTEGER NOT NULL,
+    tag           BLOB NOT NULL,
     created       REAL NOT NULL
 );
 
 -- state: 0 STAGED (upload in progress, never served), 1 LIVE, 2 DELETED (awaiting purge).
 -- Header columns are NULL until the upload commits. A resumable (tus) upload is a STAGED row
 -- with tus_id set; it keeps its wrapped key, target name, declared length, the offset stored
--- so far and the sealed partial segment (tail) until it completes or expires.
+-- so far and the sealed partial segment (tail) until it completes or expires; its header_tag
+-- column then holds the upload tag (docs/FORMAT.md).
 CREATE TABLE IF NOT EXISTS files (
     file_id     BLOB PRIMARY KEY,
     owner       INTEGER NOT NULL,
@@ -21,6 +26,7 @@ CREATE TABLE IF NOT EXISTS files (
     size        INTEGER,
     seg_count   INTEGER,
     sha256      BLOB,
+    seg_root    BLOB,
     key_id      INTEGER,
     wrapped_key BLOB,
     header_tag  BLOB,
@@ -35,10 +41,12 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE UNIQUE INDEX IF NOT EXISTS files_live_name ON files (owner, name) WHERE state = 1;
 CREATE UNIQUE INDEX IF NOT EXISTS files_tus_id ON files (tus_id) WHERE tus_id IS NOT NULL;
 
--- One row per encrypted segment: data = IV || ciphertext || HMAC tag.
+-- One row per encrypted segment: data = IV || ciphertext || HMAC tag; tag repeats the last 32
+-- bytes of data, before it, so all of a file's tags read without touching the blobs.
 CREATE TABLE IF NOT EXISTS segments (
     file_id BLOB NOT NULL,
     idx     INTEGER NOT NULL,
+    tag     BLOB NOT NULL,
     data    BLOB NOT NULL,
     PRIMARY KEY (file_id, idx)
 );

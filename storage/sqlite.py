@@ -35,7 +35,7 @@ _PRAGMAS = (
 )
 _FILE_COLUMNS = (
     "file_id, owner, name, version, suite, seg_size, size, seg_count, sha256,"
-    " key_id, wrapped_key, header_tag, created"
+    " key_id, wrapped_key, header_tag, created, seg_root"
 )
 
 
@@ -54,10 +54,23 @@ def _stored_file(row: Any) -> StoredFile:
 
 
 def _convert_file_row(row: Any) -> StoredFile:
-    (file_id, owner, name, version, suite, seg_size, size, seg_count, sha, key_id, wrapped, tag, created) = (
-        row
-    )
-    if not all(isinstance(v, bytes) for v in (file_id, sha, wrapped, tag)) or not isinstance(name, str):
+    (
+        file_id,
+        owner,
+        name,
+        version,
+        suite,
+        seg_size,
+        size,
+        seg_count,
+        sha,
+        key_id,
+        wrapped,
+        tag,
+        created,
+        root,
+    ) = row
+    if not all(isinstance(v, bytes) for v in (file_id, sha, wrapped, tag, root)) or not isinstance(name, str):
         raise TypeError("blob or text column of the wrong type")
     header = Header(
         version=int(version),
@@ -69,8 +82,10 @@ def _convert_file_row(row: Any) -> StoredFile:
         size=int(size),
         seg_count=int(seg_count),
         sha256=bytes(sha),
+        created=float(created),
+        seg_root=bytes(root),
     )
-    return StoredFile(header, int(key_id), bytes(wrapped), bytes(tag), float(created))
+    return StoredFile(header, int(key_id), bytes(wrapped), bytes(tag))
 
 
 class SQLiteStore:
@@ -132,20 +147,26 @@ class SQLiteStore:
             cursor = await self._writer.execute(sql, params)
             return cursor.rowcount
 
-    async def create_user(self, username: str, password_hash: bytes) -> int:
+    async def create_user(self, user: User) -> None:
         try:
-            async with self._lock:
-                cursor = await self._writer.execute(
-                    "INSERT INTO users (username, password_hash, created) VALUES (?, ?, ?)",
-                    (username, password_hash, time.time()),
-                )
+            await self._write(
+                "INSERT INTO users (id, username, password_hash, key_id, tag, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (user.id, user.username, user.password_hash, user.key_id, user.tag, time.time()),
+            )
         except sqlite3.IntegrityError:
             raise UserExists() from None
-        return int(cursor.lastrowid or 0)
 
     async def get_user(self, username: str) -> User | None:
-        row = await self._one("SELECT id, username, password_hash FROM users WHERE username = ?", (username,))
-        return User(int(row[0]), str(row[1]), bytes(row[2])) if row else None
+        row = await self._one(
+            "SELECT id, username, password_hash, key_id, tag FROM users WHERE username = ?", (username,)
+        )
+        if row is None:
+            return None
+        try:
+            return User(int(row[0]), str(row[1]), bytes(row[2]), int(row[3]), bytes(row[4]))
+        except (TypeError, ValueError):
+            raise IntegrityError() from None
 
     async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
         await self._write(
@@ -153,25 +174,35 @@ class SQLiteStore:
             (file_id, owner, STAGED, created),
         )
 
-    async def put_segment(self, file_id: bytes, index: int, blob: bytes | bytearray) -> None:
+    async def put_segment(self, file_id: bytes, index: int, tag: bytes, blob: bytes | bytearray) -> None:
         await self._write(
-            "INSERT OR REPLACE INTO segments (file_id, idx, data) VALUES (?, ?, ?)", (file_id, index, blob)
+            "INSERT OR REPLACE INTO segments (file_id, idx, tag, data) VALUES (?, ?, ?, ?)",
+            (file_id, index, tag, blob),
         )
+
+    async def read_tags(self, file_id: bytes, count: int) -> list[tuple[int, bytes]]:
+        rows = await self._all(
+            "SELECT idx, tag FROM segments WHERE file_id = ? AND idx < ? ORDER BY idx", (file_id, count)
+        )
+        try:
+            return [(int(idx), bytes(tag)) for idx, tag in rows]
+        except (TypeError, ValueError):
+            raise IntegrityError() from None
 
     async def create_resumable(self, upload: Resumable) -> None:
         u = upload
         await self._write(
             "INSERT INTO files (file_id, owner, state, name, seg_size, key_id, wrapped_key, created,"
-            " tus_id, upload_length, upload_offset, tail, expires, metadata)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " tus_id, upload_length, upload_offset, tail, expires, metadata, header_tag)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (u.file_id, u.owner, STAGED, u.name, u.seg_size, u.key_id, u.wrapped_key, u.created)
-            + (u.tus_id, u.length, u.offset, u.tail, u.expires, u.metadata),
+            + (u.tus_id, u.length, u.offset, u.tail, u.expires, u.metadata, u.tag),
         )
 
     async def get_resumable(self, owner: int, tus_id: str) -> Resumable | None:
         row = await self._one(
             "SELECT tus_id, file_id, owner, name, upload_length, upload_offset, seg_size, key_id,"
-            " wrapped_key, tail, expires, metadata, created FROM files"
+            " wrapped_key, tail, expires, metadata, created, header_tag FROM files"
             " WHERE tus_id = ? AND owner = ? AND state = ?",
             (tus_id, owner, STAGED),
         )
@@ -192,6 +223,7 @@ class SQLiteStore:
                 expires=float(row[10]),
                 metadata=str(row[11]),
                 created=float(row[12]),
+                tag=bytes(row[13]),
             )
         except (TypeError, ValueError):
             raise IntegrityError() from None
@@ -216,6 +248,7 @@ class SQLiteStore:
             cursor = await db.execute(
                 "UPDATE files SET state = ?, name = ?, version = ?, suite = ?, seg_size = ?, size = ?,"
                 " seg_count = ?, sha256 = ?, key_id = ?, wrapped_key = ?, header_tag = ?, created = ?,"
+                " seg_root = ?,"
                 " tus_id = NULL, upload_length = NULL, upload_offset = NULL, tail = NULL, expires = NULL"
                 " WHERE file_id = ? AND owner = ? AND state = ?",
                 (
@@ -230,7 +263,8 @@ class SQLiteStore:
                     stored.key_id,
                     stored.wrapped_key,
                     stored.header_tag,
-                    stored.created,
+                    h.created,
+                    h.seg_root,
                     h.file_id,
                     h.owner,
                     STAGED,

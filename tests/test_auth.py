@@ -15,8 +15,10 @@ import pytest
 
 from vault.auth import Authenticator, Identity, check_password, check_username
 from vault.errors import ExpiredToken, InvalidCredentials, InvalidField, InvalidToken, UserExists
+from vault.keys import Keyring
 from vault.store import Store, User
 
+KEYRING = Keyring.of(1, {1: bytes(range(32))})
 SECRET = bytes(range(32))
 OTHER_SECRET = bytes(range(32, 64))
 ISSUER = "vault-test"
@@ -31,12 +33,10 @@ class FakeUserStore:
         self.users: dict[str, User] = {}
         self.lookups: list[str] = []
 
-    async def create_user(self, username: str, password_hash: bytes) -> int:
-        if username in self.users:
+    async def create_user(self, user: User) -> None:
+        if user.username in self.users:
             raise UserExists()
-        user = User(len(self.users) + 1, username, password_hash)
-        self.users[username] = user
-        return user.id
+        self.users[user.username] = user
 
     async def get_user(self, username: str) -> User | None:
         self.lookups.append(username)
@@ -60,6 +60,7 @@ def auth(store: FakeUserStore, executor: ThreadPoolExecutor) -> Authenticator:
     return Authenticator(
         cast(Store, store),
         SECRET,
+        KEYRING,
         rounds=4,
         ttl=TTL,
         issuer=ISSUER,
@@ -214,6 +215,7 @@ def test_token_signed_by_another_authenticator_is_invalid(
     other = Authenticator(
         cast(Store, FakeUserStore()),
         OTHER_SECRET,
+        KEYRING,
         rounds=4,
         ttl=TTL,
         issuer=ISSUER,

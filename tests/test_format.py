@@ -612,23 +612,30 @@ def test_header_tag_known_answer() -> None:
         size=S + 30,
         seg_count=2,
         sha256=hashlib.sha256(b"x").digest(),
+        created=1_800_000_000.123456,
+        seg_root=sfs.segment_root(b"\x01" * 32 + b"\x02" * 32),
     )
     assert sfs.header_tag(file_keys(), h).hex() == (
-        "05038c86c25e93a80a76fc808b737323ffdc055be5c7a6ae3dcf688fcce2ce35"
+        "5787f1f16c10dbe62bb1aac65644fa22a50317e46d2fd0cd8fe7991695cc49d1"
     )
 
 
 def test_header_tag_matches_the_documented_layout() -> None:
     """header_tag = HMAC(K_mac, "hdr" || version || suite || seg_size || file_id || owner || P ||
-    N || sha256 || len(name) u16 || name), built here independently of vault.format."""
+    N || created (u64 microseconds) || sha256 || seg_root || len(name) u16 || name), built here
+    independently of vault.format; seg_root = SHA-256("sfs/v1/segroot" || T_0 || ... || T_N-1)."""
     keys, h = file_keys(), header()
+    tags = bytes(range(32)) + bytes(range(32, 64))
+    h = dataclasses.replace(h, created=1_800_000_000.5, seg_root=sfs.segment_root(tags))
+    assert h.seg_root == hashlib.sha256(b"sfs/v1/segroot" + tags).digest()
     name = h.name.encode()
     msg = (
         b"hdr"
         + struct.pack(">BBI", h.version, h.suite, h.seg_size)
         + h.file_id
-        + struct.pack(">QQQ", h.owner, h.size, h.seg_count)
+        + struct.pack(">QQQQ", h.owner, h.size, h.seg_count, 1_800_000_000_500_000)
         + h.sha256
+        + h.seg_root
         + struct.pack(">H", len(name))
         + name
     )

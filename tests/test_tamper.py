@@ -18,7 +18,7 @@ import pytest
 
 from storage.sqlite import SQLiteStore
 from vault import format as sfs
-from vault.errors import FileNotFound, IntegrityError
+from vault.errors import FileNotFound, IntegrityError, NotFound
 from vault.files import FileService
 from vault.keys import Keyring
 
@@ -209,26 +209,26 @@ def test_download_with_swapped_idx_values_fails(db: Path) -> None:
         con.execute("UPDATE segments SET idx = -1 WHERE file_id = ? AND idx = 1", (fid,))
         con.execute("UPDATE segments SET idx = 1 WHERE file_id = ? AND idx = 2", (fid,))
         con.execute("UPDATE segments SET idx = 2 WHERE file_id = ? AND idx = -1", (fid,))
-    assert_fails(db, prefix_len=S)
+    assert_fails(db, prefix_len=0)  # the tags moved with the rows: the list no longer matches
 
 
 @pytest.mark.parametrize(("old", "new"), [(1, 7), (N - 1, N), (N - 1, -1), (2, 2**40)])
 def test_download_with_changed_stored_idx_fails(db: Path, old: int, new: int) -> None:
     with tamper(db) as con:
         con.execute("UPDATE segments SET idx = ? WHERE file_id = ? AND idx = ?", (new, file_id_of(con), old))
-    assert_fails(db, prefix_len=old * S)
+    assert_fails(db, prefix_len=0)  # the segment list no longer matches the header: refused at open
 
 
 def test_download_with_last_segment_dropped_fails(db: Path) -> None:
     with tamper(db) as con:
         con.execute("DELETE FROM segments WHERE file_id = ? AND idx = ?", (file_id_of(con), N - 1))
-    assert_fails(db, prefix_len=(N - 1) * S)
+    assert_fails(db, prefix_len=0)  # the segment list no longer matches the header: refused at open
 
 
 def test_download_with_middle_segment_dropped_fails(db: Path) -> None:
     with tamper(db) as con:
         con.execute("DELETE FROM segments WHERE file_id = ? AND idx = 1", (file_id_of(con),))
-    assert_fails(db, prefix_len=S)
+    assert_fails(db, prefix_len=0)  # the segment list no longer matches the header: refused at open
 
 
 @pytest.mark.parametrize("size", [(N - 1) * S, (N - 1) * S - 1, S])
@@ -248,9 +248,13 @@ def test_appended_segment_is_never_served(db: Path) -> None:
     with tamper(db) as con:
         fid = file_id_of(con)
         last = segment(con, fid, N - 1)
-        con.execute("INSERT INTO segments (file_id, idx, data) VALUES (?, ?, ?)", (fid, N, last))
+        first = segment(con, fid, 0)
         con.execute(
-            "INSERT INTO segments (file_id, idx, data) VALUES (?, ?, ?)", (fid, N + 1, segment(con, fid, 0))
+            "INSERT INTO segments (file_id, idx, tag, data) VALUES (?, ?, ?, ?)", (fid, N, last[-32:], last)
+        )
+        con.execute(
+            "INSERT INTO segments (file_id, idx, tag, data) VALUES (?, ?, ?, ?)",
+            (fid, N + 1, first[-32:], first),
         )
     assert read(db) == (DATA, None)
 
@@ -258,8 +262,9 @@ def test_appended_segment_is_never_served(db: Path) -> None:
 def test_appended_segment_with_rewritten_size_fails(db: Path) -> None:
     with tamper(db) as con:
         fid = file_id_of(con)
+        first = segment(con, fid, 0)
         con.execute(
-            "INSERT INTO segments (file_id, idx, data) VALUES (?, ?, ?)", (fid, N, segment(con, fid, 0))
+            "INSERT INTO segments (file_id, idx, tag, data) VALUES (?, ?, ?, ?)", (fid, N, first[-32:], first)
         )
         con.execute("UPDATE files SET size = ?, seg_count = ? WHERE file_id = ?", (len(DATA) + S, N + 1, fid))
     assert_fails(db, prefix_len=0)
@@ -271,7 +276,7 @@ def test_download_with_segment_moved_from_another_file_fails(db: Path) -> None:
         fid, other = file_id_of(con), file_id_of(con, "other.bin")
         con.execute("DELETE FROM segments WHERE file_id = ? AND idx = 2", (fid,))
         con.execute("UPDATE segments SET file_id = ? WHERE file_id = ? AND idx = 2", (fid, other))
-    assert_fails(db, prefix_len=2 * S)
+    assert_fails(db, prefix_len=0)  # the moved segment's tag is not in the header's list: refused at open
 
 
 def test_download_with_segment_copied_from_another_users_file_fails(db: Path) -> None:
@@ -502,3 +507,96 @@ def test_no_plaintext_on_disk(tmp_path: Path) -> None:
         assert marker not in raw
         assert marker[:16] not in raw
     assert read(db, name="secret.txt") == (data, None)
+
+
+def _file_keys(con: sqlite3.Connection, fid: bytes, ring: Keyring) -> sfs.KeyPair:
+    key_id, wrapped = con.execute(
+        "SELECT key_id, wrapped_key FROM files WHERE file_id = ?", (fid,)
+    ).fetchone()
+    file_key = sfs.unwrap_file_key(ring.keks[key_id], key_id, fid, bytes(wrapped))
+    return sfs.derive_file_keys(file_key, fid)
+
+
+def test_validly_sealed_but_uncommitted_segment_is_never_served(db: Path) -> None:
+    """The replay a resumed upload makes possible: a segment sealed under the file's own key at
+    the same index (say, from a chunk that failed its checksum and was sent again) verifies on
+    its own; the header's commitment to the exact segment tags must still refuse it."""
+    other_plaintext = bytes(S)
+    with tamper(db) as con:
+        fid = file_id_of(con)
+        keys = _file_keys(con, fid, keyring())
+        stale = bytes(sfs.seal_segment(keys, fid, S, 1, False, other_plaintext))
+        con.execute(
+            "UPDATE segments SET data = ?, tag = ? WHERE file_id = ? AND idx = 1", (stale, stale[-32:], fid)
+        )
+    assert_fails(db, prefix_len=0)  # its tag is not the committed one: refused at open
+
+
+def test_stale_segment_with_the_committed_tag_column_fails_at_that_segment(db: Path) -> None:
+    with tamper(db) as con:
+        fid = file_id_of(con)
+        keys = _file_keys(con, fid, keyring())
+        stale = bytes(sfs.seal_segment(keys, fid, S, 2, False, bytes(S)))
+        con.execute("UPDATE segments SET data = ? WHERE file_id = ? AND idx = 2", (stale, fid))
+    assert_fails(db, prefix_len=2 * S)
+
+
+def test_listing_leaves_out_a_file_whose_header_was_edited(db: Path) -> None:
+    upload(db, DATA, name="other.bin")
+    with tamper(db) as con:
+        con.execute("UPDATE files SET size = 1, sha256 = zeroblob(32) WHERE name = ?", (NAME,))
+    names = run(db, lambda svc: svc.list(OWNER))
+    assert [info.name for info in names] == ["other.bin"]
+
+
+async def _start_resumable(svc: FileService) -> str:
+    upload = await svc.create_resumable(OWNER, "partial.bin", len(DATA), "")
+    session = await svc.resume(OWNER, upload.tus_id, 0)
+    await session.write(DATA[: S + 10])
+    await session.save()
+    return upload.tus_id
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "owner = 2",
+        "name = 'other.bin'",
+        "upload_length = upload_length + 1",
+        "seg_size = 0",
+        "seg_size = 16",
+        "created = created + 1",
+        "tus_id = 'forged'",
+    ],
+)
+def test_edited_resumable_upload_row_is_refused(db: Path, edit: str) -> None:
+    tus_id = run(db, _start_resumable)
+    with tamper(db) as con:
+        con.execute(f"UPDATE files SET {edit} WHERE tus_id = ? OR tus_id = 'forged'", (tus_id,))  # noqa: S608
+    owner = OTHER_OWNER if edit == "owner = 2" else OWNER
+    lookup = "forged" if "forged" in edit else tus_id
+
+    async def attempt(svc: FileService) -> BaseException | None:
+        try:
+            await svc.get_resumable(owner, lookup)
+        except (IntegrityError, FileNotFound, NotFound) as exc:
+            return exc
+        return None
+
+    exc = run(db, attempt)
+    assert type(exc) is IntegrityError, exc
+
+
+def test_resumable_tail_from_another_offset_is_refused(db: Path) -> None:
+    tus_id = run(db, _start_resumable)
+    with tamper(db) as con:
+        con.execute("UPDATE files SET upload_offset = upload_offset + 1 WHERE tus_id = ?", (tus_id,))
+
+    async def attempt(svc: FileService) -> BaseException | None:
+        try:
+            await svc.resume(OWNER, tus_id, S + 11)
+        except IntegrityError as exc:
+            return exc
+        return None
+
+    assert type(run(db, attempt)) is IntegrityError

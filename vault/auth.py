@@ -1,7 +1,11 @@
 """Accounts and tokens: bcrypt password hashes (run off the event loop) and HS256 JWTs."""
 
 import asyncio
+import hmac
+import logging
 import re
+import secrets
+import struct
 import time
 import uuid
 from concurrent.futures import Executor
@@ -11,14 +15,16 @@ from typing import Any
 import bcrypt
 import jwt
 
-from vault.errors import ExpiredToken, InvalidCredentials, InvalidField, InvalidToken
-from vault.store import Store
+from vault.errors import ExpiredToken, IntegrityError, InvalidCredentials, InvalidField, InvalidToken
+from vault.keys import Keyring
+from vault.store import Store, User
 
-_DIGITS = re.compile(r"[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]{1,19}")
 USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{2,31}")
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores (or, in bcrypt 5, refuses) anything longer
 ALGORITHM = "HS256"
+log = logging.getLogger(__name__)
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud"]
 TOKEN_TYPE = "access"  # noqa: S105 (a claim value, not a secret)
 
@@ -61,6 +67,25 @@ def check_password(password: object) -> bytes:
     return raw
 
 
+_USER_FIELDS = struct.Struct(">4sIQH")  # label, key_id u32, id u64, len(username) u16
+_USER_LABEL = b"user"
+USER_ID_BITS = 62
+
+
+def user_tag(keyring: Keyring, key_id: int, user_id: int, username: str, password_hash: bytes) -> bytes:
+    """HMAC over an account row, so that editing it (say, a password hash swapped in by someone
+    who can write the database) is detected before the hash is used."""
+    key = keyring.user_keys.get(key_id)
+    if key is None:
+        raise IntegrityError()
+    name = username.encode("utf-8")
+    try:
+        fields = _USER_FIELDS.pack(_USER_LABEL, key_id, user_id, len(name))
+    except struct.error:
+        raise IntegrityError() from None
+    return hmac.digest(key, fields + name + password_hash, "sha256")
+
+
 class Authenticator:
     """Registers users, checks passwords and issues and verifies tokens."""
 
@@ -68,6 +93,7 @@ class Authenticator:
         self,
         store: Store,
         secret: bytes,
+        keyring: Keyring,
         *,
         rounds: int,
         ttl: int,
@@ -76,6 +102,7 @@ class Authenticator:
         executor: Executor,
     ) -> None:
         self._store = store
+        self._keyring = keyring
         self._secret = secret
         self._rounds = rounds
         self._ttl = ttl
@@ -92,19 +119,31 @@ class Authenticator:
         name = check_username(username)
         raw = check_password(password)
         hashed = await self._run(bcrypt.hashpw, raw, bcrypt.gensalt(self._rounds))
-        await self._store.create_user(name, hashed)
+        user_id, key_id = secrets.randbits(USER_ID_BITS) + 1, self._keyring.primary
+        tag = user_tag(self._keyring, key_id, user_id, name, hashed)
+        await self._store.create_user(User(user_id, name, hashed, key_id, tag))
 
     async def login(self, username: object, password: object) -> IssuedToken:
         if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
             raise InvalidField("Fields 'username' and 'password' are required non-empty strings")
         raw = password.encode("utf-8")
         user = await self._store.get_user(username) if USERNAME_RE.fullmatch(username) else None
+        if user is not None and not self._authentic(user):
+            log.error("account row %d failed its integrity check", user.id)
+            user = None  # answered like a wrong password; the log says why
         hashed = user.password_hash if user else self._dummy_hash
         ok = len(raw) <= MAX_PASSWORD_BYTES and b"\x00" not in raw
         ok = await self._run(bcrypt.checkpw, raw[:MAX_PASSWORD_BYTES].replace(b"\x00", b""), hashed) and ok
         if user is None or not ok:
             raise InvalidCredentials()
         return self.issue(Identity(user.id, user.username))
+
+    def _authentic(self, user: User) -> bool:
+        try:
+            expected = user_tag(self._keyring, user.key_id, user.id, user.username, user.password_hash)
+        except IntegrityError:
+            return False
+        return hmac.compare_digest(expected, user.tag)
 
     def issue(self, identity: Identity, now: float | None = None) -> IssuedToken:
         iat = int(time.time() if now is None else now)

@@ -10,6 +10,7 @@ and decrypts only the segments a byte range needs, a few ahead of the client.
 import asyncio
 import collections
 import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -49,7 +50,7 @@ class FileInfo:
     @classmethod
     def of(cls, stored: StoredFile) -> "FileInfo":
         header = stored.header
-        return cls(header.name, header.size, header.sha256.hex(), stored.created, header.file_id.hex())
+        return cls(header.name, header.size, header.sha256.hex(), header.created, header.file_id.hex())
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ResumeState:
     offset: int
     tail: bytes
     sha: "hashlib._Hash"
+    tags: bytes  # of the full segments before the offset, in index order
 
 
 class FileService:
@@ -108,7 +110,15 @@ class FileService:
         return Upload(self, owner, limit)
 
     async def list(self, owner: int) -> list[FileInfo]:
-        return [FileInfo.of(stored) for stored in await self.store.list_files(owner)]
+        """The caller's files whose headers verify; a tampered row is left out (and logged)."""
+        listed = []
+        for stored in await self.store.list_files(owner):
+            try:
+                self._file_keys(stored)
+            except IntegrityError:
+                continue
+            listed.append(FileInfo.of(stored))
+        return listed
 
     async def delete(self, owner: int, name: str) -> None:
         if not await self.store.delete_file(owner, check_filename(name)):
@@ -139,14 +149,22 @@ class FileService:
             again = await self.store.get_file(owner, name)
             if again is not None and again.header.file_id == stored.header.file_id:
                 try:
-                    return self._verified(stored)
+                    keys = self._file_keys(stored)
+                    tags = await self._segment_tags(stored.header.file_id, stored.header.seg_count)
+                    if not hmac.compare_digest(sfs.segment_root(tags), stored.header.seg_root):
+                        log.error(
+                            "file %s: segment tags do not match the header", stored.header.file_id.hex()
+                        )
+                        raise IntegrityError()
+                    return Download(self, stored, keys, tags)
                 except BaseException:
                     self._release(stored.header.file_id)
                     raise
             self._release(stored.header.file_id)
         raise FileNotFound()
 
-    def _verified(self, stored: StoredFile) -> "Download":
+    def _file_keys(self, stored: StoredFile) -> sfs.KeyPair:
+        """Unwrap the file key and verify the header (FORMAT.md steps 2-3)."""
         header = stored.header
         kek = self.keyring.kek(stored.key_id)
         if (header.version, header.suite) not in sfs.SUPPORTED or kek is None:
@@ -159,7 +177,15 @@ class FileService:
         except IntegrityError:
             log.error("file %s: wrapped key or header failed verification", header.file_id.hex())
             raise
-        return Download(self, stored, keys)
+        return keys
+
+    async def _segment_tags(self, file_id: bytes, count: int) -> bytes:
+        """The tags of segments 0..count-1, concatenated; a gap or a stray row is an error."""
+        rows = await self.store.read_tags(file_id, count)
+        if len(rows) != count or any(i != n or len(t) != sfs.TAG_LEN for n, (i, t) in enumerate(rows)):
+            log.error("file %s: segments missing", file_id.hex())
+            raise IntegrityError()
+        return b"".join(tag for _, tag in rows)
 
     async def create_resumable(self, owner: int, name: str, length: int, metadata: str) -> Resumable:
         """Register a resumable upload of ``length`` bytes; its key is wrapped at once so the
@@ -168,9 +194,10 @@ class FileService:
         if length > self.max_file_size:
             raise TooLarge(f"File too large: the limit is {self.max_file_size} bytes")
         file_id, file_key, now = sfs.new_file_id(), sfs.new_file_key(), time.time()
-        primary = self.keyring.primary
+        primary, tus_id = self.keyring.primary, secrets.token_urlsafe(RESUMABLE_ID_BYTES)
+        ticket = sfs.UploadTicket(self.seg_size, file_id, owner, length, now, tus_id, name)
         upload = Resumable(
-            tus_id=secrets.token_urlsafe(RESUMABLE_ID_BYTES),
+            tus_id=tus_id,
             file_id=file_id,
             owner=owner,
             name=name,
@@ -183,6 +210,7 @@ class FileService:
             expires=now + self.resumable_ttl,
             metadata=metadata,
             created=now,
+            tag=sfs.upload_tag(sfs.derive_file_keys(file_key, file_id), ticket),
         )
         await self.store.create_resumable(upload)
         return upload
@@ -191,7 +219,31 @@ class FileService:
         upload = await self.store.get_resumable(owner, tus_id)
         if upload is None or upload.expires < time.time():
             raise NotFound("Upload not found")
+        self._upload_keys(upload)
         return upload
+
+    def _upload_keys(self, upload: Resumable) -> tuple[bytes, sfs.KeyPair]:
+        """Unwrap a resumable upload's key and check its tag: (file key, derived keys)."""
+        kek = self.keyring.kek(upload.key_id)
+        try:
+            if kek is None:
+                raise IntegrityError()
+            file_key = sfs.unwrap_file_key(kek, upload.key_id, upload.file_id, upload.wrapped_key)
+            keys = sfs.derive_file_keys(file_key, upload.file_id)
+            ticket = sfs.UploadTicket(
+                upload.seg_size,
+                upload.file_id,
+                upload.owner,
+                upload.length,
+                upload.created,
+                upload.tus_id,
+                upload.name,
+            )
+            sfs.verify_upload(keys, ticket, upload.tag)
+        except IntegrityError:
+            log.error("resumable upload %s failed its integrity check", upload.file_id.hex())
+            raise
+        return file_key, keys
 
     async def resume(self, owner: int, tus_id: str, offset: int) -> "ResumedUpload":
         """Open a resumable upload for one request that appends at ``offset``."""
@@ -211,29 +263,34 @@ class FileService:
         return ResumedUpload(self, upload, Upload(self, owner, self.max_file_size, state))
 
     async def _resume_state(self, upload: Resumable) -> ResumeState:
-        kek = self.keyring.kek(upload.key_id)
-        if kek is None:
-            raise IntegrityError()
-        file_key = sfs.unwrap_file_key(kek, upload.key_id, upload.file_id, upload.wrapped_key)
-        keys = sfs.derive_file_keys(file_key, upload.file_id)
+        file_key, keys = self._upload_keys(upload)
+        tags = await self._segment_tags(upload.file_id, upload.offset // upload.seg_size)
         tail = b""
         if upload.tail is not None:
-            tail = sfs.open_tail(keys, upload.file_id, upload.seg_size, upload.offset, upload.tail)
+            root = sfs.segment_root(tags)
+            tail = sfs.open_tail(keys, upload.file_id, upload.seg_size, upload.offset, root, upload.tail)
         elif upload.offset:
             raise IntegrityError()
         cached = self._hashes.get(upload.tus_id)
         if cached is not None and cached[0] == upload.offset:
             sha = cached[1].copy()  # a copy: a failed request must not spoil the cached state
         else:
-            sha = await self._rehash(upload, keys)
-        return ResumeState(upload.file_id, file_key, upload.seg_size, upload.length, upload.offset, tail, sha)
+            sha = await self._rehash(upload, keys, tags)
+        return ResumeState(
+            upload.file_id, file_key, upload.seg_size, upload.length, upload.offset, tail, sha, tags
+        )
 
-    async def _rehash(self, upload: Resumable, keys: sfs.KeyPair) -> "hashlib._Hash":
+    async def _rehash(self, upload: Resumable, keys: sfs.KeyPair, tags: bytes) -> "hashlib._Hash":
         """After a restart the running SHA-256 is gone: hash the stored full segments once."""
         sha = hashlib.sha256()
         for index in range(upload.offset // upload.seg_size):
             rows = await self.store.read_segments(upload.file_id, index, 1)
-            if len(rows) != 1 or rows[0][0] != index:
+            tag = tags[index * sfs.TAG_LEN : (index + 1) * sfs.TAG_LEN]
+            if (
+                len(rows) != 1
+                or rows[0][0] != index
+                or not hmac.compare_digest(rows[0][1][-sfs.TAG_LEN :], tag)
+            ):
                 raise IntegrityError()
             plaintext = await self.crypto(
                 sfs.open_segment,
@@ -287,6 +344,8 @@ class Upload:
         self.size = resume.offset if resume else 0
         self._index = self.size // self._seg_size
         self._sha = resume.sha if resume else hashlib.sha256()
+        self._prefix_tags = resume.tags if resume else b""  # segments sealed by earlier requests
+        self._tags: dict[int, bytes] = {}  # index -> tag of the segments this object sealed
         self._hashed: Awaitable[None] | None = None
         self._inflight: collections.deque[asyncio.Future[None]] = collections.deque()
         self._staged = resume is not None
@@ -354,13 +413,20 @@ class Upload:
                 self.size,
                 bytes(self._segment),
                 self._sha,
+                self._all_tags(),
             )
+
+    def _all_tags(self) -> bytes:
+        first = len(self._prefix_tags) // sfs.TAG_LEN
+        return self._prefix_tags + b"".join(self._tags[i] for i in range(first, self._index))
 
     async def _store_segment(self, index: int, final: bool, segment: bytearray) -> None:
         blob = await self._svc.crypto(
             sfs.seal_segment, self._keys, self.file_id, self._seg_size, index, final, segment
         )
-        await self._svc.store.put_segment(self.file_id, index, blob)
+        tag = bytes(blob[-sfs.TAG_LEN :])
+        await self._svc.store.put_segment(self.file_id, index, tag, blob)
+        self._tags[index] = tag
 
     async def finish(self, name: str, expected_sha256: bytes | None = None) -> FileInfo:
         """Seal the last segment, wait for every write, check the digest and commit atomically."""
@@ -393,6 +459,8 @@ class Upload:
             size=self.size,
             seg_count=self._index,
             sha256=digest,
+            created=time.time(),
+            seg_root=sfs.segment_root(self._all_tags()),
         )
         keyring = self._svc.keyring
         stored = StoredFile(
@@ -402,7 +470,6 @@ class Upload:
                 keyring.keks[keyring.primary], keyring.primary, self.file_id, self._file_key
             ),
             header_tag=sfs.header_tag(self._keys, header),
-            created=time.time(),
         )
         await self._svc.store.commit_file(stored)
         self._committed = True
@@ -463,9 +530,9 @@ class ResumedUpload:
         finally:
             self._close()
 
-    def _tail_args(self, state: ResumeState) -> tuple[sfs.KeyPair, bytes, int, int, bytes]:
+    def _tail_args(self, state: ResumeState) -> tuple[sfs.KeyPair, bytes, int, int, bytes, bytes]:
         keys = sfs.derive_file_keys(state.file_key, state.file_id)
-        return keys, state.file_id, state.seg_size, state.offset, state.tail
+        return keys, state.file_id, state.seg_size, state.offset, sfs.segment_root(state.tags), state.tail
 
     async def discard(self) -> None:
         """Forget what this request sent: the stored offset stays where it was."""
@@ -485,11 +552,12 @@ class ResumedUpload:
 class Download:
     """A verified, pinned file. Read byte ranges with ``read``; always ``close`` it."""
 
-    def __init__(self, service: FileService, stored: StoredFile, keys: sfs.KeyPair) -> None:
+    def __init__(self, service: FileService, stored: StoredFile, keys: sfs.KeyPair, tags: bytes) -> None:
         self._svc = service
         self.header = stored.header
         self.info = FileInfo.of(stored)
         self._keys = keys
+        self._tags = tags  # verified against the header's seg_root
         self._closed = False
 
     @property
@@ -504,8 +572,9 @@ class Download:
     async def _segment(self, index: int) -> bytes:
         header = self.header
         rows = await self._svc.store.read_segments(header.file_id, index, 1)
-        if len(rows) != 1 or rows[0][0] != index:
-            log.error("file %s: segment %d is missing", header.file_id.hex(), index)
+        tag = self._tags[index * sfs.TAG_LEN : (index + 1) * sfs.TAG_LEN]
+        if len(rows) != 1 or rows[0][0] != index or not hmac.compare_digest(rows[0][1][-sfs.TAG_LEN :], tag):
+            log.error("file %s: segment %d is missing or not the one committed", header.file_id.hex(), index)
             raise IntegrityError()
         final = index == header.seg_count - 1
         length = sfs.final_segment_len(header.size, header.seg_size) if final else header.seg_size

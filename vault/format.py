@@ -10,6 +10,7 @@ Every failure raises the one generic :class:`IntegrityError`, raised ``from None
 and clients never learn which check failed.
 """
 
+import hashlib
 import hmac
 import os
 import struct
@@ -41,13 +42,20 @@ _WRAP_LABEL = b"wrap"
 _TAIL_LABEL = b"tail"
 _KEK_INFO = b"sfs/v1/kek"
 _FILE_INFO = b"sfs/v1/file"
+_USER_INFO = b"sfs/v1/user"
 # label, version u8, suite u8, seg_size u32, final u8, file_id 16, index u64, len(C) u64
 _SEG_FIELDS = struct.Struct(">3sBBIB16sQQ")
-# label, version u8, suite u8, seg_size u32, file_id 16, owner u64, P u64, N u64, sha256 32,
-# len(name) u16 -- followed by the UTF-8 name
-_HDR_FIELDS = struct.Struct(">3sBBI16sQQQ32sH")
-# label, version u8, suite u8, seg_size u32, file_id 16, index u64, offset u64, len(C) u64
-_TAIL_FIELDS = struct.Struct(">4sBBI16sQQQ")
+# label, version u8, suite u8, seg_size u32, file_id 16, owner u64, P u64, N u64, created u64
+# (microseconds), sha256 32, seg_root 32, len(name) u16 -- followed by the UTF-8 name
+_HDR_FIELDS = struct.Struct(">3sBBI16sQQQQ32s32sH")
+# label, version u8, suite u8, seg_size u32, file_id 16, owner u64, length u64, created u64,
+# len(upload id) u8, len(name) u16 -- followed by the upload id and the UTF-8 name
+_TUS_FIELDS = struct.Struct(">3sBBI16sQQQBH")
+_TUS_LABEL = b"tus"
+_ROOT_LABEL = b"sfs/v1/segroot"
+# label, version u8, suite u8, seg_size u32, file_id 16, index u64, offset u64, prefix_root 32,
+# len(C) u64
+_TAIL_FIELDS = struct.Struct(">4sBBI16sQQ32sQ")
 # label, version u8, key_id u32, file_id 16 -- followed by IV and wrapped ciphertext
 _WRAP_FIELDS = struct.Struct(">4sBI16s")
 
@@ -78,6 +86,11 @@ def derive_kek(master_key: bytes) -> KeyPair:
     """Key-encryption keys for one master key."""
     okm = hkdf_sha256(master_key, b"", _KEK_INFO, 2 * KEY_LEN)
     return KeyPair(okm[:KEY_LEN], okm[KEY_LEN:])
+
+
+def derive_user_key(master_key: bytes) -> bytes:
+    """The key that authenticates account rows (vault/auth.py) under one master key."""
+    return hkdf_sha256(master_key, b"", _USER_INFO, KEY_LEN)
 
 
 def derive_file_keys(file_key: bytes, file_id: bytes) -> KeyPair:
@@ -224,12 +237,34 @@ class Header:
     size: int
     seg_count: int
     sha256: bytes
+    created: float = 0.0
+    seg_root: bytes = bytes(SHA256_LEN)
+
+
+def segment_root(tags: bytes) -> bytes:
+    """The commitment to a file's exact segments: SHA-256 over their tags, in index order.
+
+    The header binds it, and a reader checks every segment's tag against the list, so an old
+    segment rewritten at the same index (a resumed upload sends it again) can never be served.
+    """
+    if len(tags) % TAG_LEN:
+        raise IntegrityError() from None
+    return hashlib.sha256(_ROOT_LABEL + tags).digest()
+
+
+def _micros(timestamp: float) -> int:
+    return round(timestamp * 1_000_000)
 
 
 def header_tag(keys: KeyPair, header: Header) -> bytes:
     """HMAC over every header field; fixed-width fields then the length-prefixed name."""
     name = header.name.encode("utf-8")
-    if len(name) > MAX_NAME_BYTES or len(header.sha256) != SHA256_LEN or len(header.file_id) != FILE_ID_LEN:
+    if (
+        len(name) > MAX_NAME_BYTES
+        or len(header.sha256) != SHA256_LEN
+        or len(header.seg_root) != SHA256_LEN
+        or len(header.file_id) != FILE_ID_LEN
+    ):
         raise IntegrityError() from None
     try:
         fields = _HDR_FIELDS.pack(
@@ -241,10 +276,12 @@ def header_tag(keys: KeyPair, header: Header) -> bytes:
             header.owner,
             header.size,
             header.seg_count,
+            _micros(header.created),
             header.sha256,
+            header.seg_root,
             len(name),
         )
-    except struct.error:  # a tampered column outside its field's range
+    except (struct.error, ValueError, OverflowError):  # a tampered column outside its range
         raise IntegrityError() from None
     return hmac.digest(keys.mac, fields + name, "sha256")
 
@@ -253,13 +290,21 @@ def verify_header(keys: KeyPair, header: Header, tag: bytes) -> None:
     """Check the header tag and the segment count; only then may P and N be trusted."""
     if (header.version, header.suite) not in SUPPORTED:
         raise IntegrityError() from None
+    try:
+        check_seg_size(header.seg_size)
+    except ValueError:
+        raise IntegrityError() from None
     if not hmac.compare_digest(tag, header_tag(keys, header)):
         raise IntegrityError() from None
     if header.seg_count != segment_count(header.size, header.seg_size):
         raise IntegrityError() from None
 
 
-def _tail_mac(keys: KeyPair, seg_size: int, file_id: bytes, offset: int, iv_ct: bytes | memoryview) -> bytes:
+def _tail_mac(
+    keys: KeyPair, seg_size: int, file_id: bytes, offset: int, prefix_root: bytes, iv_ct: bytes | memoryview
+) -> bytes:
+    if len(prefix_root) != SHA256_LEN or len(file_id) != FILE_ID_LEN:
+        raise IntegrityError() from None
     prefix = _TAIL_FIELDS.pack(
         _TAIL_LABEL,
         VERSION,
@@ -268,6 +313,7 @@ def _tail_mac(keys: KeyPair, seg_size: int, file_id: bytes, offset: int, iv_ct: 
         file_id,
         offset // seg_size,
         offset,
+        prefix_root,
         len(iv_ct) - IV_LEN,
     )
     mac = hmac.new(keys.mac, prefix, "sha256")
@@ -275,30 +321,35 @@ def _tail_mac(keys: KeyPair, seg_size: int, file_id: bytes, offset: int, iv_ct: 
     return mac.digest()
 
 
-def seal_tail(keys: KeyPair, file_id: bytes, seg_size: int, offset: int, tail: bytes | bytearray) -> bytes:
+def seal_tail(
+    keys: KeyPair, file_id: bytes, seg_size: int, offset: int, prefix_root: bytes, tail: bytes | bytearray
+) -> bytes:
     """Encrypt the partial segment a resumable upload holds between two requests.
 
-    ``tail`` is the plaintext from the start of segment ``offset // seg_size`` up to ``offset``.
-    Its own label and the bound offset keep it from being taken for a segment, or for the tail
-    of another offset or file.
+    ``tail`` is the plaintext from the start of segment ``offset // seg_size`` up to ``offset``;
+    ``prefix_root`` is the segment_root of the full segments before it. Its own label, the
+    offset and the root keep it from being taken for a segment, for the tail of another offset
+    or file, or from vouching for other segments than those stored when it was sealed.
     """
     if len(tail) != offset % seg_size:
         raise ValueError("the tail must hold the bytes of the current segment up to the offset")
     pad_len = BLOCK_LEN - len(tail) % BLOCK_LEN
     iv = os.urandom(IV_LEN)
     iv_ct = iv + AES.new(keys.enc, AES.MODE_CBC, iv).encrypt(bytes(tail) + bytes([pad_len]) * pad_len)
-    return iv_ct + _tail_mac(keys, seg_size, file_id, offset, iv_ct)
+    return iv_ct + _tail_mac(keys, seg_size, file_id, offset, prefix_root, iv_ct)
 
 
-def open_tail(keys: KeyPair, file_id: bytes, seg_size: int, offset: int, blob: bytes) -> bytes:
-    """Verify and decrypt a tail sealed for exactly this file, segment size and offset."""
+def open_tail(
+    keys: KeyPair, file_id: bytes, seg_size: int, offset: int, prefix_root: bytes, blob: bytes
+) -> bytes:
+    """Verify and decrypt a tail sealed for exactly this file, segment size, offset and prefix."""
     expected_len = offset % seg_size
     ct_len = (expected_len // BLOCK_LEN + 1) * BLOCK_LEN
     if len(blob) != IV_LEN + ct_len + TAG_LEN:
         raise IntegrityError() from None
     iv_ct = blob[:-TAG_LEN]
     try:
-        tag = _tail_mac(keys, seg_size, file_id, offset, iv_ct)
+        tag = _tail_mac(keys, seg_size, file_id, offset, prefix_root, iv_ct)
     except struct.error:
         raise IntegrityError() from None
     if not hmac.compare_digest(tag, blob[-TAG_LEN:]):
@@ -307,3 +358,49 @@ def open_tail(keys: KeyPair, file_id: bytes, seg_size: int, offset: int, blob: b
     if plaintext[-1] != ct_len - expected_len:
         raise IntegrityError() from None
     return plaintext[:expected_len]
+
+
+@dataclass(frozen=True)
+class UploadTicket:
+    """The authenticated description of a resumable upload in progress."""
+
+    seg_size: int
+    file_id: bytes
+    owner: int
+    length: int
+    created: float
+    upload_id: str
+    name: str
+
+
+def upload_tag(keys: KeyPair, ticket: UploadTicket) -> bytes:
+    """HMAC binding a resumable upload's owner, target name, length and id to its file key."""
+    name, upload_id = ticket.name.encode("utf-8"), ticket.upload_id.encode("ascii", "replace")
+    if len(name) > MAX_NAME_BYTES or len(upload_id) > 255 or len(ticket.file_id) != FILE_ID_LEN:
+        raise IntegrityError() from None
+    try:
+        fields = _TUS_FIELDS.pack(
+            _TUS_LABEL,
+            VERSION,
+            SUITE_AES256CBC_HMACSHA256,
+            ticket.seg_size,
+            ticket.file_id,
+            ticket.owner,
+            ticket.length,
+            _micros(ticket.created),
+            len(upload_id),
+            len(name),
+        )
+    except (struct.error, ValueError, OverflowError):
+        raise IntegrityError() from None
+    return hmac.digest(keys.mac, fields + upload_id + name, "sha256")
+
+
+def verify_upload(keys: KeyPair, ticket: UploadTicket, tag: bytes) -> None:
+    """Check a resumable upload's tag (and its segment size) before any of it is trusted."""
+    try:
+        check_seg_size(ticket.seg_size)
+    except ValueError:
+        raise IntegrityError() from None
+    if not hmac.compare_digest(tag, upload_tag(keys, ticket)):
+        raise IntegrityError() from None

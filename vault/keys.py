@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vault.errors import ConfigError
-from vault.format import KEY_LEN, KeyPair, derive_kek
+from vault.format import KEY_LEN, KeyPair, derive_kek, derive_user_key
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,15 @@ class Keyring:
 
     primary: int
     keks: Mapping[int, KeyPair] = field(default_factory=dict)
+    user_keys: Mapping[int, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, primary: int, master_keys: Mapping[int, bytes]) -> "Keyring":
+        return cls(
+            primary,
+            {kid: derive_kek(key) for kid, key in master_keys.items()},
+            {kid: derive_user_key(key) for kid, key in master_keys.items()},
+        )
 
     def __repr__(self) -> str:
         return f"Keyring(primary={self.primary}, ids={sorted(self.keks)})"
@@ -61,8 +70,7 @@ def _write_private(path: Path, text: str) -> None:
 def load_keyring(data_dir: Path, environ: Mapping[str, str]) -> Keyring:
     env_key = environ.get("VAULT_MASTER_KEY")
     if env_key:
-        key = _b64(env_key, "VAULT_MASTER_KEY", KEY_LEN, KEY_LEN)
-        return Keyring(primary=1, keks={1: derive_kek(key)})
+        return Keyring.of(1, {1: _b64(env_key, "VAULT_MASTER_KEY", KEY_LEN, KEY_LEN)})
     path = data_dir / KEYRING_FILE
     if not path.exists():
         encoded = base64.b64encode(os.urandom(KEY_LEN)).decode()
@@ -76,10 +84,8 @@ def load_keyring(data_dir: Path, environ: Mapping[str, str]) -> Keyring:
         raise ConfigError(f"keyring {path}: unreadable or not of the documented shape") from None
     if primary not in keys:
         raise ConfigError(f"keyring {path}: primary key id {primary} is not in the ring")
-    keks = {
-        kid: derive_kek(_b64(v, f"keyring {path} key {kid}", KEY_LEN, KEY_LEN)) for kid, v in keys.items()
-    }
-    return Keyring(primary=primary, keks=keks)
+    master_keys = {kid: _b64(v, f"keyring {path} key {kid}", KEY_LEN, KEY_LEN) for kid, v in keys.items()}
+    return Keyring.of(primary, master_keys)
 
 
 def load_jwt_secret(data_dir: Path, environ: Mapping[str, str]) -> bytes:

@@ -14,9 +14,13 @@ from vault.format import Header
 
 @dataclass(frozen=True)
 class User:
+    """An account row; ``tag`` authenticates the rest under master key ``key_id``."""
+
     id: int
     username: str
     password_hash: bytes
+    key_id: int
+    tag: bytes
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,6 @@ class StoredFile:
     key_id: int
     wrapped_key: bytes
     header_tag: bytes
-    created: float
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,11 @@ class Resumable:
     expires: float
     metadata: str
     created: float
+    tag: bytes
 
 
 class Store(Protocol):
-    async def create_user(self, username: str, password_hash: bytes) -> int:
+    async def create_user(self, user: User) -> None:
         """Insert a user; raise UserExists if the name is taken."""
 
     async def get_user(self, username: str) -> User | None: ...
@@ -58,8 +62,11 @@ class Store(Protocol):
     async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
         """Reserve a STAGED row for an upload in progress."""
 
-    async def put_segment(self, file_id: bytes, index: int, blob: bytes | bytearray) -> None:
+    async def put_segment(self, file_id: bytes, index: int, tag: bytes, blob: bytes | bytearray) -> None:
         """Insert a segment, replacing one at the same index (a resumed upload rewrites)."""
+
+    async def read_tags(self, file_id: bytes, count: int) -> list[tuple[int, bytes]]:
+        """(index, tag) of the segments with index < count that exist, in index order."""
 
     async def create_resumable(self, upload: Resumable) -> None: ...
 
