@@ -13,6 +13,7 @@ from vault.auth import Authenticator, Identity
 from vault.config import Settings
 from vault.errors import (
     AuthError,
+    Busy,
     ChecksumMismatch,
     ConfigError,
     Conflict,
@@ -42,6 +43,7 @@ STATUS: dict[type[VaultError], int] = {
     ChecksumMismatch: 460,  # tus checksum extension
     TooLarge: 413,
     RangeNotSatisfiable: 416,
+    Busy: 503,
     IntegrityError: 500,
     ConfigError: 500,
 }
@@ -121,6 +123,8 @@ class BaseHandler(tornado.web.RequestHandler):
             )
         for header in ("Content-Disposition", "Content-Range", "Content-Length", "ETag", "Repr-Digest"):
             self.clear_header(header)
+        if isinstance(exc, Busy):
+            self.set_header("Retry-After", "5")
         if isinstance(exc, RangeNotSatisfiable):
             self.set_header("Content-Range", f"bytes */{exc.size}")
         self.write_json(status_code, {"message": message, "status": status_code})

@@ -456,3 +456,54 @@ def test_login_with_missing_fields_raises_invalid_field(
 ) -> None:
     with pytest.raises(InvalidField):
         asyncio.run(auth.login(username, password))
+
+
+def test_logins_beyond_the_pending_limit_are_refused_with_busy(
+    store: FakeUserStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of logins gets 503 at once instead of an unbounded bcrypt queue."""
+    import threading
+
+    from vault import auth as auth_module
+    from vault.errors import Busy
+
+    monkeypatch.setattr(auth_module, "MAX_PENDING_HASHES", 2)
+    gate = threading.Event()
+    real_checkpw = bcrypt.checkpw
+
+    def slow_checkpw(password: bytes, hashed: bytes) -> bool:
+        gate.wait(10)
+        return bool(real_checkpw(password, hashed))
+
+    monkeypatch.setattr(bcrypt, "checkpw", slow_checkpw)
+
+    async def scenario() -> list[BaseException | None]:
+        with ThreadPoolExecutor(2) as pool:
+            authenticator = Authenticator(
+                cast(Store, store),
+                SECRET,
+                KEYRING,
+                rounds=4,
+                ttl=TTL,
+                issuer=ISSUER,
+                audience=AUDIENCE,
+                executor=pool,
+            )
+            first = [asyncio.ensure_future(authenticator.login("nobody1", "password1")) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            outcome: list[BaseException | None] = []
+            try:
+                await authenticator.login("nobody2", "password2")
+                outcome.append(None)
+            except Busy as exc:
+                outcome.append(exc)
+            gate.set()
+            outcome += [
+                r if isinstance(r, BaseException) else None
+                for r in await asyncio.gather(*first, return_exceptions=True)
+            ]
+            return outcome
+
+    busy, *rest = asyncio.run(scenario())
+    assert isinstance(busy, Busy) and busy.message == "Too many logins at once: retry shortly"
+    assert all(isinstance(r, InvalidCredentials) for r in rest)

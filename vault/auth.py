@@ -15,7 +15,7 @@ from typing import Any
 import bcrypt
 import jwt
 
-from vault.errors import ExpiredToken, IntegrityError, InvalidCredentials, InvalidField, InvalidToken
+from vault.errors import Busy, ExpiredToken, IntegrityError, InvalidCredentials, InvalidField, InvalidToken
 from vault.keys import Keyring
 from vault.store import Store, User
 
@@ -70,6 +70,7 @@ def check_password(password: object) -> bytes:
 _USER_FIELDS = struct.Struct(">4sIQH")  # label, key_id u32, id u64, len(username) u16
 _USER_LABEL = b"user"
 USER_ID_BITS = 62
+MAX_PENDING_HASHES = 64  # about 16 s of bcrypt at cost 12 on 2 threads
 
 
 def user_tag(keyring: Keyring, key_id: int, user_id: int, username: str, password_hash: bytes) -> bytes:
@@ -103,6 +104,7 @@ class Authenticator:
     ) -> None:
         self._store = store
         self._keyring = keyring
+        self._pending = 0
         self._secret = secret
         self._rounds = rounds
         self._ttl = ttl
@@ -113,7 +115,16 @@ class Authenticator:
         self._dummy_hash = bcrypt.hashpw(b"dummy password", bcrypt.gensalt(rounds))
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run a bcrypt call on its own pool; past MAX_PENDING_HASHES waiting, answer 503 at
+        once instead of queueing without bound (a flood of logins would otherwise delay every
+        honest one behind it)."""
+        if self._pending >= MAX_PENDING_HASHES:
+            raise Busy("Too many logins at once: retry shortly")
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            self._pending -= 1
 
     async def register(self, username: object, password: object) -> None:
         name = check_username(username)

@@ -22,6 +22,7 @@ VaultError
 │   └── FileNotFound        no such file for this caller
 ├── TooLarge                a body or file is over its configured limit
 ├── RangeNotSatisfiable     the requested byte range lies outside the file
+├── Busy                    the server is at a configured limit; retry later
 └── IntegrityError          stored data failed authentication (never says which check)
 """
 
@@ -160,6 +161,12 @@ class RangeNotSatisfiable(VaultError):
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
+
+
+class Busy(VaultError):
+    """The server is at a configured limit right now; the client should retry shortly."""
+
+    message = "Server busy: retry shortly"
 
 
 class IntegrityError(VaultError):
