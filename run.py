@@ -109,6 +109,12 @@ async def _serve(
     purger = tornado.ioloop.PeriodicCallback(files.purge, PURGE_INTERVAL * 1000)
     purger.start()
     port = sockets[0].getsockname()[1]
+    plain = None
+    if settings.plain_http_port:
+        # Loopback only, whatever `host` says: it exists to measure what TLS costs.
+        plain = tornado.httpserver.HTTPServer(app, max_body_size=SMALL_BODY_LIMIT, chunk_size=BODY_CHUNK)
+        plain.listen(settings.plain_http_port, "127.0.0.1")
+        log.warning("plain HTTP for benchmarks on http://127.0.0.1:%d", settings.plain_http_port)
     print(f"vault listening on https://{settings.host}:{port} (data in {settings.data_dir})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -118,6 +124,8 @@ async def _serve(
     log.info("shutting down")
     purger.stop()
     server.stop()
+    if plain is not None:
+        plain.stop()
     await server.close_all_connections()
 
 

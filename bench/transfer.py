@@ -348,8 +348,10 @@ class ConcurrentResult:
 class BenchServer:
     """A real ``run.py`` in ``workdir`` with one logged-in user; ``with`` stops it."""
 
-    def __init__(self, workdir: Path, segment_size: int | None = None) -> None:
-        env = {"VAULT_BCRYPT_ROUNDS": "4", "VAULT_TOKEN_TTL": "86400"}
+    def __init__(
+        self, workdir: Path, segment_size: int | None = None, extra_env: dict[str, str] | None = None
+    ) -> None:
+        env = {"VAULT_BCRYPT_ROUNDS": "4", "VAULT_TOKEN_TTL": "86400", **(extra_env or {})}
         if segment_size is not None:
             env["VAULT_SEGMENT_SIZE"] = str(segment_size)
         self.segment_size = segment_size or DEFAULT_SEG_SIZE

@@ -50,6 +50,9 @@ class Settings:
         86400, "Seconds an unfinished resumable (tus) upload is kept after its last write."
     )
     idle_timeout: int = _setting(60, "Seconds an idle keep-alive connection is kept open.")
+    plain_http_port: int = _setting(
+        0, "Benchmarks only: also serve plain HTTP on 127.0.0.1 at this port (0: off), to measure TLS."
+    )
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
 
     @property
@@ -87,6 +90,7 @@ def _check_range(values: Mapping[str, Any], key: str, low: int, high: int) -> No
 
 def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "port", 0, 65535)
+    _check_range(values, "plain_http_port", 0, 65535)
     _check_range(values, "bcrypt_rounds", 4, 31)
     _check_range(values, "max_file_size", 0, 2**62)
     _check_range(values, "max_json_size", 1024, 16 * 1024 * 1024)
