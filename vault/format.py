@@ -160,8 +160,13 @@ def _seg_mac(
         index,
         len(iv_ct) - IV_LEN,
     )
-    mac = hmac.new(keys.mac, prefix, "sha256")
-    mac.update(iv_ct)
+    return _mac(keys.mac, prefix, iv_ct)
+
+
+def _mac(key: bytes, prefix: bytes, body: bytes | memoryview) -> bytes:
+    """HMAC-SHA256(key, prefix || body) without copying the (segment-sized) body."""
+    mac = hmac.new(key, prefix, "sha256")
+    mac.update(body)
     return mac.digest()
 
 
@@ -316,9 +321,7 @@ def _tail_mac(
         prefix_root,
         len(iv_ct) - IV_LEN,
     )
-    mac = hmac.new(keys.mac, prefix, "sha256")
-    mac.update(iv_ct)
-    return mac.digest()
+    return _mac(keys.mac, prefix, iv_ct)
 
 
 def seal_tail(
