@@ -2,9 +2,11 @@
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -30,20 +32,59 @@ MAX_HEADER_BYTES = 16 * 1024
 # Body bytes per data_received call. Measured (bench/transfer.py, 256 MiB, 3 runs): 64 KiB gave
 # 173/162/327 MB/s (PUT/multipart/GET), 256 KiB 187/178/342, 1 MiB 157/149/307.
 BODY_CHUNK = 256 * 1024
-PURGE_INTERVAL = 300
-SMALL_BODY_LIMIT = 64 * 1024  # seconds between sweeps for expired resumable uploads
+PURGE_INTERVAL = 300  # seconds between sweeps for expired resumable uploads
+SHUTDOWN_GRACE = 10  # seconds to finish saving interrupted uploads at shutdown
+SMALL_BODY_LIMIT = 64 * 1024
+LOCK_FILE = "vault.lock"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="vault: encrypted file sharing over HTTPS")
-    parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="YAML settings file")
-    parser.add_argument("--host", help="address to listen on")
-    parser.add_argument("--port", type=int, help="TCP port (0: any free port)")
-    parser.add_argument("--data-dir", type=Path, help="directory for the database and secrets")
+    parser = argparse.ArgumentParser(
+        description="vault: encrypted file sharing over HTTPS",
+        epilog="Every setting (README, Configuration) can also come from config.yaml or a VAULT_<KEY>"
+        " environment variable; flags win over both.",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=HERE / "config.yaml", help="YAML settings file (default: %(default)s)"
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port for HTTPS, 0 for any free one (default 5000)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="database and secrets (default: data/ beside the config)"
+    )
     return parser.parse_args(argv)
 
 
+def lock_data_dir(data_dir: Path) -> int:
+    """One server per data directory: a second one would purge the first's uploads in progress."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(f"another vault is already running on the data directory {data_dir}") from None
+    return fd  # held, and so locked, until the process exits
+
+
+def listen(settings: Settings) -> list[socket.socket]:
+    try:
+        return tornado.netutil.bind_sockets(settings.port, settings.host)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
+
+
+async def settle(grace: float) -> None:
+    """Let the work connection closes started (saving interrupted uploads) finish."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=grace)
+
+
 async def serve(settings: Settings) -> None:
+    lock_data_dir(settings.data_dir)
+    sockets = listen(settings)  # before anything touches the data: a busy port changes nothing
     if ensure_certificate(settings.tls_cert, settings.tls_key):
         log.warning("generated a self-signed certificate: %s (key %s)", settings.tls_cert, settings.tls_key)
     ssl_context = server_context(settings.tls_cert, settings.tls_key)
@@ -54,7 +95,7 @@ async def serve(settings: Settings) -> None:
     hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")  # one thread keeps each file's order
     bcrypt_pool = ThreadPoolExecutor(settings.auth_threads, thread_name_prefix="bcrypt")
     try:
-        await _serve(settings, ssl_context, store, keyring, jwt_secret, crypto, hasher, bcrypt_pool)
+        await _serve(settings, sockets, ssl_context, store, keyring, jwt_secret, crypto, hasher, bcrypt_pool)
     finally:
         await store.close()  # aiosqlite threads would otherwise keep the process alive
         for pool in (crypto, hasher, bcrypt_pool):
@@ -63,6 +104,7 @@ async def serve(settings: Settings) -> None:
 
 async def _serve(
     settings: Settings,
+    sockets: list[socket.socket],
     ssl_context: ssl.SSLContext,
     store: SQLiteStore,
     keyring: Keyring,
@@ -104,7 +146,6 @@ async def _serve(
         idle_connection_timeout=settings.idle_timeout,
         chunk_size=BODY_CHUNK,
     )
-    sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
     purger = tornado.ioloop.PeriodicCallback(files.purge, PURGE_INTERVAL * 1000)
     purger.start()
@@ -127,6 +168,7 @@ async def _serve(
     if plain is not None:
         plain.stop()
     await server.close_all_connections()
+    await settle(SHUTDOWN_GRACE)
 
 
 def main(argv: list[str] | None = None) -> int:

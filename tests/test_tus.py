@@ -738,6 +738,33 @@ def test_patch_cut_off_mid_body_leaves_no_request_hanging_until_shutdown(fresh_s
     assert "Traceback" not in log, log[-2000:]
 
 
+def test_server_stopped_during_a_patch_keeps_what_arrived(fresh_server: Server) -> None:
+    """SIGTERM while a PATCH is mid-body: shutdown lets the interrupted request save what it
+    received before the database closes, so the offset survives the restart."""
+    server = fresh_server.start()
+    username, token = server.new_user()
+    data = payload(4 * S)
+    path = create_path(server, token, "stopped.bin", len(data))
+    head = (
+        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTus-Resumable: {TUS}\r\n"
+        f"Authorization: Bearer {token}\r\nUpload-Offset: 0\r\nContent-Type: {OFFSET_TYPE}\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    with open_tls(server) as sock:
+        sock.sendall(head + data[: 2 * S + 1234])
+        wait_for(lambda: len(query(server, "SELECT 1 FROM segments")) >= 2, "two segments to be stored")
+        server.stop()  # SIGTERM with the connection still open
+    assert server.process is not None and server.process.returncode == 0
+    assert "Cannot operate on a closed database" not in server.output()
+    server.start()
+    login = {"username": username, "password": "correct horse battery"}
+    token = server.request("POST", "/login", login).json()["token"]
+    offset = offset_of(server, token, path)
+    assert offset >= 2 * S
+    assert_patched(patch(server, token, path, offset, data[offset:]), len(data))
+    assert_stored(server, token, "stopped.bin", data)
+
+
 # --------------------------------------------------------------------------- expiry
 
 
