@@ -20,7 +20,7 @@ from handlers import make_app
 from handlers.base import Context
 from storage.sqlite import SQLiteStore
 from vault.auth import Authenticator
-from vault.config import Settings, load_settings
+from vault.config import Settings, load_settings, unknown_variables
 from vault.errors import ConfigError
 from vault.files import FileService
 from vault.keys import Keyring, load_jwt_secret, load_keyring
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vault: {exc}", file=sys.stderr)
         return 2
+    for name in unknown_variables(os.environ):
+        print(f"vault: warning: {name} is not a vault setting (see README, Configuration)", file=sys.stderr)
     os.umask(0o077)  # the database, its WAL and generated secrets: readable by the owner only
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

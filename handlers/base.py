@@ -137,7 +137,7 @@ class BaseHandler(tornado.web.RequestHandler):
     ) -> None:
         if isinstance(value, VaultError):
             status = status_for(value)
-            level = logging.ERROR if status >= 500 else logging.INFO
+            level = logging.ERROR if status >= 500 else logging.DEBUG  # the access log has the 4xx
             log.log(
                 level, "%s %s -> %d %s", self.request.method, self.request.path, status, type(value).__name__
             )

@@ -120,6 +120,8 @@ class UploadHandler(BaseHandler):
 class RawUploadHandler(UploadHandler):
     """``PUT /upload/<filename>`` with the file as the body (``curl -T``)."""
 
+    SUPPORTED_METHODS = ("PUT",)  # anything else is 405 before prepare() reads a thing
+
     def check_request(self) -> None:
         check_filename(self.path_args[0])
 
@@ -139,6 +141,8 @@ class RawUploadHandler(UploadHandler):
 @tornado.web.stream_request_body
 class MultipartUploadHandler(UploadHandler):
     """``POST /upload`` with multipart/form-data, the file in the field ``file`` (``curl -F``)."""
+
+    SUPPORTED_METHODS = ("POST",)
 
     slack = MULTIPART_SLACK
 
@@ -264,7 +268,7 @@ class DeleteHandler(BaseHandler):
 def routes() -> list[tuple[str, type]]:
     return [
         (r"/upload", MultipartUploadHandler),
-        (r"/upload/(.+)", RawUploadHandler),
+        (r"/upload/(.*)", RawUploadHandler),  # an empty name is answered "Invalid filename"
         (r"/download/(.+)", DownloadHandler),
         (r"/files", ListHandler),
         (r"/files/(.+)", DeleteHandler),

@@ -235,9 +235,16 @@ def test_health_answers_without_auth(server: Server) -> None:
     assert resp.json() == {"status": "ok"}
 
 
-@pytest.mark.parametrize("path", ["/nope", "/download", "/upload/", "/files/", "/register/x"])
+@pytest.mark.parametrize("path", ["/nope", "/download", "/files/", "/register/x"])
 def test_unknown_route_is_json_404(server: Server, path: str) -> None:
     assert_error(server.request("GET", path), 404, "Not found")
+
+
+def test_put_without_a_file_name_says_the_name_is_missing(server: Server, token: str) -> None:
+    """``curl -T - https://host/upload/`` (stdin) has no name to append: say so, not 404."""
+    resp = server.request("PUT", "/upload/", b"data", token=token)
+    assert_error(resp, 400, "Invalid filename: a non-empty file name is required")
+    assert_error(server.request("GET", "/upload/", token=token), 405, "Method not allowed")
 
 
 @pytest.mark.parametrize(("method", "path"), [("DELETE", "/health"), ("POST", "/files"), ("GET", "/login")])

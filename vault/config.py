@@ -113,6 +113,16 @@ def _validate(values: dict[str, Any]) -> None:
             raise ConfigError(f"config key {key!r}: must not be empty")
 
 
+SECRET_VARIABLES = frozenset({"VAULT_MASTER_KEY", "VAULT_JWT_SECRET"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """VAULT_* variables that name no setting (a typo such as VAULT_PROT goes unnoticed
+    otherwise). Not an error: other software (HashiCorp Vault's VAULT_ADDR) uses the prefix."""
+    known = {f"VAULT_{name.upper()}" for name in FIELDS} | SECRET_VARIABLES
+    return sorted(k for k in environ if k.startswith("VAULT_") and k not in known)
+
+
 def load_settings(
     config_file: Path | None,
     environ: Mapping[str, str] | None = None,

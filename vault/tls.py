@@ -57,6 +57,7 @@ def ensure_certificate(cert: Path, key: Path) -> bool:
             )
         )
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    cert.chmod(0o644)  # public: other local users may need it for curl --cacert
     return True
 
 
