@@ -169,6 +169,7 @@ async def _serve(
         plain.stop()
     await server.close_all_connections()
     await settle(SHUTDOWN_GRACE)
+    await files.close()
 
 
 def main(argv: list[str] | None = None) -> int:

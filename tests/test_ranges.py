@@ -500,7 +500,10 @@ def _read_ranges(tmp_path: Path, ranges: list[tuple[int, int]]) -> list[tuple[by
                 for at in range(0, len(SEG_DATA), 10_000):
                     await upload.write(SEG_DATA[at : at + 10_000])
                 await upload.finish("segments.bin")
-                return [await _read_one(svc, store, start, end) for start, end in ranges]
+                try:
+                    return [await _read_one(svc, store, start, end) for start, end in ranges]
+                finally:
+                    await svc.close()
         finally:
             await store.close()
 

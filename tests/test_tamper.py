@@ -44,7 +44,7 @@ async def service(db: Path, ring: Keyring | None = None) -> AsyncIterator[FileSe
             ThreadPoolExecutor(2, thread_name_prefix="crypto") as crypto,
             ThreadPoolExecutor(1, thread_name_prefix="hash") as hasher,
         ):
-            yield FileService(
+            svc = FileService(
                 store,
                 ring or keyring(),
                 seg_size=S,
@@ -53,6 +53,10 @@ async def service(db: Path, ring: Keyring | None = None) -> AsyncIterator[FileSe
                 crypto=crypto,
                 hasher=hasher,
             )
+            try:
+                yield svc
+            finally:
+                await svc.close()
     finally:
         await store.close()
 

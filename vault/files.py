@@ -95,7 +95,9 @@ class FileService:
         # two segment-sized buffers, so memory stays flat however many clients upload at once.
         self.slots = asyncio.Semaphore(segments_in_flight)
         self._pinned: collections.Counter[bytes] = collections.Counter()
-        self._busy: set[str] = set()  # resumable uploads a request is writing to right now
+        self._busy: set[str] = set()
+        self._purging: asyncio.Future[None] | None = None
+        self._purge_again = False  # resumable uploads a request is writing to right now
         # tus_id -> (offset, SHA-256 of the segments before it, last used): saves re-reading them
         self._hashes: dict[str, tuple[int, hashlib._Hash, float]] = {}
 
@@ -132,6 +134,27 @@ class FileService:
         for tus_id in [t for t, (_, _, used) in self._hashes.items() if used < now - self.resumable_ttl]:
             del self._hashes[tus_id]
         return await self.store.purge(keep=self._pinned, staged_too=staged_too, now=now)
+
+    async def close(self) -> None:
+        """Let a background purge finish (it is safe to cut short, but tidier not to)."""
+        if self._purging is not None:
+            await asyncio.gather(self._purging, return_exceptions=True)
+
+    def schedule_purge(self) -> None:
+        """Purge soon, in the background; calls while one runs fold into one more pass."""
+        if self._purging is None or self._purging.done():
+            self._purging = asyncio.ensure_future(self._purge_in_background())
+        else:
+            self._purge_again = True
+
+    async def _purge_in_background(self) -> None:
+        self._purge_again = True
+        while self._purge_again:
+            self._purge_again = False
+            try:
+                await self.purge()
+            except Exception:
+                log.exception("background purge failed; the next one will retry")
 
     def _pin(self, file_id: bytes) -> None:
         self._pinned[file_id] += 1
@@ -434,7 +457,7 @@ class Upload:
             if self._closed:
                 raise RuntimeError("upload already finished or aborted")
             info = await self._finish(check_filename(name), expected_sha256)
-        await self._svc.purge()
+        self._svc.schedule_purge()  # a replaced version goes in the background, not before the reply
         return info
 
     async def _finish(self, name: str, expected_sha256: bytes | None) -> FileInfo:
