@@ -50,3 +50,35 @@ CREATE TABLE IF NOT EXISTS segments (
     data    BLOB NOT NULL,
     PRIMARY KEY (file_id, idx)
 );
+
+-- A file shared with another user, by name (it follows a replacement; deleting the file drops
+-- it). tag = HMAC under a master-derived key over owner, name and grantee (docs/FORMAT.md).
+CREATE TABLE IF NOT EXISTS grants (
+    owner   INTEGER NOT NULL,
+    name    TEXT NOT NULL,
+    grantee INTEGER NOT NULL,
+    created REAL NOT NULL,
+    key_id  INTEGER NOT NULL,
+    tag     BLOB NOT NULL,
+    PRIMARY KEY (owner, name, grantee)
+);
+CREATE INDEX IF NOT EXISTS grants_grantee ON grants (grantee);
+
+-- A public link: the secret in its URL is stored only as SHA-256 (token_hash). The tag covers
+-- every field but the counters (bytes_served, failures, locked_until).
+CREATE TABLE IF NOT EXISTS links (
+    id            TEXT PRIMARY KEY,
+    token_hash    BLOB NOT NULL UNIQUE,
+    owner         INTEGER NOT NULL,
+    name          TEXT NOT NULL,
+    created       REAL NOT NULL,
+    expires       REAL,
+    password_hash BLOB,
+    max_downloads INTEGER,
+    bytes_served  INTEGER NOT NULL DEFAULT 0,
+    failures      INTEGER NOT NULL DEFAULT 0,
+    locked_until  REAL NOT NULL DEFAULT 0,
+    key_id        INTEGER NOT NULL,
+    tag           BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS links_owner ON links (owner, name);

@@ -7,6 +7,7 @@ zeroes deleted rows (and so the wrapped keys of deleted files) in the b-tree pag
 """
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -14,13 +15,13 @@ from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from vault.errors import IntegrityError, UserExists
 from vault.format import Header
-from vault.store import Resumable, StoredFile, User
+from vault.store import Grant, Link, Resumable, StoredFile, User
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,41 @@ _FILE_COLUMNS = (
     "file_id, owner, name, version, suite, seg_size, size, seg_count, sha256,"
     " key_id, wrapped_key, header_tag, created, seg_root"
 )
+
+
+_GRANT_COLUMNS = "owner, name, grantee, created, key_id, tag"
+_LINK_COLUMNS = (
+    "id, token_hash, owner, name, created, expires, password_hash, max_downloads,"
+    " bytes_served, failures, locked_until, key_id, tag"
+)
+R = TypeVar("R")
+
+
+def _record(kind: type[R], row: Any) -> R:
+    """A row as a record, each column checked against the field's type (a tampered column of
+    the wrong type is an IntegrityError, as for files)."""
+    values: list[object] = []
+    for value, field in zip(row, dataclasses.fields(kind), strict=True):  # type: ignore[arg-type]
+        if not isinstance(value, _TYPES[field.type]) or isinstance(value, bool):
+            raise IntegrityError()
+        is_float = field.type in (float, float | None) and isinstance(value, int)
+        values.append(float(value) if is_float else value)
+    return kind(*values)
+
+
+_TYPES: dict[object, tuple[type, ...]] = {
+    int: (int,),
+    str: (str,),
+    bytes: (bytes,),
+    float: (float, int),
+    float | None: (float, int, type(None)),
+    int | None: (int, type(None)),
+    bytes | None: (bytes, type(None)),
+}
+
+
+def _user(row: Any) -> User:
+    return _record(User, row)
 
 
 def _lenient_text(raw: bytes) -> str:
@@ -161,12 +197,7 @@ class SQLiteStore:
         row = await self._one(
             "SELECT id, username, password_hash, key_id, tag FROM users WHERE username = ?", (username,)
         )
-        if row is None:
-            return None
-        try:
-            return User(int(row[0]), str(row[1]), bytes(row[2]), int(row[3]), bytes(row[4]))
-        except (TypeError, ValueError):
-            raise IntegrityError() from None
+        return _user(row) if row else None
 
     async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
         await self._write(
@@ -299,24 +330,100 @@ class SQLiteStore:
 
     async def get_file(self, owner: int, name: str) -> StoredFile | None:
         row = await self._one(
-            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND name = ? AND state = ?",  # noqa: S608 (constant)
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND name = ? AND state = ?",
             (owner, name, LIVE),
         )
         return _stored_file(row) if row else None
 
     async def list_files(self, owner: int) -> list[StoredFile]:
         rows = await self._all(
-            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND state = ? ORDER BY name",  # noqa: S608 (constant)
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND state = ? ORDER BY name",
             (owner, LIVE),
         )
         return [_stored_file(row) for row in rows]
 
     async def delete_file(self, owner: int, name: str) -> bool:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE files SET state = ? WHERE owner = ? AND name = ? AND state = ?",
+                (DELETED, owner, name, LIVE),
+            )
+            if cursor.rowcount != 1:
+                return False
+            await db.execute("DELETE FROM grants WHERE owner = ? AND name = ?", (owner, name))
+            await db.execute("DELETE FROM links WHERE owner = ? AND name = ?", (owner, name))
+        return True
+
+    async def get_user_by_id(self, user_id: int) -> User | None:
+        row = await self._one(
+            "SELECT id, username, password_hash, key_id, tag FROM users WHERE id = ?", (user_id,)
+        )
+        return _user(row) if row else None
+
+    async def put_grant(self, grant: Grant) -> None:
+        g = grant
+        await self._write(
+            "INSERT OR REPLACE INTO grants (owner, name, grantee, created, key_id, tag)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (g.owner, g.name, g.grantee, g.created, g.key_id, g.tag),
+        )
+
+    async def get_grant(self, owner: int, name: str, grantee: int) -> Grant | None:
+        row = await self._one(
+            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE owner = ? AND name = ? AND grantee = ?",
+            (owner, name, grantee),
+        )
+        return _record(Grant, row) if row else None
+
+    async def delete_grant(self, owner: int, name: str, grantee: int) -> bool:
         changed = await self._write(
-            "UPDATE files SET state = ? WHERE owner = ? AND name = ? AND state = ?",
-            (DELETED, owner, name, LIVE),
+            "DELETE FROM grants WHERE owner = ? AND name = ? AND grantee = ?", (owner, name, grantee)
         )
         return changed == 1
+
+    async def grants_of(self, owner: int, name: str) -> list[Grant]:
+        rows = await self._all(
+            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE owner = ? AND name = ?",
+            (owner, name),
+        )
+        return [_record(Grant, row) for row in rows]
+
+    async def grants_to(self, grantee: int) -> list[Grant]:
+        rows = await self._all(
+            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE grantee = ? ORDER BY owner, name",
+            (grantee,),
+        )
+        return [_record(Grant, row) for row in rows]
+
+    async def put_link(self, link: Link) -> None:
+        k = link
+        await self._write(
+            f"INSERT INTO links ({_LINK_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+            (k.id, k.token_hash, k.owner, k.name, k.created, k.expires, k.password_hash, k.max_downloads)
+            + (k.bytes_served, k.failures, k.locked_until, k.key_id, k.tag),
+        )
+
+    async def get_link(self, token_hash: bytes) -> Link | None:
+        row = await self._one(f"SELECT {_LINK_COLUMNS} FROM links WHERE token_hash = ?", (token_hash,))
+        return _record(Link, row) if row else None
+
+    async def links_of(self, owner: int) -> list[Link]:
+        rows = await self._all(
+            f"SELECT {_LINK_COLUMNS} FROM links WHERE owner = ? ORDER BY created",
+            (owner,),
+        )
+        return [_record(Link, row) for row in rows]
+
+    async def delete_link(self, owner: int, link_id: str) -> bool:
+        return await self._write("DELETE FROM links WHERE owner = ? AND id = ?", (owner, link_id)) == 1
+
+    async def charge_link(self, link_id: str, nbytes: int) -> None:
+        await self._write("UPDATE links SET bytes_served = bytes_served + ? WHERE id = ?", (nbytes, link_id))
+
+    async def set_link_failures(self, link_id: str, failures: int, locked_until: float) -> None:
+        await self._write(
+            "UPDATE links SET failures = ?, locked_until = ? WHERE id = ?", (failures, locked_until, link_id)
+        )
 
     async def read_segments(self, file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
         rows = await self._all(

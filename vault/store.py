@@ -53,11 +53,68 @@ class Resumable:
     tag: bytes
 
 
+@dataclass(frozen=True)
+class Grant:
+    """Read access to the owner's file ``name`` for user ``grantee``."""
+
+    owner: int
+    name: str
+    grantee: int
+    created: float
+    key_id: int
+    tag: bytes
+
+
+@dataclass(frozen=True)
+class Link:
+    """A public link to the owner's file ``name``; ``token_hash`` is SHA-256 of its secret."""
+
+    id: str
+    token_hash: bytes
+    owner: int
+    name: str
+    created: float
+    expires: float | None
+    password_hash: bytes | None
+    max_downloads: int | None
+    bytes_served: int
+    failures: int
+    locked_until: float
+    key_id: int
+    tag: bytes
+
+
 class Store(Protocol):
     async def create_user(self, user: User) -> None:
         """Insert a user; raise UserExists if the name is taken."""
 
     async def get_user(self, username: str) -> User | None: ...
+
+    async def get_user_by_id(self, user_id: int) -> User | None: ...
+
+    async def put_grant(self, grant: Grant) -> None:
+        """Insert or replace the grant for (owner, name, grantee)."""
+
+    async def get_grant(self, owner: int, name: str, grantee: int) -> Grant | None: ...
+
+    async def delete_grant(self, owner: int, name: str, grantee: int) -> bool: ...
+
+    async def grants_of(self, owner: int, name: str) -> list[Grant]: ...
+
+    async def grants_to(self, grantee: int) -> list[Grant]: ...
+
+    async def put_link(self, link: Link) -> None: ...
+
+    async def get_link(self, token_hash: bytes) -> Link | None: ...
+
+    async def links_of(self, owner: int) -> list[Link]: ...
+
+    async def delete_link(self, owner: int, link_id: str) -> bool: ...
+
+    async def charge_link(self, link_id: str, nbytes: int) -> None:
+        """Add to the bytes a link has served."""
+
+    async def set_link_failures(self, link_id: str, failures: int, locked_until: float) -> None: ...
 
     async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
         """Reserve a STAGED row for an upload in progress."""
@@ -89,7 +146,7 @@ class Store(Protocol):
     async def list_files(self, owner: int) -> list[StoredFile]: ...
 
     async def delete_file(self, owner: int, name: str) -> bool:
-        """Mark the LIVE file DELETED; True if there was one."""
+        """Mark the LIVE file DELETED and drop its grants and links; True if there was one."""
 
     async def read_segments(self, file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
         """(index, blob) pairs for indices first..first+count-1 that exist, in index order."""
