@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -56,7 +56,7 @@ def _record(kind: type[R], row: Any) -> R:
         if not isinstance(value, _TYPES[field.type]) or isinstance(value, bool):
             raise IntegrityError()
         is_float = field.type in (float, float | None) and isinstance(value, int)
-        values.append(float(value) if is_float else value)
+        values.append(float(cast(int, value)) if is_float else value)
     return kind(*values)
 
 
