@@ -24,6 +24,7 @@ from vault.config import Settings, load_settings, unknown_variables
 from vault.errors import ConfigError
 from vault.files import FileService
 from vault.keys import Keyring, load_jwt_secret, load_keyring
+from vault.sharing import Sharing
 from vault.tls import ensure_certificate, server_context
 
 log = logging.getLogger("vault")
@@ -135,7 +136,7 @@ async def _serve(
         audience=settings.jwt_audience,
         executor=bcrypt_pool,
     )
-    app = make_app(Context(settings, auth, files))
+    app = make_app(Context(settings, auth, files, Sharing(store, files, keyring, auth)))
     server = tornado.httpserver.HTTPServer(
         app,
         ssl_options=ssl_context,

@@ -4,7 +4,7 @@ import logging
 
 import tornado.web
 
-from handlers import auth, files, tus
+from handlers import auth, files, sharing, tus
 from handlers.base import Context, NotFoundHandler
 
 access_log = logging.getLogger("tornado.access")
@@ -19,7 +19,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(ctx: Context) -> tornado.web.Application:
-    table = [*auth.routes(), *files.routes(), *tus.routes()]
+    table = [*auth.routes(), *files.routes(), *sharing.routes(), *tus.routes()]
     return tornado.web.Application(
         [(pattern, handler, {"ctx": ctx}) for pattern, handler in table],
         default_handler_class=NotFoundHandler,

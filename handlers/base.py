@@ -18,6 +18,7 @@ from vault.errors import (
     ConfigError,
     Conflict,
     ExpiredToken,
+    Gone,
     InputError,
     IntegrityError,
     InvalidJSON,
@@ -26,10 +27,12 @@ from vault.errors import (
     PreconditionFailed,
     RangeNotSatisfiable,
     TooLarge,
+    TooManyAttempts,
     UnsupportedMediaType,
     VaultError,
 )
 from vault.files import FileService
+from vault.sharing import Sharing
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ STATUS: dict[type[VaultError], int] = {
     ChecksumMismatch: 460,  # tus checksum extension
     TooLarge: 413,
     RangeNotSatisfiable: 416,
+    Gone: 410,
+    TooManyAttempts: 429,
     Busy: 503,
     IntegrityError: 500,
     ConfigError: 500,
@@ -65,6 +70,7 @@ class Context:
     settings: Settings
     auth: Authenticator
     files: FileService
+    sharing: Sharing
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -74,6 +80,10 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def files(self) -> FileService:
         return self.ctx.files
+
+    @property
+    def sharing(self) -> Sharing:
+        return self.ctx.sharing
 
     @property
     def auth(self) -> Authenticator:
@@ -109,12 +119,9 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(exc, VaultError):
             status_code, message = status_for(exc), exc.message
             if isinstance(exc, AuthError):
-                # RFC 6750 3.1: no error code when the request carried no credentials at all.
-                presented = "Authorization" in self.request.headers
-                error = (
-                    "invalid_token" if presented and isinstance(exc, (InvalidToken, ExpiredToken)) else None
-                )
-                self.set_header("WWW-Authenticate", f'Bearer error="{error}"' if error else "Bearer")
+                self.set_header("WWW-Authenticate", self.auth_challenge(exc))
+            if isinstance(exc, TooManyAttempts):
+                self.set_header("Retry-After", str(exc.retry_after))
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         else:
@@ -128,6 +135,12 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(exc, RangeNotSatisfiable):
             self.set_header("Content-Range", f"bytes */{exc.size}")
         self.write_json(status_code, {"message": message, "status": status_code})
+
+    def auth_challenge(self, exc: AuthError) -> str:
+        # RFC 6750 3.1: no error code when the request carried no credentials at all.
+        presented = "Authorization" in self.request.headers
+        error = "invalid_token" if presented and isinstance(exc, (InvalidToken, ExpiredToken)) else None
+        return f'Bearer error="{error}"' if error else "Bearer"
 
     def log_exception(
         self,

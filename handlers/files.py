@@ -188,19 +188,19 @@ class MultipartUploadHandler(UploadHandler):
         await self.commit(self.filename)
 
 
-class DownloadHandler(BaseHandler):
-    """``GET``/``HEAD /download/<filename>``: streamed, verified segment by segment, with a
-    single byte range, conditional requests, a strong ETag and an RFC 9530 Repr-Digest."""
+class FileSender(BaseHandler):
+    """Sends a verified file: streamed segment by segment, with a single byte range,
+    conditional requests, a strong ETag and an RFC 9530 Repr-Digest. Subclasses find the file
+    and may meter the body through ``before_body`` and ``chunk_sent``."""
 
-    async def get(self, name: str) -> None:
-        await self._serve(name, send_body=True)
+    def before_body(self, nbytes: int, size: int) -> None:
+        """Called with the body's length and the file's size before any header is sent; may
+        refuse by raising."""
 
-    async def head(self, name: str) -> None:
-        await self._serve(name, send_body=False)
+    def chunk_sent(self, nbytes: int) -> None:
+        """Called after each chunk reached the socket."""
 
-    async def _serve(self, name: str, send_body: bool) -> None:
-        identity = self.authenticate()
-        download = await self.files.open(identity.user_id, name)
+    async def send_file(self, download: Download, send_body: bool) -> None:
         try:
             await self._send(download, send_body)
         finally:
@@ -231,6 +231,7 @@ class DownloadHandler(BaseHandler):
         self.set_header(
             "Repr-Digest", "sha-256=:" + base64.b64encode(bytes.fromhex(info.sha256)).decode() + ":"
         )
+        self.before_body(end - start if send_body else 0, info.size)
         if send_body:
             await self._stream(download.read(start, end))
         if not self._finished:
@@ -241,6 +242,7 @@ class DownloadHandler(BaseHandler):
             async for chunk in chunks:
                 self.write(chunk)
                 await self.flush()
+                self.chunk_sent(len(chunk))
         except tornado.iostream.StreamClosedError:
             self._finished = True  # the client went away
         except IntegrityError:
@@ -249,6 +251,16 @@ class DownloadHandler(BaseHandler):
             # Headers are out: abort so the client sees a short body, never altered bytes.
             self.connection.close()
             self._finished = True
+
+
+class DownloadHandler(FileSender):
+    """``GET``/``HEAD /download/<filename>``: the caller's own file."""
+
+    async def get(self, name: str) -> None:
+        await self.send_file(await self.files.open(self.authenticate().user_id, name), send_body=True)
+
+    async def head(self, name: str) -> None:
+        await self.send_file(await self.files.open(self.authenticate().user_id, name), send_body=False)
 
 
 class ListHandler(BaseHandler):
@@ -271,5 +283,5 @@ def routes() -> list[tuple[str, type]]:
         (r"/upload/(.*)", RawUploadHandler),  # an empty name is answered "Invalid filename"
         (r"/download/(.+)", DownloadHandler),
         (r"/files", ListHandler),
-        (r"/files/(.+)", DeleteHandler),
+        (r"/files/([^/]+)", DeleteHandler),
     ]

@@ -149,6 +149,25 @@ class Authenticator:
             raise InvalidCredentials()
         return self.issue(Identity(user.id, user.username))
 
+    async def find_user(self, username: str) -> User | None:
+        """An account whose row verifies, or None."""
+        user = await self._store.get_user(username) if USERNAME_RE.fullmatch(username) else None
+        return user if user is not None and self._authentic(user) else None
+
+    async def user_by_id(self, user_id: int) -> User | None:
+        user = await self._store.get_user_by_id(user_id)
+        return user if user is not None and self._authentic(user) else None
+
+    async def hash_secret(self, secret: bytes) -> bytes:
+        """bcrypt at the configured cost, on the bounded pool (link passwords use it too)."""
+        return bytes(await self._run(bcrypt.hashpw, secret, bcrypt.gensalt(self._rounds)))
+
+    async def check_secret(self, secret: bytes, hashed: bytes) -> bool:
+        if len(secret) > MAX_PASSWORD_BYTES or b"\x00" in secret:
+            await self._run(bcrypt.checkpw, b"x", hashed)  # the same cost either way
+            return False
+        return bool(await self._run(bcrypt.checkpw, secret, hashed))
+
     def _authentic(self, user: User) -> bool:
         try:
             expected = user_tag(self._keyring, user.key_id, user.id, user.username, user.password_hash)

@@ -50,6 +50,9 @@ class Settings:
         86400, "Seconds an unfinished resumable (tus) upload is kept after its last write."
     )
     idle_timeout: int = _setting(60, "Seconds an idle keep-alive connection is kept open.")
+    public_url: str = _setting(
+        "", "Base URL in public links, e.g. https://files.example.org (default: from the request's Host)."
+    )
     plain_http_port: int = _setting(
         0, "Benchmarks only: also serve plain HTTP on 127.0.0.1 at this port (0: off), to measure TLS."
     )
@@ -108,6 +111,9 @@ def _validate(values: dict[str, Any]) -> None:
     if values["log_level"].upper() not in _LEVELS:
         raise ConfigError(f"config key 'log_level': must be one of {sorted(_LEVELS)}")
     values["log_level"] = values["log_level"].upper()
+    if values["public_url"] and not values["public_url"].startswith("https://"):
+        raise ConfigError("config key 'public_url': must start with https://")
+    values["public_url"] = values["public_url"].rstrip("/")
     for key in ("host", "jwt_issuer", "jwt_audience"):
         if not values[key]:
             raise ConfigError(f"config key {key!r}: must not be empty")

@@ -20,6 +20,8 @@ VaultError
 │   └── OffsetMismatch      a resumable upload is not at the offset the client claims
 ├── NotFound                no such resource visible to the caller
 │   └── FileNotFound        no such file for this caller
+├── Gone                    a public link expired, ran out of downloads or lost its file
+├── TooManyAttempts         too many wrong link passwords; carries the seconds to wait
 ├── TooLarge                a body or file is over its configured limit
 ├── RangeNotSatisfiable     the requested byte range lies outside the file
 ├── Busy                    the server is at a configured limit; retry later
@@ -145,6 +147,22 @@ class FileNotFound(NotFound):
     """No such file for this caller (also: another user's file)."""
 
     message = "File not found"
+
+
+class Gone(VaultError):
+    """A public link expired, ran out of downloads, or its file is no longer there."""
+
+    message = "This link is no longer available"
+
+
+class TooManyAttempts(VaultError):
+    """Too many wrong passwords for a link: wait ``retry_after`` seconds."""
+
+    message = "Too many wrong passwords: wait before trying again"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after
 
 
 class TooLarge(VaultError):

@@ -1,0 +1,339 @@
+"""Sharing: read access for other users (grants) and public links.
+
+Both refer to the owner's file by name: they follow a replacement, and deleting the file drops
+them. Their rows carry an HMAC under the master-derived account key (like user rows), so that
+someone who can write the database cannot grant themselves access or plant a link.
+
+Link download limits are a byte budget: a link allowed N downloads may send N times the file's
+size plus a preview allowance of min(64 KiB, half the file), charged as bytes are actually sent.
+Each request reserves its length before its headers go out, so two simultaneous full downloads
+of a one-time link cannot both succeed, and no sequence of ranges yields more than N whole
+copies. HEAD and the HTML landing page cost nothing, and a short Range (a preview bot's) only
+its length, which the allowance covers. Usage is kept in memory and persisted after each
+request (one server process per data directory).
+"""
+
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import struct
+import time
+from dataclasses import dataclass
+
+from vault.auth import Authenticator, Identity, check_password
+from vault.errors import (
+    FileNotFound,
+    Gone,
+    IntegrityError,
+    InvalidCredentials,
+    InvalidField,
+    NotFound,
+    TooManyAttempts,
+)
+from vault.files import Download, FileInfo, FileService
+from vault.keys import Keyring
+from vault.names import check_filename
+from vault.store import Grant, Link, Store
+
+log = logging.getLogger(__name__)
+
+LINK_ID_BYTES = 9  # a public handle for the owner's listing and revocation
+LINK_TOKEN_BYTES = 18  # 144 bits of secret in the URL
+FREE_FAILURES = 5  # wrong passwords before the backoff starts
+MAX_BACKOFF = 3600
+MAX_EXPIRY = 366 * 86400
+MAX_DOWNLOADS = 1_000_000
+PREVIEW_ALLOWANCE = 64 * 1024
+
+
+def link_budget(max_downloads: int, size: int) -> int:
+    """Bytes a link may send in all: whole copies plus a preview allowance (module docstring)."""
+    return max_downloads * size + min(PREVIEW_ALLOWANCE, size // 2)
+
+
+def _field(value: bytes | str | int | float | None) -> bytes:
+    """Self-delimiting encoding of one MAC field (type byte, then fixed or length-prefixed)."""
+    if value is None:
+        return b"N"
+    if isinstance(value, float):
+        return b"F" + struct.pack(">Q", round(value * 1_000_000))
+    if isinstance(value, int):
+        return b"I" + struct.pack(">Q", value)
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return b"B" + struct.pack(">I", len(raw)) + raw
+
+
+def row_tag(keyring: Keyring, key_id: int, label: bytes, *fields: bytes | str | int | float | None) -> bytes:
+    key = keyring.user_keys.get(key_id)
+    if key is None:
+        raise IntegrityError()
+    try:
+        message = b"".join(_field(f) for f in fields)
+    except (struct.error, ValueError, OverflowError):
+        raise IntegrityError() from None
+    return hmac.digest(key, label + message, "sha256")
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+
+
+@dataclass(frozen=True)
+class SharedFile:
+    owner: str
+    info: FileInfo
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    id: str
+    name: str
+    created: float
+    expires: float | None
+    has_password: bool
+    max_downloads: int | None
+    downloads_left: float | None  # in whole-file units; a partial range costs a fraction
+
+    @classmethod
+    def of(cls, link: Link, size: int, served: int) -> "LinkInfo":
+        left = None
+        if link.max_downloads is not None:
+            budget = link.max_downloads * max(size, 1)
+            left = round(max(budget - served, 0) / max(size, 1), 3)
+        return cls(
+            link.id,
+            link.name,
+            link.created,
+            link.expires,
+            link.password_hash is not None,
+            link.max_downloads,
+            left,
+        )
+
+
+@dataclass
+class _Usage:
+    served: int
+    reserved: int = 0
+
+
+class Reservation:
+    """Bytes a link download may send; ``close`` charges what was actually sent."""
+
+    def __init__(self, sharing: "Sharing", link: Link, reserved: int) -> None:
+        self._sharing, self._link, self._reserved = sharing, link, reserved
+        self.sent = 0
+        self._closed = False
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._sharing._charge(self._link, self._reserved, min(self.sent, self._reserved))
+
+
+class Sharing:
+    def __init__(self, store: Store, files: FileService, keyring: Keyring, auth: Authenticator) -> None:
+        self._store, self._files, self._keyring, self._auth = store, files, keyring, auth
+        self._usage: dict[str, _Usage] = {}
+
+    # ------------------------------------------------------------------ grants
+
+    def _grant_tag(self, key_id: int, owner: int, name: str, grantee: int) -> bytes:
+        return row_tag(self._keyring, key_id, b"grant", owner, name, grantee)
+
+    def _grant_ok(self, grant: Grant) -> bool:
+        try:
+            ok = hmac.compare_digest(
+                grant.tag, self._grant_tag(grant.key_id, grant.owner, grant.name, grant.grantee)
+            )
+        except IntegrityError:
+            ok = False
+        if not ok:
+            log.error("grant of %r by %d failed its integrity check", grant.name, grant.owner)
+        return ok
+
+    async def _live(self, owner: int, name: str) -> str:
+        name = check_filename(name)
+        if await self._store.get_file(owner, name) is None:
+            raise FileNotFound()
+        return name
+
+    async def grant(self, owner: Identity, name: str, username: object) -> str:
+        name = await self._live(owner.user_id, name)
+        if not isinstance(username, str) or not username:
+            raise InvalidField("Field 'username' is required and must be a non-empty string")
+        grantee = await self._auth.find_user(username)
+        if grantee is None:
+            raise NotFound("User not found")
+        if grantee.id == owner.user_id:
+            raise InvalidField("You cannot share a file with yourself")
+        key_id = self._keyring.primary
+        tag = self._grant_tag(key_id, owner.user_id, name, grantee.id)
+        await self._store.put_grant(Grant(owner.user_id, name, grantee.id, time.time(), key_id, tag))
+        return grantee.username
+
+    async def revoke(self, owner: Identity, name: str, username: str) -> None:
+        name = check_filename(name)
+        grantee = await self._auth.find_user(username)
+        if grantee is None or not await self._store.delete_grant(owner.user_id, name, grantee.id):
+            raise NotFound("Not shared with that user")
+
+    async def grantees(self, owner: Identity, name: str) -> list[str]:
+        name = await self._live(owner.user_id, name)
+        names = []
+        for grant in await self._store.grants_of(owner.user_id, name):
+            user = await self._auth.user_by_id(grant.grantee) if self._grant_ok(grant) else None
+            if user is not None:
+                names.append(user.username)
+        return sorted(names)
+
+    async def shared_with(self, user: Identity) -> list[SharedFile]:
+        shared = []
+        for grant in await self._store.grants_to(user.user_id):
+            owner = await self._auth.user_by_id(grant.owner) if self._grant_ok(grant) else None
+            if owner is None:
+                continue
+            for info in await self._files.list(grant.owner):
+                if info.name == grant.name:
+                    shared.append(SharedFile(owner.username, info))
+        return shared
+
+    async def open_shared(self, user: Identity, owner_name: str, name: str) -> Download:
+        """A file shared with ``user``; anything else is the same 404 as a missing file."""
+        owner = await self._auth.find_user(owner_name)
+        name = check_filename(name)
+        grant = await self._store.get_grant(owner.id, name, user.user_id) if owner else None
+        if owner is None or grant is None or not self._grant_ok(grant):
+            raise FileNotFound()
+        return await self._files.open(owner.id, name)
+
+    # ------------------------------------------------------------------ links
+
+    def _link_tag(self, link: Link) -> bytes:
+        return row_tag(
+            self._keyring, link.key_id, b"link", link.id, link.token_hash, link.owner, link.name,
+            link.created, link.expires, link.password_hash, link.max_downloads,
+        )  # fmt: skip
+
+    def _link_ok(self, link: Link) -> bool:
+        try:
+            ok = hmac.compare_digest(link.tag, self._link_tag(link))
+        except IntegrityError:
+            ok = False
+        if not ok:
+            log.error("link %s failed its integrity check", link.id)
+        return ok
+
+    async def create_link(
+        self, owner: Identity, name: str, expires_in: object, password: object, max_downloads: object
+    ) -> tuple[LinkInfo, str]:
+        """A new link and its secret token (shown once; only its hash is stored)."""
+        name = await self._live(owner.user_id, name)
+        now = time.time()
+        expires = None
+        if expires_in is not None:
+            if (
+                not isinstance(expires_in, int)
+                or isinstance(expires_in, bool)
+                or not 60 <= expires_in <= MAX_EXPIRY
+            ):
+                raise InvalidField(
+                    f"Field 'expires_in' must be a whole number of seconds, 60 to {MAX_EXPIRY}"
+                )
+            expires = now + expires_in
+        if max_downloads is not None and (
+            not isinstance(max_downloads, int)
+            or isinstance(max_downloads, bool)
+            or not 1 <= max_downloads <= MAX_DOWNLOADS
+        ):
+            raise InvalidField(f"Field 'max_downloads' must be a whole number, 1 to {MAX_DOWNLOADS}")
+        password_hash = None
+        if password is not None:
+            password_hash = await self._auth.hash_secret(check_password(password))
+        token = secrets.token_urlsafe(LINK_TOKEN_BYTES)
+        draft = Link(
+            secrets.token_urlsafe(LINK_ID_BYTES), token_hash(token), owner.user_id, name, now, expires,
+            password_hash, max_downloads, 0, 0, 0.0, self._keyring.primary, b"",
+        )  # fmt: skip
+        link = Link(**{**draft.__dict__, "tag": self._link_tag(draft)})
+        await self._store.put_link(link)
+        stored = await self._store.get_file(owner.user_id, name)
+        return LinkInfo.of(link, stored.header.size if stored else 0, 0), token
+
+    async def links(self, owner: Identity) -> list[LinkInfo]:
+        infos = []
+        sizes = {info.name: info.size for info in await self._files.list(owner.user_id)}
+        for link in await self._store.links_of(owner.user_id):
+            if self._link_ok(link):
+                infos.append(LinkInfo.of(link, sizes.get(link.name, 0), self._usage_of(link).served))
+        return infos
+
+    async def revoke_link(self, owner: Identity, link_id: str) -> None:
+        if not await self._store.delete_link(owner.user_id, link_id):
+            raise NotFound("Link not found")
+        self._usage.pop(link_id, None)
+
+    async def open_link(self, token: str, password: str | None) -> tuple[Link, Download]:
+        """Check a link, its expiry, its password and its budget (rules: module docstring)."""
+        link = await self._store.get_link(token_hash(token))
+        if link is None or not self._link_ok(link):
+            raise NotFound("Link not found")
+        now = time.time()
+        if link.expires is not None and now >= link.expires:
+            raise Gone("This link has expired")
+        if link.password_hash is not None:
+            await self._check_link_password(link, password, now)
+        try:
+            download = await self._files.open(link.owner, link.name)
+        except FileNotFound:
+            raise Gone("The file behind this link is no longer available") from None
+        left = self._left(link, download.size)
+        if left is not None and left <= 0:
+            download.close()
+            raise Gone("This link has no downloads left")
+        return link, download
+
+    async def _check_link_password(self, link: Link, password: str | None, now: float) -> None:
+        if now < link.locked_until:
+            raise TooManyAttempts(math.ceil(link.locked_until - now))
+        if password is None:
+            raise InvalidCredentials("This link needs a password: curl -u :PASSWORD ...")
+        assert link.password_hash is not None
+        if await self._auth.check_secret(password.encode("utf-8"), link.password_hash):
+            if link.failures:
+                await self._store.set_link_failures(link.id, 0, 0.0)
+            return
+        failures = link.failures + 1
+        locked = now + min(2 ** (failures - FREE_FAILURES), MAX_BACKOFF) if failures >= FREE_FAILURES else 0.0
+        await self._store.set_link_failures(link.id, failures, locked)
+        raise InvalidCredentials("Wrong password for this link")
+
+    def reserve(self, link: Link, size: int, nbytes: int) -> Reservation:
+        """Hold ``nbytes`` of the link's budget for one response (none needed without a limit)."""
+        left = self._left(link, size)
+        if left is not None and nbytes > left:
+            raise Gone("This link has no downloads left")
+        self._usage_of(link).reserved += nbytes
+        return Reservation(self, link, nbytes)
+
+    def _left(self, link: Link, size: int) -> int | None:
+        """Bytes the link may still send (None: no limit)."""
+        if link.max_downloads is None:
+            return None
+        usage = self._usage_of(link)
+        return link_budget(link.max_downloads, size) - usage.served - usage.reserved
+
+    def _usage_of(self, link: Link) -> _Usage:
+        usage = self._usage.get(link.id)
+        if usage is None:
+            usage = self._usage[link.id] = _Usage(link.bytes_served)
+        return usage
+
+    async def _charge(self, link: Link, reserved: int, sent: int) -> None:
+        usage = self._usage_of(link)
+        usage.reserved -= reserved
+        usage.served += sent
+        if sent:
+            await self._store.charge_link(link.id, sent)
