@@ -124,6 +124,7 @@ async def _serve(
         hasher=hasher,
         resumable_ttl=settings.resumable_ttl,
         segments_in_flight=settings.segments_in_flight,
+        default_quota=settings.user_quota,
     )
     await files.purge(staged_too=True)  # uploads cut off by a crash or kill
     auth = Authenticator(
@@ -173,8 +174,76 @@ async def _serve(
     await files.close()
 
 
+def parse_size(text: str) -> int | None:
+    """``none`` (the configured default), a byte count, or a number with K, M, G or T (binary)."""
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text == "NONE":
+        return None
+    factor = 1024 ** ("KMGT".index(text[-1]) + 1) if text and text[-1] in "KMGT" else 1
+    number = text[:-1] if factor > 1 else text
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use bytes, 10G, 500M or none)")
+    return int(number) * factor
+
+
+def parse_admin_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="run.py admin", description="vault administration (offline or live)"
+    )
+    parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="YAML settings file")
+    parser.add_argument("--data-dir", type=Path, help="database and secrets")
+    commands = parser.add_subparsers(dest="command", required=True)
+    limits = commands.add_parser(
+        "set-limits", help="set a user's quota and largest file ('none': the default)"
+    )
+    limits.add_argument("username")
+    limits.add_argument("--quota", type=parse_size, help="bytes the user may store, e.g. 50G, or none")
+    limits.add_argument("--max-file-size", type=parse_size, help="largest file, e.g. 4G, or none")
+    show = commands.add_parser("show", help="a user's usage and limits")
+    show.add_argument("username")
+    return parser.parse_args(argv)
+
+
+async def admin(settings: Settings, args: argparse.Namespace) -> int:
+    store = await SQLiteStore.open(settings.db_path)
+    try:
+        user = await store.get_user(args.username)
+        if user is None:
+            print(f"vault: no user {args.username!r}", file=sys.stderr)
+            return 1
+        quota, max_file_size = await store.get_limits(user.id)
+        if args.command == "set-limits":
+            quota, max_file_size = _updated(args, quota, max_file_size)
+            await store.set_limits(user.username, quota, max_file_size)
+        used, files = await store.usage(user.id)
+        effective_quota = quota if quota is not None else (settings.user_quota or None)
+        effective_max = max_file_size if max_file_size is not None else settings.max_file_size
+        print(
+            f"{user.username}: {files} files, {used} bytes used; quota {effective_quota or 'none'}"
+            f"{'' if quota is not None else ' (default)'}; max file size {effective_max}"
+            f"{'' if max_file_size is not None else ' (default)'}"
+        )
+        return 0
+    finally:
+        await store.close()
+
+
+def _updated(
+    args: argparse.Namespace, quota: int | None, max_file_size: int | None
+) -> tuple[int | None, int | None]:
+    """Only the options given change; ``none`` resets one to the configured default."""
+    given = set(args.given)
+    return (
+        args.quota if "quota" in given else quota,
+        args.max_file_size if "max_file_size" in given else max_file_size,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["admin"]:
+        return main_admin(argv[1:])
+    args = parse_args(argv)
     overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
     try:
         settings = load_settings(args.config, os.environ, overrides)
@@ -191,6 +260,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vault: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main_admin(argv: list[str]) -> int:
+    args = parse_admin_args(argv)
+    args.given = [
+        name for flag, name in (("--quota", "quota"), ("--max-file-size", "max_file_size")) if flag in argv
+    ]
+    try:
+        settings = load_settings(args.config, os.environ, {"data_dir": args.data_dir})
+    except ConfigError as exc:
+        print(f"vault: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(admin(settings, args))
 
 
 if __name__ == "__main__":

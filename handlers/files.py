@@ -75,14 +75,22 @@ class UploadHandler(BaseHandler):
         self._failed = False
         self.identity: Identity = self.authenticate()
         self.check_request()
-        limit = self.files.max_file_size
+        limit = (await self.files.limits(self.identity.user_id)).max_file_size
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit + self.slack:
             raise TooLarge(f"File too large: the limit is {limit} bytes")
+        room = await self.files.room(self.identity.user_id)
+        if (
+            declared is not None
+            and declared.isdigit()
+            and room is not None
+            and int(declared) > room + self.slack
+        ):
+            raise TooLarge(f"Quota exceeded: {room} bytes of your quota are left")
         # Tornado's own cap (a bare 400) sits one chunk above ours, so ours answers first: 413.
         self.connection.set_max_body_size(limit + self.slack + CHUNK_ALLOWANCE)
         self.digest = expected_digest(self.request.headers)
-        self.upload = self.files.begin_upload(self.identity.user_id)
+        self.upload = self.files.begin_upload(self.identity.user_id, limit)
 
     def check_request(self) -> None:
         """Route-specific checks made before any of the body is read."""
@@ -270,6 +278,24 @@ class ListHandler(BaseHandler):
         self.write_json(200, {"files": [file_json(info) for info in files]})
 
 
+class MeHandler(BaseHandler):
+    """``GET /me``: who the token speaks for, storage used, quota and largest file allowed."""
+
+    async def get(self) -> None:
+        identity = self.authenticate()
+        usage = await self.files.usage(identity.user_id)
+        self.write_json(
+            200,
+            {
+                "username": identity.username,
+                "files": usage.files,
+                "usage": usage.used,
+                "quota": usage.limits.quota,
+                "max_file_size": usage.limits.max_file_size,
+            },
+        )
+
+
 class DeleteHandler(BaseHandler):
     async def delete(self, name: str) -> None:
         identity = self.authenticate()
@@ -283,5 +309,6 @@ def routes() -> list[tuple[str, type]]:
         (r"/upload/(.*)", RawUploadHandler),  # an empty name is answered "Invalid filename"
         (r"/download/(.+)", DownloadHandler),
         (r"/files", ListHandler),
+        (r"/me", MeHandler),
         (r"/files/([^/]+)", DeleteHandler),
     ]

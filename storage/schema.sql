@@ -7,7 +7,9 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash BLOB NOT NULL,
     key_id        INTEGER NOT NULL,
     tag           BLOB NOT NULL,
-    created       REAL NOT NULL
+    created       REAL NOT NULL,
+    quota         INTEGER,  -- per-user overrides set by `run.py admin`; NULL: the configured default
+    max_file_size INTEGER
 );
 
 -- state: 0 STAGED (upload in progress, never served), 1 LIVE, 2 DELETED (awaiting purge).

@@ -360,6 +360,31 @@ class SQLiteStore:
         )
         return _user(row) if row else None
 
+    async def get_limits(self, user_id: int) -> tuple[int | None, int | None]:
+        row = await self._one("SELECT quota, max_file_size FROM users WHERE id = ?", (user_id,))
+        if row is None:
+            return None, None
+        quota, max_file_size = row
+        if not all(v is None or (isinstance(v, int) and v >= 0) for v in (quota, max_file_size)):
+            raise IntegrityError()
+        return quota, max_file_size
+
+    async def set_limits(self, username: str, quota: int | None, max_file_size: int | None) -> bool:
+        changed = await self._write(
+            "UPDATE users SET quota = ?, max_file_size = ? WHERE username = ?",
+            (quota, max_file_size, username),
+        )
+        return changed == 1
+
+    async def usage(self, owner: int) -> tuple[int, int]:
+        row = await self._one(
+            "SELECT COALESCE(SUM(CASE WHEN state = ? THEN size ELSE upload_length END), 0),"
+            " COALESCE(SUM(state = ?), 0) FROM files"
+            " WHERE owner = ? AND (state = ? OR (state = ? AND tus_id IS NOT NULL))",
+            (LIVE, LIVE, owner, LIVE, STAGED),
+        )
+        return int(row[0]), int(row[1])
+
     async def put_grant(self, grant: Grant) -> None:
         g = grant
         await self._write(

@@ -32,6 +32,9 @@ class Settings:
     )
     tls_key: Path = _setting(Path("certs/key.pem"), "PEM private key for tls_cert.")
     max_file_size: int = _setting(64 * GiB, "Largest file accepted, in bytes (413 above it).")
+    user_quota: int = _setting(
+        0, "Bytes each user may store (0: no quota); `run.py admin set-limits` overrides per user."
+    )
     max_json_size: int = _setting(64 * 1024, "Largest JSON request body, in bytes.")
     segment_size: int = _setting(
         DEFAULT_SEG_SIZE, "Plaintext bytes per encrypted segment for new files (docs/FORMAT.md)."
@@ -96,6 +99,7 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "plain_http_port", 0, 65535)
     _check_range(values, "bcrypt_rounds", 4, 31)
     _check_range(values, "max_file_size", 0, 2**62)
+    _check_range(values, "user_quota", 0, 2**62)
     _check_range(values, "max_json_size", 1024, 16 * 1024 * 1024)
     _check_range(values, "token_ttl", 1, 366 * 86400)
     _check_range(values, "crypto_threads", 1, 64)

@@ -40,6 +40,21 @@ OPEN_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one user may store: ``quota`` None means no quota."""
+
+    max_file_size: int
+    quota: int | None
+
+
+@dataclass(frozen=True)
+class Usage:
+    used: int
+    files: int
+    limits: Limits
+
+
+@dataclass(frozen=True)
 class FileInfo:
     name: str
     size: int
@@ -81,6 +96,7 @@ class FileService:
         hasher: Executor,
         resumable_ttl: int = 86400,
         segments_in_flight: int = 8,
+        default_quota: int = 0,
     ) -> None:
         sfs.check_seg_size(seg_size)
         self.store = store
@@ -91,6 +107,8 @@ class FileService:
         self._crypto = crypto
         self._hasher = hasher
         self.resumable_ttl = resumable_ttl
+        self.default_quota = default_quota  # 0: none
+        self._writing: collections.Counter[int] = collections.Counter()  # owner -> bytes in one-shot uploads
         # One bound for all uploads together: a sealed segment waiting for the database holds
         # two segment-sized buffers, so memory stays flat however many clients upload at once.
         self.slots = asyncio.Semaphore(segments_in_flight)
@@ -106,6 +124,20 @@ class FileService:
 
     def hash(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self._hasher, fn, *args)
+
+    async def limits(self, owner: int) -> Limits:
+        quota, max_file_size = await self.store.get_limits(owner)
+        quota = self.default_quota if quota is None else quota
+        return Limits(self.max_file_size if max_file_size is None else max_file_size, quota or None)
+
+    async def usage(self, owner: int) -> Usage:
+        used, files = await self.store.usage(owner)
+        return Usage(used + self._writing[owner], files, await self.limits(owner))
+
+    async def room(self, owner: int) -> int | None:
+        """Bytes the owner may still store (None: no quota). Uploads under way count."""
+        usage = await self.usage(owner)
+        return None if usage.limits.quota is None else max(usage.limits.quota - usage.used, 0)
 
     def begin_upload(self, owner: int, max_size: int | None = None) -> "Upload":
         limit = self.max_file_size if max_size is None else min(max_size, self.max_file_size)
@@ -214,8 +246,12 @@ class FileService:
         """Register a resumable upload of ``length`` bytes; its key is wrapped at once so the
         upload survives a restart."""
         name = check_filename(name)
-        if length > self.max_file_size:
-            raise TooLarge(f"File too large: the limit is {self.max_file_size} bytes")
+        limits = await self.limits(owner)
+        if length > limits.max_file_size:
+            raise TooLarge(f"File too large: the limit is {limits.max_file_size} bytes")
+        room = await self.room(owner)
+        if room is not None and length > room:
+            raise TooLarge(f"Quota exceeded: {room} bytes of your quota are left")
         file_id, file_key, now = sfs.new_file_id(), sfs.new_file_key(), time.time()
         primary, tus_id = self.keyring.primary, secrets.token_urlsafe(RESUMABLE_ID_BYTES)
         ticket = sfs.UploadTicket(self.seg_size, file_id, owner, length, now, tus_id, name)
@@ -372,6 +408,8 @@ class Upload:
         self._hashed: Awaitable[None] | None = None
         self._inflight: collections.deque[asyncio.Future[None]] = collections.deque()
         self._staged = resume is not None
+        self._quota_base: int | None = None
+        self._counted = 0
         self._closed = False
         self._committed = False
         self._lock = asyncio.Lock()  # write, finish and abort never interleave
@@ -390,6 +428,9 @@ class Upload:
         if not self._staged:
             await self._svc.store.stage_file(self.file_id, self.owner, time.time())
             self._staged = True
+            if self.length is None:  # a resumable upload reserved its whole length when created
+                self._quota_base = await self._quota_base_now()
+        self._count_quota(len(data))
         self.size += len(data)
         view = memoryview(data)
         while view:
@@ -401,6 +442,31 @@ class Upload:
             view = view[room:]
         if self.length is not None and len(self._segment) == self._seg_size and self.size < self.length:
             await self._emit(final=False)  # the declared length says more follows
+
+    async def _quota_base_now(self) -> int | None:
+        """The owner's quota less what is stored; one-shot uploads under way share the rest."""
+        limits = await self._svc.limits(self.owner)
+        if limits.quota is None:
+            return None
+        stored, _ = await self._svc.store.usage(self.owner)
+        return limits.quota - stored
+
+    def _count_quota(self, nbytes: int) -> None:
+        if self._quota_base is None:
+            return
+        writing = self._svc._writing
+        if writing[self.owner] + nbytes > self._quota_base:
+            left = max(self._quota_base - writing[self.owner] + self._counted, 0)
+            raise TooLarge(f"Quota exceeded: this upload could use {left} more bytes of your quota")
+        writing[self.owner] += nbytes
+        self._counted += nbytes
+
+    def _uncount_quota(self) -> None:
+        writing = self._svc._writing
+        writing[self.owner] -= self._counted
+        if writing[self.owner] <= 0:
+            del writing[self.owner]
+        self._counted = 0
 
     async def _emit(self, final: bool) -> None:
         segment, self._segment = self._segment, bytearray()
@@ -496,6 +562,7 @@ class Upload:
         )
         await self._svc.store.commit_file(stored)
         self._committed = True
+        self._uncount_quota()
         return FileInfo.of(stored)
 
     async def abort(self) -> None:
@@ -506,6 +573,7 @@ class Upload:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
             self._inflight.clear()
+            self._uncount_quota()
             if self._staged and not self._committed:
                 self._staged = False
                 await self._svc.store.discard_file(self.file_id)

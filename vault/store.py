@@ -92,6 +92,14 @@ class Store(Protocol):
 
     async def get_user_by_id(self, user_id: int) -> User | None: ...
 
+    async def get_limits(self, user_id: int) -> tuple[int | None, int | None]:
+        """The user's (quota, max_file_size) overrides; None where the default applies."""
+
+    async def set_limits(self, username: str, quota: int | None, max_file_size: int | None) -> bool: ...
+
+    async def usage(self, owner: int) -> tuple[int, int]:
+        """(bytes, files): LIVE files plus the declared length of resumable uploads under way."""
+
     async def put_grant(self, grant: Grant) -> None:
         """Insert or replace the grant for (owner, name, grantee)."""
 
