@@ -193,9 +193,9 @@ class TusCreateHandler(TusHandler):
         else:
             self.connection.set_max_body_size(0)
             self.body_sha = None
-        self.upload = await self.files.create_resumable(identity.user_id, name, length, raw_metadata)
+        self.upload = await self.files.resumables.create(identity.user_id, name, length, raw_metadata)
         if has_body or length == 0:
-            self.session = await self.files.resume(identity.user_id, self.upload.tus_id, 0)
+            self.session = await self.files.resumables.resume(identity.user_id, self.upload.tus_id, 0)
         self._failed = False
 
     async def interrupted(self, session: ResumedUpload) -> None:
@@ -210,7 +210,7 @@ class TusCreateHandler(TusHandler):
 
     async def _remove_created(self) -> None:
         try:
-            await self.files.terminate(self.upload.owner, self.upload.tus_id)
+            await self.files.resumables.terminate(self.upload.owner, self.upload.tus_id)
         except NotFound:
             pass
 
@@ -237,16 +237,18 @@ class TusUploadHandler(TusHandler):
         self.identity = self.authenticate()
         if self.request.method == "PATCH":
             offset = parse_length(self.request.headers.get("Upload-Offset"), "Upload-Offset")
-            upload = await self.files.get_resumable(self.identity.user_id, self.path_args[0])
+            upload = await self.files.resumables.get(self.identity.user_id, self.path_args[0])
             if offset != upload.offset:
                 raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
             self.expect_body(upload.length - offset)
-            self.session = await self.files.resume(self.identity.user_id, self.path_args[0], offset)
+            self.session = await self.files.resumables.resume(
+                self.identity.user_id, self.path_args[0], offset
+            )
         else:
             self.connection.set_max_body_size(0)
 
     async def head(self, tus_id: str) -> None:
-        upload = await self.files.get_resumable(self.identity.user_id, tus_id)
+        upload = await self.files.resumables.get(self.identity.user_id, tus_id)
         self.upload_headers(upload, upload.offset)
         self.set_header("Upload-Length", str(upload.length))
         if upload.metadata:
@@ -263,7 +265,7 @@ class TusUploadHandler(TusHandler):
         self.finish()
 
     async def delete(self, tus_id: str) -> None:
-        await self.files.terminate(self.identity.user_id, tus_id)
+        await self.files.resumables.terminate(self.identity.user_id, tus_id)
         self.set_status(204)
         self.finish()
 

@@ -554,8 +554,8 @@ def test_listing_leaves_out_a_file_whose_header_was_edited(db: Path) -> None:
 
 
 async def _start_resumable(svc: FileService) -> str:
-    upload = await svc.create_resumable(OWNER, "partial.bin", len(DATA), "")
-    session = await svc.resume(OWNER, upload.tus_id, 0)
+    upload = await svc.resumables.create(OWNER, "partial.bin", len(DATA), "")
+    session = await svc.resumables.resume(OWNER, upload.tus_id, 0)
     await session.write(DATA[: S + 10])
     await session.save()
     return upload.tus_id
@@ -582,7 +582,7 @@ def test_edited_resumable_upload_row_is_refused(db: Path, edit: str) -> None:
 
     async def attempt(svc: FileService) -> BaseException | None:
         try:
-            await svc.get_resumable(owner, lookup)
+            await svc.resumables.get(owner, lookup)
         except (IntegrityError, FileNotFound, NotFound) as exc:
             return exc
         return None
@@ -598,7 +598,7 @@ def test_resumable_tail_from_another_offset_is_refused(db: Path) -> None:
 
     async def attempt(svc: FileService) -> BaseException | None:
         try:
-            await svc.resume(OWNER, tus_id, S + 11)
+            await svc.resumables.resume(OWNER, tus_id, S + 11)
         except IntegrityError as exc:
             return exc
         return None

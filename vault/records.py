@@ -1,0 +1,50 @@
+"""Value objects the core hands to handlers: file listings, limits and usage, resume state."""
+
+import hashlib
+from dataclasses import dataclass
+
+from vault.store import StoredFile
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one user may store: ``quota`` None means no quota."""
+
+    max_file_size: int
+    quota: int | None
+
+
+@dataclass(frozen=True)
+class Usage:
+    used: int
+    files: int
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    size: int
+    sha256: str
+    created: float
+    etag: str
+
+    @classmethod
+    def of(cls, stored: StoredFile) -> "FileInfo":
+        header = stored.header
+        return cls(header.name, header.size, header.sha256.hex(), header.created, header.file_id.hex())
+
+
+@dataclass
+class ResumeState:
+    """Where a resumable upload stands: its keys, the bytes stored so far, the plaintext of the
+    partial segment and the SHA-256 of everything before it."""
+
+    file_id: bytes
+    file_key: bytes
+    seg_size: int
+    length: int
+    offset: int
+    tail: bytes
+    sha: "hashlib._Hash"
+    tags: bytes  # of the full segments before the offset, in index order

@@ -1,0 +1,232 @@
+"""Resumable (tus) uploads: created with a wrapped key and an authenticated description, then
+appended to by one request at a time (docs/FORMAT.md, "Resumable uploads")."""
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from vault import format as sfs
+from vault.errors import IntegrityError, NotFound, OffsetMismatch, TooLarge
+from vault.names import check_filename
+from vault.records import FileInfo, ResumeState
+from vault.store import Resumable
+from vault.upload import Upload
+
+if TYPE_CHECKING:
+    from vault.files import FileService
+
+log = logging.getLogger(__name__)
+RESUMABLE_ID_BYTES = 16
+
+
+class Resumables:
+    """The resumable side of a FileService: create, look up (verified), resume, terminate."""
+
+    def __init__(self, files: "FileService", ttl: int) -> None:
+        self.files = files
+        self.ttl = ttl
+        self._busy: set[str] = set()  # uploads a request is writing to right now
+        # tus_id -> (offset, SHA-256 of the segments before it, last used): saves re-reading them
+        self._hashes: dict[str, tuple[int, hashlib._Hash, float]] = {}
+
+    def prune(self, now: float) -> None:
+        """Forget cached hash states of uploads idle past their expiry."""
+        for tus_id in [t for t, (_, _, used) in self._hashes.items() if used < now - self.ttl]:
+            del self._hashes[tus_id]
+
+    async def create(self, owner: int, name: str, length: int, metadata: str) -> Resumable:
+        """Register a resumable upload of ``length`` bytes; its key is wrapped at once so the
+        upload survives a restart."""
+        name = check_filename(name)
+        limits = await self.files.limits(owner)
+        if length > limits.max_file_size:
+            raise TooLarge(f"File too large: the limit is {limits.max_file_size} bytes")
+        room = await self.files.room(owner)
+        if room is not None and length > room:
+            raise TooLarge(f"Quota exceeded: {room} bytes of your quota are left")
+        file_id, file_key, now = sfs.new_file_id(), sfs.new_file_key(), time.time()
+        primary, tus_id = self.files.keyring.primary, secrets.token_urlsafe(RESUMABLE_ID_BYTES)
+        ticket = sfs.UploadTicket(self.files.seg_size, file_id, owner, length, now, tus_id, name)
+        upload = Resumable(
+            tus_id=tus_id,
+            file_id=file_id,
+            owner=owner,
+            name=name,
+            length=length,
+            offset=0,
+            seg_size=self.files.seg_size,
+            key_id=primary,
+            wrapped_key=sfs.wrap_file_key(self.files.keyring.keks[primary], primary, file_id, file_key),
+            tail=None,
+            expires=now + self.ttl,
+            metadata=metadata,
+            created=now,
+            tag=sfs.upload_tag(sfs.derive_file_keys(file_key, file_id), ticket),
+        )
+        await self.files.store.create_resumable(upload)
+        return upload
+
+    async def get(self, owner: int, tus_id: str) -> Resumable:
+        upload = await self.files.store.get_resumable(owner, tus_id)
+        if upload is None or upload.expires < time.time():
+            raise NotFound("Upload not found")
+        self._upload_keys(upload)
+        return upload
+
+    def _upload_keys(self, upload: Resumable) -> tuple[bytes, sfs.KeyPair]:
+        """Unwrap a resumable upload's key and check its tag: (file key, derived keys)."""
+        kek = self.files.keyring.kek(upload.key_id)
+        try:
+            if kek is None:
+                raise IntegrityError()
+            file_key = sfs.unwrap_file_key(kek, upload.key_id, upload.file_id, upload.wrapped_key)
+            keys = sfs.derive_file_keys(file_key, upload.file_id)
+            ticket = sfs.UploadTicket(
+                upload.seg_size,
+                upload.file_id,
+                upload.owner,
+                upload.length,
+                upload.created,
+                upload.tus_id,
+                upload.name,
+            )
+            sfs.verify_upload(keys, ticket, upload.tag)
+        except IntegrityError:
+            log.error("resumable upload %s failed its integrity check", upload.file_id.hex())
+            raise
+        return file_key, keys
+
+    async def resume(self, owner: int, tus_id: str, offset: int) -> "ResumedUpload":
+        """Open a resumable upload for one request that appends at ``offset``."""
+        upload = await self.get(owner, tus_id)
+        if tus_id in self._busy:
+            raise OffsetMismatch("Another request is writing to this upload; retry with HEAD")
+        if offset != upload.offset:
+            raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
+        self._busy.add(tus_id)
+        self.files.pin(upload.file_id)
+        try:
+            state = await self._resume_state(upload)
+        except BaseException:
+            self._busy.discard(tus_id)
+            self.files.release(upload.file_id)
+            raise
+        return ResumedUpload(self, upload, Upload(self.files, owner, self.files.max_file_size, state))
+
+    async def _resume_state(self, upload: Resumable) -> ResumeState:
+        file_key, keys = self._upload_keys(upload)
+        tags = await self.files.segment_tags(upload.file_id, upload.offset // upload.seg_size)
+        tail = b""
+        if upload.tail is not None:
+            root = sfs.segment_root(tags)
+            tail = sfs.open_tail(keys, upload.file_id, upload.seg_size, upload.offset, root, upload.tail)
+        elif upload.offset:
+            raise IntegrityError()
+        cached = self._hashes.get(upload.tus_id)
+        if cached is not None and cached[0] == upload.offset:
+            sha = cached[1].copy()  # a copy: a failed request must not spoil the cached state
+        else:
+            sha = await self._rehash(upload, keys, tags)
+        return ResumeState(
+            upload.file_id, file_key, upload.seg_size, upload.length, upload.offset, tail, sha, tags
+        )
+
+    async def _rehash(self, upload: Resumable, keys: sfs.KeyPair, tags: bytes) -> "hashlib._Hash":
+        """After a restart the running SHA-256 is gone: hash the stored full segments once."""
+        sha = hashlib.sha256()
+        for index in range(upload.offset // upload.seg_size):
+            rows = await self.files.store.read_segments(upload.file_id, index, 1)
+            tag = tags[index * sfs.TAG_LEN : (index + 1) * sfs.TAG_LEN]
+            if (
+                len(rows) != 1
+                or rows[0][0] != index
+                or not hmac.compare_digest(rows[0][1][-sfs.TAG_LEN :], tag)
+            ):
+                raise IntegrityError()
+            plaintext = await self.files.crypto(
+                sfs.open_segment,
+                keys,
+                upload.file_id,
+                upload.seg_size,
+                index,
+                False,
+                upload.seg_size,
+                rows[0][1],
+            )
+            await self.files.hash(sha.update, plaintext)
+        return sha
+
+    async def terminate(self, owner: int, tus_id: str) -> None:
+        upload = await self.get(owner, tus_id)
+        if tus_id in self._busy:
+            raise OffsetMismatch("Another request is writing to this upload")
+        self._busy.add(tus_id)  # no PATCH may start while its segments are being deleted
+        try:
+            self._hashes.pop(tus_id, None)
+            await self.files.store.discard_file(upload.file_id)
+        finally:
+            self._busy.discard(tus_id)
+
+
+class ResumedUpload:
+    """One request's worth of appending to a resumable upload: ``write``, then ``save`` (which
+    completes the file when the last byte arrived) or ``discard``."""
+
+    def __init__(self, service: Resumables, resumable: Resumable, upload: Upload) -> None:
+        self._svc = service
+        self.resumable = resumable
+        self._upload = upload
+        self._done = False
+        self.info: FileInfo | None = None
+
+    @property
+    def offset(self) -> int:
+        return self._upload.size
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    async def write(self, data: bytes) -> None:
+        await self._upload.write(data)
+
+    async def save(self) -> int:
+        """Make what arrived durable and return the new offset; commit the file if complete."""
+        if self._done:
+            raise RuntimeError("resumed upload already saved or discarded")
+        svc, r = self._svc, self.resumable
+        try:
+            if self._upload.size == r.length:
+                self.info = await self._upload.finish(r.name)
+                svc._hashes.pop(r.tus_id, None)
+                return r.length
+            state = await self._upload.checkpoint()
+            tail = await svc.files.crypto(sfs.seal_tail, *self._tail_args(state))
+            expires = time.time() + svc.ttl
+            if not await svc.files.store.save_progress(r.file_id, r.offset, state.offset, tail, expires):
+                raise OffsetMismatch()
+            svc._hashes[r.tus_id] = (state.offset, state.sha, time.time())
+            return state.offset
+        finally:
+            self._close()
+
+    def _tail_args(self, state: ResumeState) -> tuple[sfs.KeyPair, bytes, int, int, bytes, bytes]:
+        keys = sfs.derive_file_keys(state.file_key, state.file_id)
+        return keys, state.file_id, state.seg_size, state.offset, sfs.segment_root(state.tags), state.tail
+
+    async def discard(self) -> None:
+        """Forget what this request sent: the stored offset stays where it was."""
+        if not self._done:
+            try:
+                await self._upload.checkpoint()  # let segment writes under way finish first
+            finally:
+                self._close()
+
+    def _close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._svc._busy.discard(self.resumable.tus_id)
+            self._svc.files.release(self.resumable.file_id)

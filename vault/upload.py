@@ -1,0 +1,215 @@
+"""One file being written: segments sealed in parallel, hashed in order, committed at once."""
+
+import asyncio
+import collections
+import hashlib
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from vault import format as sfs
+from vault.errors import DigestMismatch, InputError, TooLarge
+from vault.names import check_filename
+from vault.records import FileInfo, ResumeState
+from vault.store import StoredFile
+
+if TYPE_CHECKING:
+    from vault.files import FileService
+
+
+class Upload:
+    """One file being written. Call ``write`` with body bytes, then ``finish`` or ``abort``.
+
+    A one-shot upload learns its size at the end, so a full segment is sealed only once a
+    further byte shows it is not the last. A resumed upload knows its length in advance.
+    """
+
+    def __init__(
+        self, service: "FileService", owner: int, max_size: int, resume: ResumeState | None = None
+    ) -> None:
+        self._svc = service
+        self.owner = owner
+        self.max_size = max_size
+        self.file_id = resume.file_id if resume else sfs.new_file_id()
+        self._file_key = resume.file_key if resume else sfs.new_file_key()
+        self._keys = sfs.derive_file_keys(self._file_key, self.file_id)
+        self._seg_size = resume.seg_size if resume else service.seg_size
+        self.length = resume.length if resume else None
+        self._segment = bytearray(resume.tail) if resume else bytearray()
+        self.size = resume.offset if resume else 0
+        self._index = self.size // self._seg_size
+        self._sha = resume.sha if resume else hashlib.sha256()
+        self._prefix_tags = resume.tags if resume else b""  # segments sealed by earlier requests
+        self._tags: dict[int, bytes] = {}  # index -> tag of the segments this object sealed
+        self._hashed: Awaitable[None] | None = None
+        self._inflight: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._staged = resume is not None
+        self._quota_base: int | None = None
+        self._counted = 0
+        self._closed = False
+        self._committed = False
+        self._lock = asyncio.Lock()  # write, finish and abort never interleave
+
+    async def write(self, data: bytes | memoryview) -> None:
+        async with self._lock:
+            await self._write(data)
+
+    async def _write(self, data: bytes | memoryview) -> None:
+        if self._closed:
+            raise RuntimeError("upload already finished or aborted")
+        if self.size + len(data) > self.max_size:
+            raise TooLarge(f"File too large: the limit is {self.max_size} bytes")
+        if self.length is not None and self.size + len(data) > self.length:
+            raise InputError("The body goes beyond the declared Upload-Length")
+        if not self._staged:
+            await self._svc.store.stage_file(self.file_id, self.owner, time.time())
+            self._staged = True
+            if self.length is None:  # a resumable upload reserved its whole length when created
+                self._quota_base = await self._quota_base_now()
+        self._count_quota(len(data))
+        self.size += len(data)
+        view = memoryview(data)
+        while view:
+            # A full segment is only sealed once a further byte proves it is not the last.
+            if len(self._segment) == self._seg_size:
+                await self._emit(final=False)
+            room = self._seg_size - len(self._segment)
+            self._segment += view[:room]
+            view = view[room:]
+        if self.length is not None and len(self._segment) == self._seg_size and self.size < self.length:
+            await self._emit(final=False)  # the declared length says more follows
+
+    async def _quota_base_now(self) -> int | None:
+        """The owner's quota less what is stored; one-shot uploads under way share the rest."""
+        limits = await self._svc.limits(self.owner)
+        if limits.quota is None:
+            return None
+        stored, _ = await self._svc.store.usage(self.owner)
+        return limits.quota - stored
+
+    def _count_quota(self, nbytes: int) -> None:
+        if self._quota_base is None:
+            return
+        writing = self._svc._writing
+        if writing[self.owner] + nbytes > self._quota_base:
+            left = max(self._quota_base - writing[self.owner] + self._counted, 0)
+            raise TooLarge(f"Quota exceeded: this upload could use {left} more bytes of your quota")
+        writing[self.owner] += nbytes
+        self._counted += nbytes
+
+    def _uncount_quota(self) -> None:
+        writing = self._svc._writing
+        writing[self.owner] -= self._counted
+        if writing[self.owner] <= 0:
+            del writing[self.owner]
+        self._counted = 0
+
+    async def _emit(self, final: bool) -> None:
+        segment, self._segment = self._segment, bytearray()
+        index, self._index = self._index, self._index + 1
+        self._hashed = self._svc.hash(self._sha.update, segment)
+        await self._limit_inflight(self._svc.pipeline_depth)
+        await self._svc.slots.acquire()
+        task = asyncio.ensure_future(self._store_segment(index, final, segment))
+        task.add_done_callback(lambda _: self._svc.slots.release())
+        self._inflight.append(task)
+
+    async def _limit_inflight(self, limit: int) -> None:
+        while len(self._inflight) > limit - 1 and self._inflight:
+            await self._inflight.popleft()
+
+    async def _drain(self) -> None:
+        """Wait until every sealed segment is stored and hashed."""
+        while self._inflight:
+            await self._inflight.popleft()
+        if self._hashed is not None:
+            await self._hashed
+            self._hashed = None
+
+    async def checkpoint(self) -> ResumeState:
+        """Store everything but the partial segment; return the state to resume from."""
+        async with self._lock:
+            await self._drain()
+            return ResumeState(
+                self.file_id,
+                self._file_key,
+                self._seg_size,
+                self.length or 0,
+                self.size,
+                bytes(self._segment),
+                self._sha,
+                self._all_tags(),
+            )
+
+    def _all_tags(self) -> bytes:
+        first = len(self._prefix_tags) // sfs.TAG_LEN
+        return self._prefix_tags + b"".join(self._tags[i] for i in range(first, self._index))
+
+    async def _store_segment(self, index: int, final: bool, segment: bytearray) -> None:
+        blob = await self._svc.crypto(
+            sfs.seal_segment, self._keys, self.file_id, self._seg_size, index, final, segment
+        )
+        tag = bytes(blob[-sfs.TAG_LEN :])
+        await self._svc.store.put_segment(self.file_id, index, tag, blob)
+        self._tags[index] = tag
+
+    async def finish(self, name: str, expected_sha256: bytes | None = None) -> FileInfo:
+        """Seal the last segment, wait for every write, check the digest and commit atomically."""
+        async with self._lock:
+            if self._closed:
+                raise RuntimeError("upload already finished or aborted")
+            info = await self._finish(check_filename(name), expected_sha256)
+        self._svc.schedule_purge()  # a replaced version goes in the background, not before the reply
+        return info
+
+    async def _finish(self, name: str, expected_sha256: bytes | None) -> FileInfo:
+        if not self._staged:
+            await self._svc.store.stage_file(self.file_id, self.owner, time.time())
+            self._staged = True
+        if self.length is not None and self.size != self.length:
+            raise InputError("The upload is not complete")
+        await self._emit(final=True)
+        self._closed = True
+        await self._drain()
+        digest = self._sha.digest()
+        if expected_sha256 is not None and expected_sha256 != digest:
+            raise DigestMismatch()
+        header = sfs.Header(
+            version=sfs.VERSION,
+            suite=sfs.SUITE_AES256CBC_HMACSHA256,
+            seg_size=self._seg_size,
+            file_id=self.file_id,
+            owner=self.owner,
+            name=name,
+            size=self.size,
+            seg_count=self._index,
+            sha256=digest,
+            created=time.time(),
+            seg_root=sfs.segment_root(self._all_tags()),
+        )
+        keyring = self._svc.keyring
+        stored = StoredFile(
+            header=header,
+            key_id=keyring.primary,
+            wrapped_key=sfs.wrap_file_key(
+                keyring.keks[keyring.primary], keyring.primary, self.file_id, self._file_key
+            ),
+            header_tag=sfs.header_tag(self._keys, header),
+        )
+        await self._svc.store.commit_file(stored)
+        self._committed = True
+        self._uncount_quota()
+        return FileInfo.of(stored)
+
+    async def abort(self) -> None:
+        """Stop and remove everything staged, unless it committed. Safe to call more than once."""
+        self._closed = True  # no new write begins; one under way ends within its chunk
+        async with self._lock:
+            for task in self._inflight:
+                task.cancel()
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+            self._inflight.clear()
+            self._uncount_quota()
+            if self._staged and not self._committed:
+                self._staged = False
+                await self._svc.store.discard_file(self.file_id)
