@@ -5,7 +5,6 @@ import hmac
 import logging
 import re
 import secrets
-import struct
 import time
 import uuid
 from concurrent.futures import Executor
@@ -16,7 +15,7 @@ import bcrypt
 import jwt
 
 from vault.errors import Busy, ExpiredToken, IntegrityError, InvalidCredentials, InvalidField, InvalidToken
-from vault.keys import Keyring
+from vault.keys import Keyring, row_tag
 from vault.store import Store, User
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -67,8 +66,6 @@ def check_password(password: object) -> bytes:
     return raw
 
 
-_USER_FIELDS = struct.Struct(">4sIQH")  # label, key_id u32, id u64, len(username) u16
-_USER_LABEL = b"user"
 USER_ID_BITS = 62
 MAX_PENDING_HASHES = 64  # about 16 s of bcrypt at cost 12 on 2 threads
 
@@ -76,15 +73,7 @@ MAX_PENDING_HASHES = 64  # about 16 s of bcrypt at cost 12 on 2 threads
 def user_tag(keyring: Keyring, key_id: int, user_id: int, username: str, password_hash: bytes) -> bytes:
     """HMAC over an account row, so that editing it (say, a password hash swapped in by someone
     who can write the database) is detected before the hash is used."""
-    key = keyring.user_keys.get(key_id)
-    if key is None:
-        raise IntegrityError()
-    name = username.encode("utf-8")
-    try:
-        fields = _USER_FIELDS.pack(_USER_LABEL, key_id, user_id, len(name))
-    except struct.error:
-        raise IntegrityError() from None
-    return hmac.digest(key, fields + name + password_hash, "sha256")
+    return row_tag(keyring, key_id, b"user", key_id, user_id, username, password_hash)
 
 
 class Authenticator:

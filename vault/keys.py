@@ -9,14 +9,16 @@ rotated: files wrapped under an older key id still open while that key is in the
 
 import base64
 import binascii
+import hmac
 import json
 import logging
 import os
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vault.errors import ConfigError
+from vault.errors import ConfigError, IntegrityError
 from vault.format import KEY_LEN, KeyPair, derive_kek, derive_user_key
 
 log = logging.getLogger(__name__)
@@ -101,3 +103,28 @@ def load_jwt_secret(data_dir: Path, environ: Mapping[str, str]) -> bytes:
     except OSError as exc:
         raise ConfigError(f"JWT secret {path}: {exc.strerror}") from None
     return _b64(text, f"JWT secret {path}", MIN_JWT_SECRET_LEN, 1024)
+
+
+def _field(value: bytes | str | int | float | None) -> bytes:
+    """Self-delimiting encoding of one MAC field (type byte, then fixed or length-prefixed)."""
+    if value is None:
+        return b"N"
+    if isinstance(value, float):
+        return b"F" + struct.pack(">Q", round(value * 1_000_000))
+    if isinstance(value, int):
+        return b"I" + struct.pack(">Q", value)
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return b"B" + struct.pack(">I", len(raw)) + raw
+
+
+def row_tag(keyring: Keyring, key_id: int, label: bytes, *fields: bytes | str | int | float | None) -> bytes:
+    """HMAC over a database row (account, grant, link) under the master-derived row key
+    ``key_id``; each field self-delimiting, after a label that names the kind of row."""
+    key = keyring.user_keys.get(key_id)
+    if key is None:
+        raise IntegrityError()
+    try:
+        message = b"".join(_field(f) for f in fields)
+    except (struct.error, ValueError, OverflowError):
+        raise IntegrityError() from None
+    return hmac.digest(key, label + message, "sha256")

@@ -18,7 +18,6 @@ import hmac
 import logging
 import math
 import secrets
-import struct
 import time
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ from vault.errors import (
     TooManyAttempts,
 )
 from vault.files import Download, FileInfo, FileService
-from vault.keys import Keyring
+from vault.keys import Keyring, row_tag
 from vault.names import check_filename
 from vault.store import Grant, Link, Store
 
@@ -51,29 +50,6 @@ PREVIEW_ALLOWANCE = 64 * 1024
 def link_budget(max_downloads: int, size: int) -> int:
     """Bytes a link may send in all: whole copies plus a preview allowance (module docstring)."""
     return max_downloads * size + min(PREVIEW_ALLOWANCE, size // 2)
-
-
-def _field(value: bytes | str | int | float | None) -> bytes:
-    """Self-delimiting encoding of one MAC field (type byte, then fixed or length-prefixed)."""
-    if value is None:
-        return b"N"
-    if isinstance(value, float):
-        return b"F" + struct.pack(">Q", round(value * 1_000_000))
-    if isinstance(value, int):
-        return b"I" + struct.pack(">Q", value)
-    raw = value.encode("utf-8") if isinstance(value, str) else value
-    return b"B" + struct.pack(">I", len(raw)) + raw
-
-
-def row_tag(keyring: Keyring, key_id: int, label: bytes, *fields: bytes | str | int | float | None) -> bytes:
-    key = keyring.user_keys.get(key_id)
-    if key is None:
-        raise IntegrityError()
-    try:
-        message = b"".join(_field(f) for f in fields)
-    except (struct.error, ValueError, OverflowError):
-        raise IntegrityError() from None
-    return hmac.digest(key, label + message, "sha256")
 
 
 def token_hash(token: str) -> bytes:
