@@ -9,7 +9,10 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import tornado.httpserver
@@ -25,6 +28,7 @@ from vault.errors import ConfigError
 from vault.files import FileService
 from vault.keys import Keyring, load_jwt_secret, load_keyring
 from vault.sharing import Sharing
+from vault.throttle import LoginThrottle
 from vault.tls import ensure_certificate, server_context
 
 log = logging.getLogger("vault")
@@ -83,12 +87,20 @@ async def settle(grace: float) -> None:
         await asyncio.wait(others, timeout=grace)
 
 
-async def serve(settings: Settings) -> None:
-    lock_data_dir(settings.data_dir)
-    sockets = listen(settings)  # before anything touches the data: a busy port changes nothing
-    if ensure_certificate(settings.tls_cert, settings.tls_key):
-        log.warning("generated a self-signed certificate: %s (key %s)", settings.tls_cert, settings.tls_key)
-    ssl_context = server_context(settings.tls_cert, settings.tls_key)
+@dataclass(frozen=True)
+class Core:
+    """Everything but HTTP: what the server and the admin commands share."""
+
+    settings: Settings
+    store: SQLiteStore
+    keyring: Keyring
+    files: FileService
+    auth: Authenticator
+    sharing: Sharing
+
+
+@asynccontextmanager
+async def open_core(settings: Settings) -> AsyncIterator[Core]:
     keyring = load_keyring(settings.data_dir, os.environ)
     jwt_secret = load_jwt_secret(settings.data_dir, os.environ)
     store = await SQLiteStore.open(settings.db_path)
@@ -96,48 +108,55 @@ async def serve(settings: Settings) -> None:
     hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")  # one thread keeps each file's order
     bcrypt_pool = ThreadPoolExecutor(settings.auth_threads, thread_name_prefix="bcrypt")
     try:
-        await _serve(settings, sockets, ssl_context, store, keyring, jwt_secret, crypto, hasher, bcrypt_pool)
+        files = FileService(
+            store,
+            keyring,
+            seg_size=settings.segment_size,
+            max_file_size=settings.max_file_size,
+            pipeline_depth=settings.pipeline_depth,
+            crypto=crypto,
+            hasher=hasher,
+            resumable_ttl=settings.resumable_ttl,
+            segments_in_flight=settings.segments_in_flight,
+            default_quota=settings.user_quota,
+        )
+        auth = Authenticator(
+            store,
+            jwt_secret,
+            keyring,
+            rounds=settings.bcrypt_rounds,
+            ttl=settings.token_ttl,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            executor=bcrypt_pool,
+        )
+        yield Core(settings, store, keyring, files, auth, Sharing(store, files, keyring, auth))
+        await files.close()
     finally:
         await store.close()  # aiosqlite threads would otherwise keep the process alive
         for pool in (crypto, hasher, bcrypt_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def _serve(
-    settings: Settings,
-    sockets: list[socket.socket],
-    ssl_context: ssl.SSLContext,
-    store: SQLiteStore,
-    keyring: Keyring,
-    jwt_secret: bytes,
-    crypto: ThreadPoolExecutor,
-    hasher: ThreadPoolExecutor,
-    bcrypt_pool: ThreadPoolExecutor,
-) -> None:
-    files = FileService(
-        store,
-        keyring,
-        seg_size=settings.segment_size,
-        max_file_size=settings.max_file_size,
-        pipeline_depth=settings.pipeline_depth,
-        crypto=crypto,
-        hasher=hasher,
-        resumable_ttl=settings.resumable_ttl,
-        segments_in_flight=settings.segments_in_flight,
-        default_quota=settings.user_quota,
+async def serve(settings: Settings) -> None:
+    lock_data_dir(settings.data_dir)
+    sockets = listen(settings)  # before anything touches the data: a busy port changes nothing
+    if ensure_certificate(settings.tls_cert, settings.tls_key):
+        log.warning("generated a self-signed certificate: %s (key %s)", settings.tls_cert, settings.tls_key)
+    ssl_context = server_context(settings.tls_cert, settings.tls_key)
+    async with open_core(settings) as core:
+        await core.files.purge(staged_too=True)  # uploads cut off by a crash or kill
+        await _serve(core, sockets, ssl_context)
+
+
+async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLContext) -> None:
+    settings, files = core.settings, core.files
+    throttle = LoginThrottle(
+        free=settings.login_free_attempts,
+        max_backoff=settings.login_max_backoff,
+        trusted_proxies=settings.trusted_proxies,
     )
-    await files.purge(staged_too=True)  # uploads cut off by a crash or kill
-    auth = Authenticator(
-        store,
-        jwt_secret,
-        keyring,
-        rounds=settings.bcrypt_rounds,
-        ttl=settings.token_ttl,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        executor=bcrypt_pool,
-    )
-    app = make_app(Context(settings, auth, files, Sharing(store, files, keyring, auth)))
+    app = make_app(Context(settings, core.auth, files, core.sharing, throttle))
     server = tornado.httpserver.HTTPServer(
         app,
         ssl_options=ssl_context,
@@ -171,7 +190,6 @@ async def _serve(
         plain.stop()
     await server.close_all_connections()
     await settle(SHUTDOWN_GRACE)
-    await files.close()
 
 
 def parse_size(text: str) -> int | None:

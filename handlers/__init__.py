@@ -1,6 +1,7 @@
 """HTTP: Tornado handlers, the only code that knows HTTP. ``make_app`` joins the route tables."""
 
 import logging
+import re
 
 import tornado.web
 
@@ -8,14 +9,18 @@ from handlers import auth, files, sharing, tus
 from handlers.base import Context, NotFoundHandler
 
 access_log = logging.getLogger("tornado.access")
+_LINK_SECRET = re.compile(r"^/s/[^/?]+")
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Access log: 5xx are errors; a 4xx is the client's business, logged at INFO."""
+    """Access log: 5xx are errors; a 4xx is the client's business, logged at INFO. The secret
+    of a public link (the path after /s/) is never written: logs are not secrets."""
     status = handler.get_status()
     level = logging.ERROR if status >= 500 else logging.INFO
     millis = 1000.0 * handler.request.request_time()
-    access_log.log(level, "%d %s %.2fms", status, handler._request_summary(), millis)
+    request = handler.request
+    path = _LINK_SECRET.sub("/s/[secret]", request.path)
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, path, request.remote_ip, millis)
 
 
 def make_app(ctx: Context) -> tornado.web.Application:

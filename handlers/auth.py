@@ -13,7 +13,14 @@ class RegisterHandler(JSONBodyHandler):
 class LoginHandler(JSONBodyHandler):
     async def post(self) -> None:
         body = self.json_body()
-        issued = await self.auth.login(body.get("username"), body.get("password"))
+        username = body.get("username")
+        account = username if isinstance(username, str) else ""
+        address = self.throttle.client_address(
+            self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
+        )
+        # check() before bcrypt, failed() on InvalidCredentials, succeeded() on success.
+        with self.throttle.attempt(account, address):
+            issued = await self.auth.login(username, body.get("password"))
         self.write_json(200, {"token": issued.token, "expires_in": issued.expires_in})
 
 

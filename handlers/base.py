@@ -33,6 +33,7 @@ from vault.errors import (
 )
 from vault.files import FileService
 from vault.sharing import Sharing
+from vault.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Context:
     auth: Authenticator
     files: FileService
     sharing: Sharing
+    throttle: LoginThrottle
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -88,6 +90,10 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def auth(self) -> Authenticator:
         return self.ctx.auth
+
+    @property
+    def throttle(self) -> LoginThrottle:
+        return self.ctx.throttle
 
     @property
     def config(self) -> Settings:
@@ -189,7 +195,10 @@ class JSONBodyHandler(BaseHandler):
     def data_received(self, chunk: bytes) -> None:
         self._body += chunk
 
-    def json_body(self) -> dict[str, Any]:
+    def json_body(self, empty_ok: bool = False) -> dict[str, Any]:
+        """The body as a JSON object; an empty body is ``{}`` where every field is optional."""
+        if empty_ok and not self._body.strip():
+            return {}
         try:
             body = json.loads(self._body)
         except (ValueError, UnicodeDecodeError, RecursionError):

@@ -208,6 +208,9 @@ class FileSender(BaseHandler):
     def chunk_sent(self, nbytes: int) -> None:
         """Called after each chunk reached the socket."""
 
+    def body_done(self) -> None:
+        """Called when the whole body was sent."""
+
     async def send_file(self, download: Download, send_body: bool) -> None:
         try:
             await self._send(download, send_body)
@@ -243,6 +246,7 @@ class FileSender(BaseHandler):
         if send_body:
             await self._stream(download.read(start, end))
         if not self._finished:
+            self.body_done()
             self.finish()
 
     async def _stream(self, chunks: AsyncIterator[bytes]) -> None:

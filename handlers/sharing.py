@@ -39,20 +39,21 @@ class SharesHandler(JSONBodyHandler):
 
     async def post(self, name: str) -> None:
         identity = self.authenticate()
-        username = await self.sharing.grant(identity, name, self.json_body().get("username"))
-        self.write_json(201, {"message": "File shared", "filename": name, "username": username})
+        stored, username = await self.sharing.grant(identity, name, self.json_body().get("username"))
+        self.write_json(201, {"message": "File shared", "filename": stored, "username": username})
 
     async def get(self, name: str) -> None:
         identity = self.authenticate()
-        self.write_json(200, {"filename": name, "shared_with": await self.sharing.grantees(identity, name)})
+        stored, grantees = await self.sharing.grantees(identity, name)
+        self.write_json(200, {"filename": stored, "shared_with": grantees})
 
 
 class ShareHandler(BaseHandler):
     """``DELETE /files/<name>/shares/<username>`` revokes at once."""
 
     async def delete(self, name: str, username: str) -> None:
-        await self.sharing.revoke(self.authenticate(), name, username)
-        self.write_json(200, {"message": "Share revoked", "filename": name, "username": username})
+        stored, user = await self.sharing.revoke(self.authenticate(), name, username)
+        self.write_json(200, {"message": "Share revoked", "filename": stored, "username": user})
 
 
 class SharedListHandler(BaseHandler):
@@ -80,7 +81,7 @@ class LinksHandler(JSONBodyHandler):
 
     async def post(self, name: str) -> None:
         identity = self.authenticate()
-        body = self.json_body()
+        body = self.json_body(empty_ok=True)
         info, token = await self.sharing.create_link(
             identity, name, body.get("expires_in"), body.get("password"), body.get("max_downloads")
         )
@@ -140,7 +141,13 @@ class PublicLinkHandler(FileSender):
         await self.send_file(download, send_body=False)
 
     def before_body(self, nbytes: int, size: int) -> None:
-        self.reservation = self.sharing.reserve(self.link, size, nbytes)
+        # An empty file costs one budget byte per download, or a limit could never run out.
+        self.charge_whole = size == 0 and self.request.method == "GET"
+        self.reservation = self.sharing.reserve(self.link, size, 1 if self.charge_whole else nbytes)
+
+    def body_done(self) -> None:
+        if self.reservation is not None and getattr(self, "charge_whole", False):
+            self.reservation.sent = 1
 
     def chunk_sent(self, nbytes: int) -> None:
         if self.reservation is not None:

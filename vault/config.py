@@ -14,6 +14,7 @@ import yaml
 
 from vault.errors import ConfigError
 from vault.format import DEFAULT_SEG_SIZE, check_seg_size
+from vault.throttle import parse_networks
 
 GiB = 1024**3
 
@@ -51,6 +52,15 @@ class Settings:
     )
     resumable_ttl: int = _setting(
         86400, "Seconds an unfinished resumable (tus) upload is kept after its last write."
+    )
+    login_free_attempts: int = _setting(
+        5, "Wrong logins per account and per client address before each further one is delayed."
+    )
+    login_max_backoff: int = _setting(
+        900, "Longest login lock-out, in seconds (doubling from 1 s); idle counts are then forgotten."
+    )
+    trusted_proxies: str = _setting(
+        "", "Comma-separated proxy addresses or networks whose X-Forwarded-For names the client."
     )
     idle_timeout: int = _setting(60, "Seconds an idle keep-alive connection is kept open.")
     public_url: str = _setting(
@@ -107,6 +117,9 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "pipeline_depth", 1, 64)
     _check_range(values, "segments_in_flight", 1, 1024)
     _check_range(values, "idle_timeout", 1, 86400)
+    _check_range(values, "login_free_attempts", 1, 1_000_000)
+    _check_range(values, "login_max_backoff", 1, 86400)
+    parse_networks(values["trusted_proxies"])
     _check_range(values, "resumable_ttl", 60, 366 * 86400)
     try:
         check_seg_size(values["segment_size"])

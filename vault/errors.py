@@ -21,7 +21,7 @@ VaultError
 ├── NotFound                no such resource visible to the caller
 │   └── FileNotFound        no such file for this caller
 ├── Gone                    a public link expired, ran out of downloads or lost its file
-├── TooManyAttempts         too many wrong link passwords; carries the seconds to wait
+├── TooManyAttempts         too many wrong logins or link passwords; carries the seconds to wait
 ├── TooLarge                a body or file is over its configured limit
 ├── RangeNotSatisfiable     the requested byte range lies outside the file
 ├── Busy                    the server is at a configured limit; retry later
@@ -156,7 +156,7 @@ class Gone(VaultError):
 
 
 class TooManyAttempts(VaultError):
-    """Too many wrong passwords for a link: wait ``retry_after`` seconds."""
+    """Too many wrong passwords (login or link): wait ``retry_after`` seconds."""
 
     message = "Too many wrong passwords: wait before trying again"
 

@@ -13,6 +13,7 @@ its length, which the allowance covers. Usage is kept in memory and persisted af
 request (one server process per data directory).
 """
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -49,7 +50,7 @@ PREVIEW_ALLOWANCE = 64 * 1024
 
 def link_budget(max_downloads: int, size: int) -> int:
     """Bytes a link may send in all: whole copies plus a preview allowance (module docstring)."""
-    return max_downloads * size + min(PREVIEW_ALLOWANCE, size // 2)
+    return max_downloads * max(size, 1) + min(PREVIEW_ALLOWANCE, size // 2)
 
 
 def token_hash(token: str) -> bytes:
@@ -113,6 +114,7 @@ class Sharing:
     def __init__(self, store: Store, files: FileService, keyring: Keyring, auth: Authenticator) -> None:
         self._store, self._files, self._keyring, self._auth = store, files, keyring, auth
         self._usage: dict[str, _Usage] = {}
+        self._password_locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ grants
 
@@ -136,7 +138,8 @@ class Sharing:
             raise FileNotFound()
         return name
 
-    async def grant(self, owner: Identity, name: str, username: object) -> str:
+    async def grant(self, owner: Identity, name: str, username: object) -> tuple[str, str]:
+        """Give ``username`` read access; returns the stored (file name, username)."""
         name = await self._live(owner.user_id, name)
         if not isinstance(username, str) or not username:
             raise InvalidField("Field 'username' is required and must be a non-empty string")
@@ -148,22 +151,25 @@ class Sharing:
         key_id = self._keyring.primary
         tag = self._grant_tag(key_id, owner.user_id, name, grantee.id)
         await self._store.put_grant(Grant(owner.user_id, name, grantee.id, time.time(), key_id, tag))
-        return grantee.username
+        return name, grantee.username
 
-    async def revoke(self, owner: Identity, name: str, username: str) -> None:
+    async def revoke(self, owner: Identity, name: str, username: str) -> tuple[str, str]:
+        """Revoke at once; returns the stored (file name, username)."""
         name = check_filename(name)
         grantee = await self._auth.find_user(username)
         if grantee is None or not await self._store.delete_grant(owner.user_id, name, grantee.id):
             raise NotFound("Not shared with that user")
+        return name, grantee.username
 
-    async def grantees(self, owner: Identity, name: str) -> list[str]:
+    async def grantees(self, owner: Identity, name: str) -> tuple[str, list[str]]:
+        """The stored file name and who may read it."""
         name = await self._live(owner.user_id, name)
         names = []
         for grant in await self._store.grants_of(owner.user_id, name):
             user = await self._auth.user_by_id(grant.grantee) if self._grant_ok(grant) else None
             if user is not None:
                 names.append(user.username)
-        return sorted(names)
+        return name, sorted(names)
 
     async def shared_with(self, user: Identity) -> list[SharedFile]:
         shared = []
@@ -272,6 +278,20 @@ class Sharing:
         return link, download
 
     async def _check_link_password(self, link: Link, password: str | None, now: float) -> None:
+        """One guess at a time per link, each seeing the failures before it: guesses sent all
+        at once cannot all be tried before the lock-out starts."""
+        lock = self._password_locks.setdefault(link.id, asyncio.Lock())
+        try:
+            async with lock:
+                fresh = await self._store.get_link(link.token_hash)
+                if fresh is None or fresh.id != link.id:
+                    raise NotFound("Link not found")
+                await self._check_password_once(fresh, password, time.time())
+        finally:
+            if not lock.locked():
+                self._password_locks.pop(link.id, None)
+
+    async def _check_password_once(self, link: Link, password: str | None, now: float) -> None:
         if now < link.locked_until:
             raise TooManyAttempts(math.ceil(link.locked_until - now))
         if password is None:

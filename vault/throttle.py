@@ -1,0 +1,242 @@
+"""Login throttling: backoff per account and per client address, in memory.
+
+The rule. Failures are counted under two keys, the account (the username as given, lower-cased,
+whether or not such a user exists) and the client address (an IPv6 address by its /64, since one
+host usually holds a whole /64). A key with ``free`` failures or more is locked for
+``2 ** (failures - free)`` seconds after its last failure (1 s, 2 s, 4 s ...), never longer than
+``max_backoff``. A login is refused with TooManyAttempts (429, Retry-After) while either key is
+locked, before bcrypt runs, so a locked attempt costs no CPU and, answering the same whatever the
+password, tells nothing. A refused attempt is not a failure: it neither checks the password nor
+extends the lock. Attempts in flight count as failures to come, so that many parallel requests
+cannot all slip through one open window: a key allows at most ``free`` attempts at once, and one
+at a time once it is in backoff. A successful login clears the account's count, not the
+address's (or an attacker could clear their address by logging in to their own account between
+guesses). A key is forgotten once it has gone ``max_backoff`` seconds past the end of its lock
+without a failure, and at most ``max_keys`` keys of each kind are kept (the least recently
+failed dropped first), so nothing is permanent and memory stays bounded.
+
+The trade-off. The account key is what stops guessing from many addresses, and it also locks the
+account's owner out while it is locked. Because the windows are capped, an attacker cannot lock
+anyone out for longer than ``max_backoff`` once they stop; while they keep going, the owner gets
+in by being first to try after a window ends, and an attacker on one address is slowed just as
+much by their address key. Until a cap-length window runs out, anyone trying the account gets
+429 (documented in README, Security model).
+
+The client address is the socket's peer, unless the peer is one of the configured trusted
+proxies: then it is the last address in X-Forwarded-For (the one that proxy saw), which a client
+cannot forge past a proxy that appends to the header. State lives in this process (one server
+per data directory) and is lost on restart.
+"""
+
+import ipaddress
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from vault.errors import ConfigError, InvalidCredentials, TooManyAttempts
+
+log = logging.getLogger(__name__)
+
+MAX_KEYS = 100_000  # per kind; an entry is ~200 bytes
+MAX_KEY_CHARS = 64  # usernames are at most 32 characters; longer names cannot exist anyway
+IPV6_PREFIX = 64
+BUSY_RETRY = 1  # Retry-After when the key's turn is taken by an attempt in flight
+MAX_EXPONENT = 40  # 2**40 s is past any cap; keeps the arithmetic small
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or networks (``10.0.0.1, 192.168.0.0/24``); '' is none."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError:
+            raise ConfigError(
+                f"config key 'trusted_proxies': not an IP address or network: {item!r}"
+            ) from None
+    return tuple(networks)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def address_key(address: str) -> str:
+    """The throttling key of a client address: IPv4 as is, IPv6 by its /64."""
+    ip = _ip(address)
+    if ip is None:
+        return address[:MAX_KEY_CHARS]
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
+
+
+@dataclass
+class _Entry:
+    failures: int = 0
+    last: float = 0.0  # clock time of the last failure
+    pending: int = 0  # attempts that passed check() and have not ended yet
+
+
+class _Keys:
+    """Failure counts for one kind of key, oldest failure first."""
+
+    def __init__(self, kind: str, free: int, max_backoff: int, max_keys: int) -> None:
+        self._kind = kind
+        self._free = free
+        self._max_backoff = max_backoff
+        self._max_keys = max_keys
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def window(self, failures: int) -> int:
+        if failures < self._free:
+            return 0
+        return int(min(self._max_backoff, 2 ** min(failures - self._free, MAX_EXPONENT)))
+
+    def wait(self, key: str, now: float) -> float:
+        """Seconds before ``key`` may try again (0: now); forgets the key if it has expired."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return 0.0
+        if self._expired(entry, now):
+            del self._entries[key]
+            return 0.0
+        wait = entry.last + self.window(entry.failures) - now
+        if wait <= 0 and entry.pending and entry.failures + entry.pending >= self._free:
+            return BUSY_RETRY
+        return max(wait, 0.0)
+
+    def begin(self, key: str, now: float) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self._make_room(now)
+            entry = self._entries[key] = _Entry(last=now)
+        entry.pending += 1
+
+    def end(self, key: str, now: float, *, failed: bool = False, reset: bool = False) -> None:
+        entry = self._entries.get(key)
+        if entry is None:  # dropped to make room while the attempt ran
+            if not failed:
+                return
+            self._make_room(now)
+            entry = self._entries[key] = _Entry()
+        entry.pending = max(entry.pending - 1, 0)
+        if failed:
+            entry.failures += 1
+            entry.last = now
+            self._entries.move_to_end(key)
+            if entry.failures == self._free:
+                # The address, never the account name: people type passwords into that field.
+                who = repr(key) if self._kind == "address" else "an account"
+                log.warning("login throttled for %s after %d failures", who, entry.failures)
+        elif reset:
+            entry.failures = 0
+        if entry.failures == 0 and entry.pending == 0:
+            del self._entries[key]
+
+    def _expired(self, entry: _Entry, now: float) -> bool:
+        return entry.pending == 0 and now >= entry.last + self.window(entry.failures) + self._max_backoff
+
+    def _make_room(self, now: float) -> None:
+        """Forget expired keys from the old end; past ``max_keys``, drop the oldest anyway."""
+        while self._entries:
+            key, entry = next(iter(self._entries.items()))
+            if not (self._expired(entry, now) or len(self._entries) >= self._max_keys):
+                break
+            del self._entries[key]
+
+
+class LoginThrottle:
+    """Refuses logins for a while after repeated failures (rules: module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        free: int,
+        max_backoff: int,
+        trusted_proxies: str = "",
+        max_keys: int = MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if free < 1 or max_backoff < 1 or max_keys < 1:
+            raise ValueError("free, max_backoff and max_keys must be positive")
+        self._accounts = _Keys("account", free, max_backoff, max_keys)
+        self._addresses = _Keys("address", free, max_backoff, max_keys)
+        self._trusted = parse_networks(trusted_proxies)
+        self._clock = clock
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        """The socket's ``peer``, or the last X-Forwarded-For entry when the peer is trusted."""
+        peer_ip = _ip(peer)
+        if forwarded_for and peer_ip is not None and any(peer_ip in net for net in self._trusted):
+            forwarded = _ip(forwarded_for.rsplit(",", 1)[-1])
+            if forwarded is not None:
+                return str(forwarded)
+        return peer
+
+    def check(self, account: str, address: str) -> None:
+        """Raise TooManyAttempts if either key is locked; otherwise the attempt has begun and
+        must end in failed(), succeeded() or abandoned()."""
+        now = self._clock()
+        acct, addr = _account_key(account), address_key(address)
+        wait = max(self._accounts.wait(acct, now), self._addresses.wait(addr, now))
+        if wait > 0:
+            raise TooManyAttempts(max(math.ceil(wait), 1))
+        self._accounts.begin(acct, now)
+        self._addresses.begin(addr, now)
+
+    def failed(self, account: str, address: str) -> None:
+        now = self._clock()
+        self._accounts.end(_account_key(account), now, failed=True)
+        self._addresses.end(address_key(address), now, failed=True)
+
+    def succeeded(self, account: str, address: str) -> None:
+        now = self._clock()
+        self._accounts.end(_account_key(account), now, reset=True)
+        self._addresses.end(address_key(address), now)
+
+    def abandoned(self, account: str, address: str) -> None:
+        """The attempt ended without a verdict on the password (a bad field, a busy server)."""
+        now = self._clock()
+        self._accounts.end(_account_key(account), now)
+        self._addresses.end(address_key(address), now)
+
+    @contextmanager
+    def attempt(self, account: str, address: str) -> Iterator[None]:
+        """check(), then failed() if the body raises InvalidCredentials, succeeded() if it
+        returns, abandoned() on any other exception."""
+        self.check(account, address)
+        try:
+            yield
+        except InvalidCredentials:
+            self.failed(account, address)
+            raise
+        except BaseException:
+            self.abandoned(account, address)
+            raise
+        self.succeeded(account, address)
+
+    def tracked(self) -> tuple[int, int]:
+        """(accounts, addresses) currently remembered."""
+        return len(self._accounts), len(self._addresses)
+
+
+def _account_key(account: str) -> str:
+    return account.lower()[:MAX_KEY_CHARS]
