@@ -62,7 +62,15 @@ class Server:
         if not config.exists():
             self.workdir.mkdir(parents=True, exist_ok=True)
             config.write_text("data_dir: data\ntls_cert: certs/cert.pem\ntls_key: certs/key.pem\n")
-        env = {**os.environ, "VAULT_BCRYPT_ROUNDS": "4", "VAULT_LOG_LEVEL": "INFO", **self.env}
+        env = {
+            **os.environ,
+            "VAULT_BCRYPT_ROUNDS": "4",
+            "VAULT_LOG_LEVEL": "INFO",
+            # Every test logs in from 127.0.0.1 and some fail on purpose: throttling is tested
+            # on servers of its own (tests/test_throttle.py).
+            "VAULT_LOGIN_FREE_ATTEMPTS": "1000000",
+            **self.env,
+        }
         start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
         # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
         with open(self.log_path, "a") as log:
