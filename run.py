@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import fcntl
+import getpass
 import logging
 import os
 import signal
@@ -22,9 +23,10 @@ import tornado.netutil
 from handlers import make_app
 from handlers.base import Context
 from storage.sqlite import SQLiteStore
+from vault.admin import Admin
 from vault.auth import Authenticator
 from vault.config import Settings, load_settings, unknown_variables
-from vault.errors import ConfigError
+from vault.errors import ConfigError, InvalidField, VaultError
 from vault.files import FileService
 from vault.keys import Keyring, load_jwt_secret, load_keyring
 from vault.sharing import Sharing
@@ -206,55 +208,58 @@ def parse_size(text: str) -> int | None:
 
 def parse_admin_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="run.py admin", description="vault administration (offline or live)"
+        prog="run.py admin", description="vault administration, offline or beside a running server"
     )
     parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="YAML settings file")
     parser.add_argument("--data-dir", type=Path, help="database and secrets")
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("create-user", "create an account"), ("reset-password", "set a new password")):
+        sub = commands.add_parser(name, help=f"{text} (the password is asked for, or read from stdin)")
+        sub.add_argument("username")
     limits = commands.add_parser(
         "set-limits", help="set a user's quota and largest file ('none': the default)"
     )
     limits.add_argument("username")
     limits.add_argument("--quota", type=parse_size, help="bytes the user may store, e.g. 50G, or none")
     limits.add_argument("--max-file-size", type=parse_size, help="largest file, e.g. 4G, or none")
-    show = commands.add_parser("show", help="a user's usage and limits")
-    show.add_argument("username")
+    commands.add_parser("show", help="a user's usage and limits").add_argument("username")
+    commands.add_parser("verify", help="check every file's MACs offline; list the damaged ones")
+    export = commands.add_parser("export", help="write a file, decrypted and verified, to stdout")
+    export.add_argument("username")
+    export.add_argument("filename")
     return parser.parse_args(argv)
 
 
+def read_password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first, second = getpass.getpass("New password: "), getpass.getpass("Again: ")
+    if first != second:
+        raise InvalidField("the passwords differ")
+    return first
+
+
 async def admin(settings: Settings, args: argparse.Namespace) -> int:
-    store = await SQLiteStore.open(settings.db_path)
-    try:
-        user = await store.get_user(args.username)
-        if user is None:
-            print(f"vault: no user {args.username!r}", file=sys.stderr)
+    async with open_core(settings) as core:
+        tool = Admin(core.store, core.files, core.auth, settings.user_quota)
+        try:
+            if args.command == "show":
+                await tool.show(args.username)
+            elif args.command == "set-limits":
+                changes = {name: getattr(args, name) for name in args.given}
+                await tool.set_limits(args.username, changes)
+            elif args.command == "create-user":
+                await tool.create_user(args.username, read_password())
+            elif args.command == "reset-password":
+                await tool.reset_password(args.username, read_password())
+            elif args.command == "verify":
+                return 1 if await tool.verify() else 0
+            elif args.command == "export":
+                await tool.export(args.username, args.filename, sys.stdout.buffer)
+        except VaultError as exc:
+            print(f"vault: {exc.message}", file=sys.stderr)
             return 1
-        quota, max_file_size = await store.get_limits(user.id)
-        if args.command == "set-limits":
-            quota, max_file_size = _updated(args, quota, max_file_size)
-            await store.set_limits(user.username, quota, max_file_size)
-        used, files = await store.usage(user.id)
-        effective_quota = quota if quota is not None else (settings.user_quota or None)
-        effective_max = max_file_size if max_file_size is not None else settings.max_file_size
-        print(
-            f"{user.username}: {files} files, {used} bytes used; quota {effective_quota or 'none'}"
-            f"{'' if quota is not None else ' (default)'}; max file size {effective_max}"
-            f"{'' if max_file_size is not None else ' (default)'}"
-        )
-        return 0
-    finally:
-        await store.close()
-
-
-def _updated(
-    args: argparse.Namespace, quota: int | None, max_file_size: int | None
-) -> tuple[int | None, int | None]:
-    """Only the options given change; ``none`` resets one to the configured default."""
-    given = set(args.given)
-    return (
-        args.quota if "quota" in given else quota,
-        args.max_file_size if "max_file_size" in given else max_file_size,
-    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -360,6 +360,18 @@ class SQLiteStore:
         )
         return _user(row) if row else None
 
+    async def update_user(self, user: User) -> None:
+        await self._write(
+            "UPDATE users SET password_hash = ?, key_id = ?, tag = ? WHERE id = ?",
+            (user.password_hash, user.key_id, user.tag, user.id),
+        )
+
+    async def all_files(self) -> list[StoredFile]:
+        rows = await self._all(
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE state = ? ORDER BY owner, name", (LIVE,)
+        )
+        return [_stored_file(row) for row in rows]
+
     async def get_limits(self, user_id: int) -> tuple[int | None, int | None]:
         row = await self._one("SELECT quota, max_file_size FROM users WHERE id = ?", (user_id,))
         if row is None:

@@ -14,7 +14,15 @@ from typing import Any
 import bcrypt
 import jwt
 
-from vault.errors import Busy, ExpiredToken, IntegrityError, InvalidCredentials, InvalidField, InvalidToken
+from vault.errors import (
+    Busy,
+    ExpiredToken,
+    IntegrityError,
+    InvalidCredentials,
+    InvalidField,
+    InvalidToken,
+    NotFound,
+)
 from vault.keys import Keyring, row_tag
 from vault.store import Store, User
 
@@ -122,6 +130,16 @@ class Authenticator:
         user_id, key_id = secrets.randbits(USER_ID_BITS) + 1, self._keyring.primary
         tag = user_tag(self._keyring, key_id, user_id, name, hashed)
         await self._store.create_user(User(user_id, name, hashed, key_id, tag))
+
+    async def reset_password(self, username: str, password: object) -> None:
+        """Set a new password (an administrator's command)."""
+        user = await self._store.get_user(username)
+        if user is None:
+            raise NotFound("User not found")
+        hashed = await self._run(bcrypt.hashpw, check_password(password), bcrypt.gensalt(self._rounds))
+        key_id = self._keyring.primary
+        tag = user_tag(self._keyring, key_id, user.id, user.username, hashed)
+        await self._store.update_user(User(user.id, user.username, hashed, key_id, tag))
 
     async def login(self, username: object, password: object) -> IssuedToken:
         if not isinstance(username, str) or not isinstance(password, str) or not username or not password:

@@ -92,6 +92,12 @@ class Store(Protocol):
 
     async def get_user_by_id(self, user_id: int) -> User | None: ...
 
+    async def update_user(self, user: User) -> None:
+        """Replace the password hash, key id and tag of the user with ``user.id``."""
+
+    async def all_files(self) -> list[StoredFile]:
+        """Every LIVE file of every owner (for offline verification)."""
+
     async def get_limits(self, user_id: int) -> tuple[int | None, int | None]:
         """The user's (quota, max_file_size) overrides; None where the default applies."""
 
