@@ -28,7 +28,7 @@ from vault.auth import Authenticator
 from vault.config import Settings, load_settings, unknown_variables
 from vault.errors import ConfigError, InvalidField, VaultError
 from vault.files import FileService
-from vault.keys import Keyring, load_jwt_secret, load_keyring
+from vault.keys import Keyring, add_primary_key, load_jwt_secret, load_keyring, remove_key
 from vault.sharing import Sharing
 from vault.throttle import LoginThrottle
 from vault.tls import ensure_certificate, server_context
@@ -80,6 +80,17 @@ def listen(settings: Settings) -> list[socket.socket]:
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
+
+
+def reload_certificate(settings: Settings, context: ssl.SSLContext) -> None:
+    """SIGHUP: new handshakes use the certificate now on disk; open connections, and transfers
+    on them, carry on untouched. A bad file keeps the old certificate."""
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("SIGHUP: certificate not reloaded, keeping the old one: %s", exc)
+        return
+    log.warning("SIGHUP: reloaded the certificate %s", settings.tls_cert)
 
 
 async def settle(grace: float) -> None:
@@ -184,6 +195,7 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_certificate, settings, ssl_context)
     await stop.wait()
     log.info("shutting down")
     purger.stop()
@@ -224,6 +236,9 @@ def parse_admin_args(argv: list[str]) -> argparse.Namespace:
     limits.add_argument("--max-file-size", type=parse_size, help="largest file, e.g. 4G, or none")
     commands.add_parser("show", help="a user's usage and limits").add_argument("username")
     commands.add_parser("verify", help="check every file's MACs offline; list the damaged ones")
+    commands.add_parser("rotate-key", help="new primary master key; re-wrap every file key (server stopped)")
+    retire = commands.add_parser("retire-key", help="drop an old master key nothing uses (server stopped)")
+    retire.add_argument("key_id", type=int)
     export = commands.add_parser("export", help="write a file, decrypted and verified, to stdout")
     export.add_argument("username")
     export.add_argument("filename")
@@ -240,6 +255,12 @@ def read_password() -> str:
 
 
 async def admin(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command in ("rotate-key", "retire-key"):
+        if os.environ.get("VAULT_MASTER_KEY") or os.environ.get("VAULT_MASTER_KEY_COMMAND"):
+            raise ConfigError("key rotation works on the keyring file: unset VAULT_MASTER_KEY(_COMMAND)")
+        lock_data_dir(settings.data_dir)  # a running server would not know the new key: refuse
+        if args.command == "rotate-key":
+            print(f"new primary master key {add_primary_key(settings.data_dir)}", file=sys.stderr)
     async with open_core(settings) as core:
         tool = Admin(core.store, core.files, core.auth, settings.user_quota)
         try:
@@ -256,6 +277,18 @@ async def admin(settings: Settings, args: argparse.Namespace) -> int:
                 return 1 if await tool.verify() else 0
             elif args.command == "export":
                 await tool.export(args.username, args.filename, sys.stdout.buffer)
+            elif args.command == "rotate-key":
+                await tool.rewrap(core.keyring)
+            elif args.command == "retire-key":
+                if args.key_id == core.keyring.primary:
+                    raise ConfigError(f"key {args.key_id} is the primary key: rotate first")
+                if args.key_id in await tool.key_ids_in_use():
+                    raise ConfigError(f"key {args.key_id} still wraps some data: run rotate-key first")
+                remove_key(settings.data_dir, args.key_id)
+                print(f"key {args.key_id} removed from the keyring")
+        except ConfigError as exc:
+            print(f"vault: {exc.message}", file=sys.stderr)
+            return 2
         except VaultError as exc:
             print(f"vault: {exc.message}", file=sys.stderr)
             return 1
@@ -295,7 +328,11 @@ def main_admin(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"vault: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(admin(settings, args))
+    try:
+        return asyncio.run(admin(settings, args))
+    except ConfigError as exc:
+        print(f"vault: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

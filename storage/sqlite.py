@@ -372,6 +372,42 @@ class SQLiteStore:
         )
         return [_stored_file(row) for row in rows]
 
+    async def wrapped_keys(self) -> list[tuple[bytes, int, bytes]]:
+        rows = await self._all(
+            "SELECT file_id, key_id, wrapped_key FROM files"
+            " WHERE wrapped_key IS NOT NULL AND state IN (?, ?)",
+            (LIVE, STAGED),
+        )
+        return [(bytes(fid), int(kid), bytes(wrapped)) for fid, kid, wrapped in rows]
+
+    async def set_wrapped_key(self, file_id: bytes, old_key_id: int, key_id: int, wrapped: bytes) -> bool:
+        changed = await self._write(
+            "UPDATE files SET key_id = ?, wrapped_key = ? WHERE file_id = ? AND key_id = ?",
+            (key_id, wrapped, file_id, old_key_id),
+        )
+        return changed == 1
+
+    async def all_users(self) -> list[User]:
+        rows = await self._all("SELECT id, username, password_hash, key_id, tag FROM users", ())
+        return [_user(row) for row in rows]
+
+    async def all_grants(self) -> list[Grant]:
+        return [_record(Grant, row) for row in await self._all(f"SELECT {_GRANT_COLUMNS} FROM grants", ())]
+
+    async def all_links(self) -> list[Link]:
+        return [_record(Link, row) for row in await self._all(f"SELECT {_LINK_COLUMNS} FROM links", ())]
+
+    async def set_link_tag(self, link_id: str, key_id: int, tag: bytes) -> None:
+        await self._write("UPDATE links SET key_id = ?, tag = ? WHERE id = ?", (key_id, tag, link_id))
+
+    async def key_ids_in_use(self) -> set[int]:
+        rows = await self._all(
+            "SELECT key_id FROM files WHERE wrapped_key IS NOT NULL UNION SELECT key_id FROM users"
+            " UNION SELECT key_id FROM grants UNION SELECT key_id FROM links",
+            (),
+        )
+        return {int(row[0]) for row in rows}
+
     async def get_limits(self, user_id: int) -> tuple[int | None, int | None]:
         row = await self._one("SELECT quota, max_file_size FROM users WHERE id = ?", (user_id,))
         if row is None:

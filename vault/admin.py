@@ -5,12 +5,16 @@ running on them, so data is never hostage to the server: ``export`` decrypts a f
 given only the data directory.
 """
 
+import dataclasses
 import sys
 from typing import BinaryIO, TextIO
 
-from vault.auth import Authenticator
+from vault import format as sfs
+from vault.auth import Authenticator, user_tag
 from vault.errors import FileNotFound, IntegrityError, NotFound
 from vault.files import FileService
+from vault.keys import Keyring, row_tag
+from vault.sharing import link_tag
 from vault.store import Store
 
 
@@ -90,6 +94,39 @@ class Admin:
         self.progress.write("\n")
         self.out.write(f"{len(stored)} files checked, {damaged} damaged\n")
         return damaged
+
+    async def rewrap(self, keyring: Keyring) -> None:
+        """After a new primary master key: re-wrap every file key under it and re-tag every
+        account, grant and link row. Segments and headers are untouched (they depend on the
+        file key only), so this reads and writes a few hundred bytes per file."""
+        primary, kek = keyring.primary, keyring.keks[keyring.primary]
+        rows = await self.store.wrapped_keys()
+        for number, (file_id, key_id, wrapped) in enumerate(rows, 1):
+            old = keyring.kek(key_id)
+            if key_id == primary:
+                continue
+            if old is None:
+                self.out.write(f"SKIPPED file {file_id.hex()}: its key id {key_id} is not in the keyring\n")
+                continue
+            file_key = sfs.unwrap_file_key(old, key_id, file_id, wrapped)
+            await self.store.set_wrapped_key(
+                file_id, key_id, primary, sfs.wrap_file_key(kek, primary, file_id, file_key)
+            )
+            self.progress.write(f"\rre-wrapped {number}/{len(rows)} file keys")
+        for user in await self.store.all_users():
+            tag = user_tag(keyring, primary, user.id, user.username, user.password_hash)
+            await self.store.update_user(dataclasses.replace(user, key_id=primary, tag=tag))
+        for grant in await self.store.all_grants():
+            tag = row_tag(keyring, primary, b"grant", grant.owner, grant.name, grant.grantee)
+            await self.store.put_grant(dataclasses.replace(grant, key_id=primary, tag=tag))
+        for link in await self.store.all_links():
+            relinked = dataclasses.replace(link, key_id=primary)
+            await self.store.set_link_tag(link.id, primary, link_tag(keyring, relinked))
+        self.progress.write("\n")
+        self.out.write(f"every key now wrapped under master key {primary}\n")
+
+    async def key_ids_in_use(self) -> set[int]:
+        return await self.store.key_ids_in_use()
 
     async def export(self, username: str, name: str, sink: BinaryIO) -> int:
         """Write a file's verified plaintext to ``sink``; returns its size."""

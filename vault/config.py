@@ -136,7 +136,7 @@ def _validate(values: dict[str, Any]) -> None:
             raise ConfigError(f"config key {key!r}: must not be empty")
 
 
-SECRET_VARIABLES = frozenset({"VAULT_MASTER_KEY", "VAULT_JWT_SECRET"})
+SECRET_VARIABLES = frozenset({"VAULT_MASTER_KEY", "VAULT_MASTER_KEY_COMMAND", "VAULT_JWT_SECRET"})
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

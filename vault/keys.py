@@ -13,7 +13,9 @@ import hmac
 import json
 import logging
 import os
+import shlex
 import struct
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 KEYRING_FILE = "master.keys"
 JWT_SECRET_FILE = "jwt.secret"  # noqa: S105 (a file name)
 MIN_JWT_SECRET_LEN = 32
+COMMAND_TIMEOUT = 30
 
 
 @dataclass(frozen=True, repr=False)
@@ -69,15 +72,41 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def _key_from_command(command: str) -> str:
+    """Run the configured command (a KMS client, a password manager) and take its output."""
+    try:
+        done = subprocess.run(  # noqa: S603  # nosec B603: the operator's own configured command
+            shlex.split(command), capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False
+        )
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"VAULT_MASTER_KEY_COMMAND failed to run: {exc}") from None
+    if done.returncode != 0:
+        raise ConfigError(f"VAULT_MASTER_KEY_COMMAND exited {done.returncode}")
+    return done.stdout.strip()
+
+
 def load_keyring(data_dir: Path, environ: Mapping[str, str]) -> Keyring:
+    """The master keys, from (first found) VAULT_MASTER_KEY, the output of
+    VAULT_MASTER_KEY_COMMAND (each: base64 of 32 bytes, key id 1), or the keyring file in the
+    data directory, generated on first run."""
     env_key = environ.get("VAULT_MASTER_KEY")
     if env_key:
         return Keyring.of(1, {1: _b64(env_key, "VAULT_MASTER_KEY", KEY_LEN, KEY_LEN)})
+    command = environ.get("VAULT_MASTER_KEY_COMMAND")
+    if command:
+        return Keyring.of(
+            1, {1: _b64(_key_from_command(command), "VAULT_MASTER_KEY_COMMAND", KEY_LEN, KEY_LEN)}
+        )
     path = data_dir / KEYRING_FILE
     if not path.exists():
         encoded = base64.b64encode(os.urandom(KEY_LEN)).decode()
         _write_private(path, json.dumps({"primary": 1, "keys": {"1": encoded}}, indent=2) + "\n")
         log.info("generated a new master key in %s (back it up: without it no file opens)", path)
+    primary, keys = read_keyring_file(path)
+    return Keyring.of(primary, keys)
+
+
+def read_keyring_file(path: Path) -> tuple[int, dict[int, bytes]]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         keys = {int(k): v for k, v in doc["keys"].items()}
@@ -86,8 +115,38 @@ def load_keyring(data_dir: Path, environ: Mapping[str, str]) -> Keyring:
         raise ConfigError(f"keyring {path}: unreadable or not of the documented shape") from None
     if primary not in keys:
         raise ConfigError(f"keyring {path}: primary key id {primary} is not in the ring")
-    master_keys = {kid: _b64(v, f"keyring {path} key {kid}", KEY_LEN, KEY_LEN) for kid, v in keys.items()}
-    return Keyring.of(primary, master_keys)
+    return primary, {kid: _b64(v, f"keyring {path} key {kid}", KEY_LEN, KEY_LEN) for kid, v in keys.items()}
+
+
+def write_keyring_file(path: Path, primary: int, keys: Mapping[int, bytes]) -> None:
+    """Replace the keyring file atomically (a new file, 0600, renamed over the old one)."""
+    doc = {
+        "primary": primary,
+        "keys": {str(k): base64.b64encode(v).decode() for k, v in sorted(keys.items())},
+    }
+    temporary = path.with_suffix(".new")
+    temporary.unlink(missing_ok=True)
+    _write_private(temporary, json.dumps(doc, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def add_primary_key(data_dir: Path) -> int:
+    """Add a fresh master key to the keyring file and make it primary; returns its id."""
+    path = data_dir / KEYRING_FILE
+    _, keys = read_keyring_file(path)
+    new_id = max(keys) + 1
+    write_keyring_file(path, new_id, {**keys, new_id: os.urandom(KEY_LEN)})
+    return new_id
+
+
+def remove_key(data_dir: Path, key_id: int) -> None:
+    path = data_dir / KEYRING_FILE
+    primary, keys = read_keyring_file(path)
+    if key_id == primary:
+        raise ConfigError(f"key {key_id} is the primary key: rotate first")
+    if key_id not in keys:
+        raise ConfigError(f"key {key_id} is not in the keyring")
+    write_keyring_file(path, primary, {k: v for k, v in keys.items() if k != key_id})
 
 
 def load_jwt_secret(data_dir: Path, environ: Mapping[str, str]) -> bytes:

@@ -53,6 +53,14 @@ def link_budget(max_downloads: int, size: int) -> int:
     return max_downloads * max(size, 1) + min(PREVIEW_ALLOWANCE, size // 2)
 
 
+def link_tag(keyring: Keyring, link: Link) -> bytes:
+    """The row tag of a link, under its own key id (everything but the counters)."""
+    return row_tag(
+        keyring, link.key_id, b"link", link.id, link.token_hash, link.owner, link.name,
+        link.created, link.expires, link.password_hash, link.max_downloads,
+    )  # fmt: skip
+
+
 def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "replace")).digest()
 
@@ -194,10 +202,7 @@ class Sharing:
     # ------------------------------------------------------------------ links
 
     def _link_tag(self, link: Link) -> bytes:
-        return row_tag(
-            self._keyring, link.key_id, b"link", link.id, link.token_hash, link.owner, link.name,
-            link.created, link.expires, link.password_hash, link.max_downloads,
-        )  # fmt: skip
+        return link_tag(self._keyring, link)
 
     def _link_ok(self, link: Link) -> bool:
         try:

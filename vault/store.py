@@ -98,6 +98,21 @@ class Store(Protocol):
     async def all_files(self) -> list[StoredFile]:
         """Every LIVE file of every owner (for offline verification)."""
 
+    async def wrapped_keys(self) -> list[tuple[bytes, int, bytes]]:
+        """(file_id, key_id, wrapped_key) of every LIVE file and resumable upload."""
+
+    async def set_wrapped_key(self, file_id: bytes, old_key_id: int, key_id: int, wrapped: bytes) -> bool: ...
+
+    async def all_users(self) -> list[User]: ...
+
+    async def all_grants(self) -> list[Grant]: ...
+
+    async def all_links(self) -> list[Link]: ...
+
+    async def set_link_tag(self, link_id: str, key_id: int, tag: bytes) -> None: ...
+
+    async def key_ids_in_use(self) -> set[int]: ...
+
     async def get_limits(self, user_id: int) -> tuple[int | None, int | None]:
         """The user's (quota, max_file_size) overrides; None where the default applies."""
 
