@@ -236,6 +236,7 @@ def parse_admin_args(argv: list[str]) -> argparse.Namespace:
     limits.add_argument("--max-file-size", type=parse_size, help="largest file, e.g. 4G, or none")
     commands.add_parser("show", help="a user's usage and limits").add_argument("username")
     commands.add_parser("verify", help="check every file's MACs offline; list the damaged ones")
+    commands.add_parser("audit-verify", help="check the audit log's chain; name the first broken entry")
     commands.add_parser("rotate-key", help="new primary master key; re-wrap every file key (server stopped)")
     retire = commands.add_parser("retire-key", help="drop an old master key nothing uses (server stopped)")
     retire.add_argument("key_id", type=int)
@@ -277,6 +278,8 @@ async def admin(settings: Settings, args: argparse.Namespace) -> int:
                 return 1 if await tool.verify() else 0
             elif args.command == "export":
                 await tool.export(args.username, args.filename, sys.stdout.buffer)
+            elif args.command == "audit-verify":
+                return await tool.audit_verify(core.keyring)
             elif args.command == "rotate-key":
                 await tool.rewrap(core.keyring)
             elif args.command == "retire-key":

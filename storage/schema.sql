@@ -84,3 +84,17 @@ CREATE TABLE IF NOT EXISTS links (
     tag           BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS links_owner ON links (owner, name);
+
+-- Append-only audit log. mac = HMAC(K_audit, previous mac || this entry): rewriting, dropping
+-- or reordering an entry breaks the chain from there on (run.py admin audit-verify).
+CREATE TABLE IF NOT EXISTS audit (
+    seq     INTEGER PRIMARY KEY,
+    at      REAL NOT NULL,
+    actor   TEXT NOT NULL,
+    address TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    target  TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    key_id  INTEGER NOT NULL,
+    mac     BLOB NOT NULL
+);

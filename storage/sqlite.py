@@ -21,7 +21,7 @@ import aiosqlite
 
 from vault.errors import IntegrityError, UserExists
 from vault.format import Header
-from vault.store import Grant, Link, Resumable, StoredFile, User
+from vault.store import AuditEntry, Grant, Link, Resumable, StoredFile, User
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ _FILE_COLUMNS = (
 )
 
 
+_AUDIT_COLUMNS = "seq, at, actor, address, action, target, outcome, key_id, mac"
 _GRANT_COLUMNS = "owner, name, grantee, created, key_id, tag"
 _LINK_COLUMNS = (
     "id, token_hash, owner, name, created, expires, password_hash, max_downloads,"
@@ -407,6 +408,23 @@ class SQLiteStore:
             (),
         )
         return {int(row[0]) for row in rows}
+
+    async def last_audit(self) -> AuditEntry | None:
+        row = await self._one(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1", ())
+        return _record(AuditEntry, row) if row else None
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        e = entry
+        await self._write(
+            f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (e.seq, e.at, e.actor, e.address, e.action, e.target, e.outcome, e.key_id, e.mac),
+        )
+
+    async def audit_entries(self, after: int, limit: int) -> list[AuditEntry]:
+        rows = await self._all(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        return [_record(AuditEntry, row) for row in rows]
 
     async def get_limits(self, user_id: int) -> tuple[int | None, int | None]:
         row = await self._one("SELECT quota, max_file_size FROM users WHERE id = ?", (user_id,))

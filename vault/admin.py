@@ -10,6 +10,7 @@ import sys
 from typing import BinaryIO, TextIO
 
 from vault import format as sfs
+from vault.audit import verify_chain
 from vault.auth import Authenticator, user_tag
 from vault.errors import FileNotFound, IntegrityError, NotFound
 from vault.files import FileService
@@ -124,6 +125,18 @@ class Admin:
             await self.store.set_link_tag(link.id, primary, link_tag(keyring, relinked))
         self.progress.write("\n")
         self.out.write(f"every key now wrapped under master key {primary}\n")
+
+    async def audit_verify(self, keyring: Keyring) -> int:
+        """Check the audit chain; print how far it holds and the first broken entry."""
+        checked, broken, last_mac = await verify_chain(self.store, keyring)
+        if broken is None:
+            self.out.write(f"audit log intact: {checked} entries; last mac {last_mac.hex()}\n")
+            return 0
+        self.out.write(
+            f"audit log BROKEN at entry {broken.seq} ({broken.action} {broken.target} by {broken.actor});"
+            f" {checked} entries before it verify\n"
+        )
+        return 1
 
     async def key_ids_in_use(self) -> set[int]:
         return await self.store.key_ids_in_use()

@@ -84,6 +84,21 @@ class Link:
     tag: bytes
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audit log entry; ``mac`` chains it to the one before (vault/audit.py)."""
+
+    seq: int
+    at: float
+    actor: str
+    address: str
+    action: str
+    target: str
+    outcome: str
+    key_id: int
+    mac: bytes
+
+
 class Store(Protocol):
     async def create_user(self, user: User) -> None:
         """Insert a user; raise UserExists if the name is taken."""
@@ -112,6 +127,13 @@ class Store(Protocol):
     async def set_link_tag(self, link_id: str, key_id: int, tag: bytes) -> None: ...
 
     async def key_ids_in_use(self) -> set[int]: ...
+
+    async def last_audit(self) -> AuditEntry | None: ...
+
+    async def append_audit(self, entry: AuditEntry) -> None: ...
+
+    async def audit_entries(self, after: int, limit: int) -> list[AuditEntry]:
+        """Entries with seq > after, in seq order, at most ``limit``."""
 
     async def get_limits(self, user_id: int) -> tuple[int | None, int | None]:
         """The user's (quota, max_file_size) overrides; None where the default applies."""

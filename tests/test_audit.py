@@ -1,0 +1,105 @@
+"""The audit log's chain: every edit, removal, insertion or reordering is found (vault/audit.py)."""
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storage.sqlite import SQLiteStore
+from vault.audit import AuditLog, verify_chain
+from vault.keys import Keyring
+
+RING = Keyring.of(1, {1: bytes(range(32))})
+OTHER_RING = Keyring.of(1, {1: bytes(32)})
+
+
+def write_entries(db: Path, count: int) -> None:
+    async def main() -> None:
+        store = await SQLiteStore.open(db)
+        try:
+            log = AuditLog(store, RING)
+            await log.start()
+            for n in range(count):
+                log.record(f"user{n % 3}", "127.0.0.1", "download", f"file{n}.bin", "200")
+            await log.close()
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def verify(db: Path, ring: Keyring = RING) -> tuple[int, Any, bytes]:
+    async def main() -> tuple[int, Any, bytes]:
+        store = await SQLiteStore.open(db)
+        try:
+            return await verify_chain(store, ring, batch=4)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "vault.db"
+    write_entries(path, 10)
+    return path
+
+
+def test_an_untouched_log_verifies_across_restarts(db: Path) -> None:
+    write_entries(db, 5)  # a second process continues the same chain
+    checked, broken, _ = verify(db)
+    assert (checked, broken) == (15, None)
+
+
+def test_entries_keep_their_order_and_content(db: Path) -> None:
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT seq, target FROM audit ORDER BY seq").fetchall()
+    assert rows == [(n + 1, f"file{n}.bin") for n in range(10)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "intact", "first_broken"),
+    [
+        ("UPDATE audit SET outcome = '403' WHERE seq = 4", 3, 4),
+        ("UPDATE audit SET actor = 'someone' WHERE seq = 1", 0, 1),
+        ("UPDATE audit SET at = at + 1 WHERE seq = 7", 6, 7),
+        ("DELETE FROM audit WHERE seq = 5", 4, 6),  # the gap shows at the entry after it
+        ("UPDATE audit SET seq = 100 WHERE seq = 3", 2, 4),
+        ("UPDATE audit SET mac = zeroblob(32) WHERE seq = 9", 8, 9),
+    ],
+)
+def test_a_changed_entry_breaks_the_chain_there(db: Path, sql: str, intact: int, first_broken: int) -> None:
+    with sqlite3.connect(db) as con:
+        con.execute(sql)
+    checked, broken, _ = verify(db)
+    assert (checked, broken.seq if broken else None) == (intact, first_broken)
+
+
+def test_swapped_entries_break_the_chain(db: Path) -> None:
+    with sqlite3.connect(db) as con:
+        a = con.execute("SELECT actor, action, target, outcome, mac FROM audit WHERE seq = 2").fetchone()
+        b = con.execute("SELECT actor, action, target, outcome, mac FROM audit WHERE seq = 3").fetchone()
+        for seq, row in ((2, b), (3, a)):
+            con.execute(
+                "UPDATE audit SET actor=?, action=?, target=?, outcome=?, mac=? WHERE seq=?", (*row, seq)
+            )
+    _, broken, _ = verify(db)
+    assert broken is not None and broken.seq == 2
+
+
+def test_a_forged_entry_appended_does_not_verify(db: Path) -> None:
+    with sqlite3.connect(db) as con:
+        con.execute(
+            "INSERT INTO audit (seq, at, actor, address, action, target, outcome, key_id, mac)"
+            " VALUES (11, 0, 'x', 'x', 'delete', 'x', '200', 1, zeroblob(32))"
+        )
+    checked, broken, _ = verify(db)
+    assert (checked, broken.seq if broken else None) == (10, 11)
+
+
+def test_the_chain_needs_the_master_key(db: Path) -> None:
+    checked, broken, _ = verify(db, OTHER_RING)
+    assert (checked, broken.seq if broken else None) == (0, 1)
