@@ -139,6 +139,7 @@ async def open_core(settings: Settings) -> AsyncIterator[Core]:
             keyring,
             rounds=settings.bcrypt_rounds,
             ttl=settings.token_ttl,
+            refresh_ttl=settings.refresh_ttl,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             executor=bcrypt_pool,

@@ -1,6 +1,18 @@
-"""Accounts: register and log in."""
+"""Accounts and sessions: register, log in, refresh, log out (here or everywhere), new password."""
+
+from typing import Any
 
 from handlers.base import BaseHandler, JSONBodyHandler
+from vault.auth import TokenPair
+
+
+def pair_json(pair: TokenPair) -> dict[str, Any]:
+    return {
+        "token": pair.token,
+        "expires_in": pair.expires_in,
+        "refresh_token": pair.refresh_token,
+        "refresh_expires_in": pair.refresh_expires_in,
+    }
 
 
 class RegisterHandler(JSONBodyHandler):
@@ -10,18 +22,63 @@ class RegisterHandler(JSONBodyHandler):
         self.write_json(201, {"message": "User registered successfully"})
 
 
-class LoginHandler(JSONBodyHandler):
+class PasswordCheckHandler(JSONBodyHandler):
+    """Checks a password under the login throttle: check() before bcrypt, failed() on
+    InvalidCredentials, succeeded() on success."""
+
+    def client_address(self) -> str:
+        return self.throttle.client_address(
+            self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
+        )
+
+
+class LoginHandler(PasswordCheckHandler):
     async def post(self) -> None:
         body = self.json_body()
         username = body.get("username")
         account = username if isinstance(username, str) else ""
-        address = self.throttle.client_address(
-            self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
-        )
-        # check() before bcrypt, failed() on InvalidCredentials, succeeded() on success.
-        with self.throttle.attempt(account, address):
-            issued = await self.auth.login(username, body.get("password"))
-        self.write_json(200, {"token": issued.token, "expires_in": issued.expires_in})
+        with self.throttle.attempt(account, self.client_address()):
+            pair = await self.auth.login(username, body.get("password"))
+        self.write_json(200, pair_json(pair))
+
+
+class RefreshHandler(JSONBodyHandler):
+    """``POST /token/refresh`` {"refresh_token"}: a new pair; the presented token is used up."""
+
+    async def post(self) -> None:
+        pair = await self.auth.refresh(self.json_body().get("refresh_token"))
+        self.write_json(200, pair_json(pair))
+
+
+class LogoutHandler(JSONBodyHandler):
+    """``POST /logout`` {"refresh_token"} (optional): ends the session of the Bearer token."""
+
+    async def post(self) -> None:
+        access = await self.access()
+        await self.auth.logout(access, self.json_body(empty_ok=True).get("refresh_token"))
+        self.write_json(200, {"message": "Logged out"})
+
+
+class LogoutAllHandler(BaseHandler):
+    """``POST /logout/all``: every access and refresh token of the caller stops working."""
+
+    async def post(self) -> None:
+        await self.auth.logout_all(await self.authenticated())
+        self.write_json(200, {"message": "Logged out everywhere"})
+
+
+class PasswordHandler(PasswordCheckHandler):
+    """``POST /password`` {"old_password", "new_password"}: a wrong old password counts toward
+    the login throttle; success ends every session and answers a fresh pair."""
+
+    async def post(self) -> None:
+        identity = await self.authenticated()
+        body = self.json_body()
+        with self.throttle.attempt(identity.username, self.client_address()):
+            pair = await self.auth.change_password(
+                identity, body.get("old_password"), body.get("new_password")
+            )
+        self.write_json(200, {"message": "Password changed", **pair_json(pair)})
 
 
 class HealthHandler(BaseHandler):
@@ -33,5 +90,9 @@ def routes() -> list[tuple[str, type]]:
     return [
         (r"/register", RegisterHandler),
         (r"/login", LoginHandler),
+        (r"/token/refresh", RefreshHandler),
+        (r"/logout", LogoutHandler),
+        (r"/logout/all", LogoutAllHandler),
+        (r"/password", PasswordHandler),
         (r"/health", HealthHandler),
     ]

@@ -9,7 +9,7 @@ from typing import Any, cast
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 
-from vault.auth import Authenticator, Identity
+from vault.auth import Access, Authenticator, Identity
 from vault.config import Settings
 from vault.errors import (
     AuthError,
@@ -113,12 +113,19 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps(body))
 
-    def authenticate(self) -> Identity:
-        """The JWT middleware: a valid ``Authorization: Bearer <token>`` or an AuthError."""
+    def bearer_token(self) -> str:
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidToken("Authentication required: send Authorization: Bearer <token>")
-        return self.auth.verify(token.strip())
+        return token.strip()
+
+    async def access(self) -> Access:
+        """The JWT middleware: a valid, unrevoked access token in ``Authorization: Bearer``, or
+        an AuthError. Every protected endpoint comes through here (or ``authenticated()``)."""
+        return await self.auth.authenticate(self.bearer_token())
+
+    async def authenticated(self) -> Identity:
+        return (await self.access()).identity
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

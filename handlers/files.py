@@ -73,7 +73,7 @@ class UploadHandler(BaseHandler):
 
     async def prepare(self) -> None:
         self._failed = False
-        self.identity: Identity = self.authenticate()
+        self.identity: Identity = await self.authenticated()
         self.check_request()
         limit = (await self.files.limits(self.identity.user_id)).max_file_size
         declared = self.request.headers.get("Content-Length")
@@ -269,15 +269,19 @@ class DownloadHandler(FileSender):
     """``GET``/``HEAD /download/<filename>``: the caller's own file."""
 
     async def get(self, name: str) -> None:
-        await self.send_file(await self.files.open(self.authenticate().user_id, name), send_body=True)
+        await self.send_file(
+            await self.files.open((await self.authenticated()).user_id, name), send_body=True
+        )
 
     async def head(self, name: str) -> None:
-        await self.send_file(await self.files.open(self.authenticate().user_id, name), send_body=False)
+        await self.send_file(
+            await self.files.open((await self.authenticated()).user_id, name), send_body=False
+        )
 
 
 class ListHandler(BaseHandler):
     async def get(self) -> None:
-        identity = self.authenticate()
+        identity = await self.authenticated()
         files = await self.files.list(identity.user_id)
         self.write_json(200, {"files": [file_json(info) for info in files]})
 
@@ -286,7 +290,7 @@ class MeHandler(BaseHandler):
     """``GET /me``: who the token speaks for, storage used, quota and largest file allowed."""
 
     async def get(self) -> None:
-        identity = self.authenticate()
+        identity = await self.authenticated()
         usage = await self.files.usage(identity.user_id)
         self.write_json(
             200,
@@ -302,7 +306,7 @@ class MeHandler(BaseHandler):
 
 class DeleteHandler(BaseHandler):
     async def delete(self, name: str) -> None:
-        identity = self.authenticate()
+        identity = await self.authenticated()
         await self.files.delete(identity.user_id, name)
         self.write_json(200, {"message": "File deleted", "filename": check_filename(name)})
 

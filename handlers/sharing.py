@@ -38,12 +38,12 @@ class SharesHandler(JSONBodyHandler):
     """``POST /files/<name>/shares`` {"username"} grants read access; ``GET`` lists grantees."""
 
     async def post(self, name: str) -> None:
-        identity = self.authenticate()
+        identity = await self.authenticated()
         stored, username = await self.sharing.grant(identity, name, self.json_body().get("username"))
         self.write_json(201, {"message": "File shared", "filename": stored, "username": username})
 
     async def get(self, name: str) -> None:
-        identity = self.authenticate()
+        identity = await self.authenticated()
         stored, grantees = await self.sharing.grantees(identity, name)
         self.write_json(200, {"filename": stored, "shared_with": grantees})
 
@@ -52,7 +52,7 @@ class ShareHandler(BaseHandler):
     """``DELETE /files/<name>/shares/<username>`` revokes at once."""
 
     async def delete(self, name: str, username: str) -> None:
-        stored, user = await self.sharing.revoke(self.authenticate(), name, username)
+        stored, user = await self.sharing.revoke(await self.authenticated(), name, username)
         self.write_json(200, {"message": "Share revoked", "filename": stored, "username": user})
 
 
@@ -60,7 +60,7 @@ class SharedListHandler(BaseHandler):
     """``GET /shared``: files other users shared with the caller."""
 
     async def get(self) -> None:
-        shared = await self.sharing.shared_with(self.authenticate())
+        shared = await self.sharing.shared_with(await self.authenticated())
         self.write_json(200, {"files": [{"owner": s.owner, **file_json(s.info)} for s in shared]})
 
 
@@ -68,11 +68,13 @@ class SharedDownloadHandler(FileSender):
     """``GET``/``HEAD /shared/<owner>/<name>``: a file shared with the caller (Range included)."""
 
     async def get(self, owner: str, name: str) -> None:
-        await self.send_file(await self.sharing.open_shared(self.authenticate(), owner, name), send_body=True)
+        await self.send_file(
+            await self.sharing.open_shared(await self.authenticated(), owner, name), send_body=True
+        )
 
     async def head(self, owner: str, name: str) -> None:
         await self.send_file(
-            await self.sharing.open_shared(self.authenticate(), owner, name), send_body=False
+            await self.sharing.open_shared(await self.authenticated(), owner, name), send_body=False
         )
 
 
@@ -80,7 +82,7 @@ class LinksHandler(JSONBodyHandler):
     """``POST /files/<name>/links`` {"expires_in", "password", "max_downloads"} (all optional)."""
 
     async def post(self, name: str) -> None:
-        identity = self.authenticate()
+        identity = await self.authenticated()
         body = self.json_body(empty_ok=True)
         info, token = await self.sharing.create_link(
             identity, name, body.get("expires_in"), body.get("password"), body.get("max_downloads")
@@ -93,13 +95,13 @@ class LinkListHandler(BaseHandler):
     """``GET /links``: the caller's links, with expiry and downloads left."""
 
     async def get(self) -> None:
-        links = await self.sharing.links(self.authenticate())
+        links = await self.sharing.links(await self.authenticated())
         self.write_json(200, {"links": [link_json(info) for info in links]})
 
 
 class LinkRevokeHandler(BaseHandler):
     async def delete(self, link_id: str) -> None:
-        await self.sharing.revoke_link(self.authenticate(), link_id)
+        await self.sharing.revoke_link(await self.authenticated(), link_id)
         self.write_json(200, {"message": "Link revoked", "id": link_id})
 
 

@@ -172,7 +172,7 @@ class TusCreateHandler(TusHandler):
         if self.request.method == "OPTIONS":
             return
         self.check_protocol()
-        identity = self.authenticate()
+        identity = await self.authenticated()
         if "Upload-Defer-Length" in self.request.headers:
             raise InputError("Upload-Defer-Length is not supported: send Upload-Length")
         length = parse_length(self.request.headers.get("Upload-Length"), "Upload-Length")
@@ -234,7 +234,7 @@ class TusUploadHandler(TusHandler):
         if self.request.method == "OPTIONS":
             return
         self.check_protocol()
-        self.identity = self.authenticate()
+        self.identity = await self.authenticated()
         if self.request.method == "PATCH":
             offset = parse_length(self.request.headers.get("Upload-Offset"), "Upload-Offset")
             upload = await self.files.resumables.get(self.identity.user_id, self.path_args[0])

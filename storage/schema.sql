@@ -1,6 +1,7 @@
--- vault schema, version 1 (PRAGMA user_version). See docs/FORMAT.md for the columns' meaning.
+-- vault schema, version 2 (PRAGMA user_version). See docs/FORMAT.md for the columns' meaning.
 -- id is random (not a counter); tag = HMAC under a key derived from master key key_id over
--- id, username and password_hash, so a row cannot be forged or edited without the master key.
+-- id, username, password_hash and token_epoch, so a row cannot be forged or edited without the
+-- master key. Raising token_epoch revokes every access token issued before (version 2).
 CREATE TABLE IF NOT EXISTS users (
     id            INTEGER PRIMARY KEY,
     username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -9,7 +10,8 @@ CREATE TABLE IF NOT EXISTS users (
     tag           BLOB NOT NULL,
     created       REAL NOT NULL,
     quota         INTEGER,  -- per-user overrides set by `run.py admin`; NULL: the configured default
-    max_file_size INTEGER
+    max_file_size INTEGER,
+    token_epoch   INTEGER NOT NULL DEFAULT 0
 );
 
 -- state: 0 STAGED (upload in progress, never served), 1 LIVE, 2 DELETED (awaiting purge).
@@ -84,6 +86,24 @@ CREATE TABLE IF NOT EXISTS links (
     tag           BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS links_owner ON links (owner, name);
+
+-- Refresh tokens (version 2): the opaque token is stored only as its SHA-256 (id). Tokens
+-- rotated from one login share a family; used and revoked are NULL or the time it happened.
+-- tag = HMAC under a master-derived key over every column, rewritten with used and revoked.
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    id      BLOB PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    family  TEXT NOT NULL,
+    epoch   INTEGER NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    used    REAL,
+    revoked REAL,
+    key_id  INTEGER NOT NULL,
+    tag     BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (user_id, family);
+CREATE INDEX IF NOT EXISTS refresh_tokens_revoked ON refresh_tokens (revoked) WHERE revoked IS NOT NULL;
 
 -- Append-only audit log. mac = HMAC(K_audit, previous mac || this entry): rewriting, dropping
 -- or reordering an entry breaks the chain from there on (run.py admin audit-verify).

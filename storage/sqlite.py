@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -21,11 +21,11 @@ import aiosqlite
 
 from vault.errors import IntegrityError, UserExists
 from vault.format import Header
-from vault.store import AuditEntry, Grant, Link, Resumable, StoredFile, User
+from vault.store import AuditEntry, Grant, Link, RefreshToken, Resumable, StoredFile, User
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: users.token_epoch and refresh_tokens
 STAGED, LIVE, DELETED = 0, 1, 2
 PURGE_BATCH = 32  # segments deleted per write transaction, so purging never holds the lock long
 _PRAGMAS = (
@@ -42,6 +42,8 @@ _FILE_COLUMNS = (
 
 _AUDIT_COLUMNS = "seq, at, actor, address, action, target, outcome, key_id, mac"
 _GRANT_COLUMNS = "owner, name, grantee, created, key_id, tag"
+_USER_COLUMNS = "id, username, password_hash, key_id, tag, token_epoch"
+_REFRESH_COLUMNS = "id, user_id, family, epoch, created, expires, used, revoked, key_id, tag"
 _LINK_COLUMNS = (
     "id, token_hash, owner, name, created, expires, password_hash, max_downloads,"
     " bytes_served, failures, locked_until, key_id, tag"
@@ -125,6 +127,25 @@ def _convert_file_row(row: Any) -> StoredFile:
     return StoredFile(header, int(key_id), bytes(wrapped), bytes(tag))
 
 
+async def _migrate(db: aiosqlite.Connection) -> None:
+    """Bring a version 1 database to version 2 (schema.sql has already added the new tables)."""
+    async with db.execute("PRAGMA table_info(users)") as cursor:
+        columns = {row[1] for row in await cursor.fetchall()}
+    if "token_epoch" not in columns:
+        await db.execute("ALTER TABLE users ADD COLUMN token_epoch INTEGER NOT NULL DEFAULT 0")
+
+
+async def _insert_refresh(db: aiosqlite.Connection, t: RefreshToken) -> None:
+    await db.execute(
+        f"INSERT INTO refresh_tokens ({_REFRESH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (t.id, t.user_id, t.family, t.epoch, t.created, t.expires, t.used, t.revoked, t.key_id, t.tag),
+    )
+
+
+async def _prune_refresh(db: aiosqlite.Connection, user_id: int, before: float) -> None:
+    await db.execute("DELETE FROM refresh_tokens WHERE user_id = ? AND expires < ?", (user_id, before))
+
+
 class SQLiteStore:
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._writer = writer
@@ -143,6 +164,7 @@ class SQLiteStore:
             raise RuntimeError(f"database schema {version} is newer than this vault ({SCHEMA_VERSION})")
         schema = resources.files("storage").joinpath("schema.sql").read_text(encoding="utf-8")
         await writer.executescript(schema)
+        await _migrate(writer)
         await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         reader = await aiosqlite.connect(path, isolation_level=None)
         reader.text_factory = _lenient_text
@@ -195,9 +217,7 @@ class SQLiteStore:
             raise UserExists() from None
 
     async def get_user(self, username: str) -> User | None:
-        row = await self._one(
-            "SELECT id, username, password_hash, key_id, tag FROM users WHERE username = ?", (username,)
-        )
+        row = await self._one(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,))
         return _user(row) if row else None
 
     async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
@@ -356,16 +376,83 @@ class SQLiteStore:
         return True
 
     async def get_user_by_id(self, user_id: int) -> User | None:
-        row = await self._one(
-            "SELECT id, username, password_hash, key_id, tag FROM users WHERE id = ?", (user_id,)
-        )
+        row = await self._one(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
         return _user(row) if row else None
 
     async def update_user(self, user: User) -> None:
         await self._write(
-            "UPDATE users SET password_hash = ?, key_id = ?, tag = ? WHERE id = ?",
-            (user.password_hash, user.key_id, user.tag, user.id),
+            "UPDATE users SET password_hash = ?, key_id = ?, tag = ?, token_epoch = ? WHERE id = ?",
+            (user.password_hash, user.key_id, user.tag, user.token_epoch, user.id),
         )
+
+    async def replace_user(self, old: User, new: User) -> bool:
+        changed = await self._write(
+            "UPDATE users SET password_hash = ?, key_id = ?, tag = ?, token_epoch = ?"
+            " WHERE id = ? AND tag = ?",
+            (new.password_hash, new.key_id, new.tag, new.token_epoch, old.id, old.tag),
+        )
+        return changed == 1
+
+    # ------------------------------------------------------------------ refresh tokens
+
+    async def add_refresh(self, token: RefreshToken, prune_before: float) -> None:
+        async with self._transaction() as db:
+            await _insert_refresh(db, token)
+            await _prune_refresh(db, token.user_id, prune_before)
+
+    async def get_refresh(self, token_id: bytes) -> RefreshToken | None:
+        row = await self._one(f"SELECT {_REFRESH_COLUMNS} FROM refresh_tokens WHERE id = ?", (token_id,))
+        return _record(RefreshToken, row) if row else None
+
+    async def rotate_refresh(
+        self, old: RefreshToken, used: RefreshToken, new: RefreshToken, prune_before: float
+    ) -> bool:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE refresh_tokens SET used = ?, key_id = ?, tag = ?"
+                " WHERE id = ? AND tag = ? AND used IS NULL AND revoked IS NULL",
+                (used.used, used.key_id, used.tag, old.id, old.tag),
+            )
+            if cursor.rowcount != 1:
+                return False
+            await _insert_refresh(db, new)
+            await _prune_refresh(db, new.user_id, prune_before)
+        return True
+
+    async def revoke_refresh(
+        self, user_id: int, family: str | None, revoke: Callable[[RefreshToken], RefreshToken]
+    ) -> int:
+        where = "user_id = ? AND used IS NULL AND revoked IS NULL"
+        params: tuple[object, ...] = (user_id,)
+        if family is not None:
+            where, params = where + " AND family = ?", (user_id, family)
+        async with self._transaction() as db:
+            try:
+                async with db.execute(
+                    f"SELECT rowid, {_REFRESH_COLUMNS} FROM refresh_tokens WHERE {where}", params
+                ) as cur:
+                    rows = list(await cur.fetchall())
+            except (sqlite3.DataError, sqlite3.OperationalError):
+                raise IntegrityError() from None
+            revoked = 0
+            for rowid, *row in rows:
+                try:
+                    done = revoke(_record(RefreshToken, row))
+                except IntegrityError:  # a column of the wrong type: unusable anyway, drop it
+                    await db.execute("DELETE FROM refresh_tokens WHERE rowid = ?", (rowid,))
+                    continue
+                await db.execute(
+                    "UPDATE refresh_tokens SET revoked = ?, key_id = ?, tag = ? WHERE rowid = ?",
+                    (done.revoked, done.key_id, done.tag, rowid),
+                )
+                revoked += 1
+        return revoked
+
+    async def revoked_families(self, since: float) -> list[tuple[str, float]]:
+        rows = await self._all(
+            "SELECT family, MAX(revoked) FROM refresh_tokens WHERE revoked >= ? GROUP BY family", (since,)
+        )
+        return [(f, float(when)) for f, when in rows if isinstance(f, str) and isinstance(when, (int, float))]
 
     async def all_files(self) -> list[StoredFile]:
         rows = await self._all(
@@ -389,7 +476,7 @@ class SQLiteStore:
         return changed == 1
 
     async def all_users(self) -> list[User]:
-        rows = await self._all("SELECT id, username, password_hash, key_id, tag FROM users", ())
+        rows = await self._all(f"SELECT {_USER_COLUMNS} FROM users", ())
         return [_user(row) for row in rows]
 
     async def all_grants(self) -> list[Grant]:
@@ -401,10 +488,20 @@ class SQLiteStore:
     async def set_link_tag(self, link_id: str, key_id: int, tag: bytes) -> None:
         await self._write("UPDATE links SET key_id = ?, tag = ? WHERE id = ?", (key_id, tag, link_id))
 
+    async def all_refresh(self) -> list[RefreshToken]:
+        rows = await self._all(f"SELECT {_REFRESH_COLUMNS} FROM refresh_tokens", ())
+        return [_record(RefreshToken, row) for row in rows]
+
+    async def set_refresh_tag(self, token_id: bytes, key_id: int, tag: bytes) -> None:
+        await self._write(
+            "UPDATE refresh_tokens SET key_id = ?, tag = ? WHERE id = ?", (key_id, tag, token_id)
+        )
+
     async def key_ids_in_use(self) -> set[int]:
         rows = await self._all(
             "SELECT key_id FROM files WHERE wrapped_key IS NOT NULL UNION SELECT key_id FROM users"
-            " UNION SELECT key_id FROM grants UNION SELECT key_id FROM links",
+            " UNION SELECT key_id FROM grants UNION SELECT key_id FROM links"
+            " UNION SELECT key_id FROM refresh_tokens",
             (),
         )
         return {int(row[0]) for row in rows}

@@ -433,12 +433,14 @@ def test_login_returns_a_bearer_token(server: Server, user: tuple[str, str]) -> 
     resp = server.request("POST", "/login", {"username": user[0], "password": PASSWORD})
     assert resp.status == 200
     body = resp.json()
-    assert set(body) == {"token", "expires_in"}
+    assert set(body) == {"token", "expires_in", "refresh_token", "refresh_expires_in"}
     assert isinstance(body["token"], str) and body["token"].count(".") == 2
-    assert body["expires_in"] == 3600
+    assert body["expires_in"] == 900
+    assert isinstance(body["refresh_token"], str) and body["refresh_token"].count(".") == 0
+    assert body["refresh_expires_in"] == 30 * 86400
     claims = claims_of(server, body["token"])
     assert claims["name"] == user[0]
-    assert claims["exp"] - claims["iat"] == 3600
+    assert claims["exp"] - claims["iat"] == 900
 
 
 def test_login_unknown_user_and_wrong_password_are_indistinguishable(

@@ -16,7 +16,7 @@ import pytest
 from vault.auth import Authenticator, Identity, check_password, check_username
 from vault.errors import ExpiredToken, InvalidCredentials, InvalidField, InvalidToken, UserExists
 from vault.keys import Keyring
-from vault.store import Store, User
+from vault.store import RefreshToken, Store, User
 
 KEYRING = Keyring.of(1, {1: bytes(range(32))})
 SECRET = bytes(range(32))
@@ -27,11 +27,13 @@ TTL = 600
 
 
 class FakeUserStore:
-    """Just the two user methods Authenticator needs; verify() never touches the store."""
+    """Just the user methods Authenticator needs, and a list for the refresh tokens a login
+    adds; verify() never touches the store."""
 
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
         self.lookups: list[str] = []
+        self.refresh_tokens: list[RefreshToken] = []
 
     async def create_user(self, user: User) -> None:
         if user.username in self.users:
@@ -41,6 +43,9 @@ class FakeUserStore:
     async def get_user(self, username: str) -> User | None:
         self.lookups.append(username)
         return self.users.get(username)
+
+    async def add_refresh(self, token: RefreshToken, prune_before: float) -> None:
+        self.refresh_tokens.append(token)
 
 
 @pytest.fixture
@@ -170,6 +175,8 @@ def good_claims(**changes: Any) -> dict[str, Any]:
         "jti": "0123456789abcdef0123456789abcdef",
         "iss": ISSUER,
         "aud": AUDIENCE,
+        "sid": "fedcba9876543210fedcba9876543210",
+        "epoch": 0,
     }
     claims.update(changes)
     return claims
@@ -244,7 +251,7 @@ def test_expired_hand_made_token_raises_expired_token(auth: Authenticator) -> No
         auth.verify(make_token(good_claims(iat=past - TTL, exp=past)))
 
 
-@pytest.mark.parametrize("claim", ["exp", "iat", "sub", "jti", "iss", "aud"])
+@pytest.mark.parametrize("claim", ["exp", "iat", "sub", "jti", "iss", "aud", "sid", "epoch"])
 def test_token_missing_a_required_claim_is_invalid(auth: Authenticator, claim: str) -> None:
     claims = good_claims()
     del claims[claim]
@@ -292,6 +299,18 @@ def test_token_with_wrong_type_is_invalid(auth: Authenticator, typ: object) -> N
 )
 def test_token_with_non_numeric_subject_is_invalid(auth: Authenticator, sub: object) -> None:
     assert_invalid(auth, make_token(good_claims(sub=sub)))
+
+
+@pytest.mark.parametrize(
+    "sid", ["", "abc", "FEDCBA9876543210FEDCBA9876543210", "g" * 32, "a" * 33, 7, ["a" * 32]]
+)
+def test_token_with_a_malformed_session_is_invalid(auth: Authenticator, sid: object) -> None:
+    assert_invalid(auth, make_token(good_claims(sid=sid)))
+
+
+@pytest.mark.parametrize("epoch", [-1, 1.0, 1.5, "0", True, 2**62, [0]])
+def test_token_with_a_malformed_epoch_is_invalid(auth: Authenticator, epoch: object) -> None:
+    assert_invalid(auth, make_token(good_claims(epoch=epoch)))
 
 
 @pytest.mark.parametrize("name", [None, 7, ["alice"]])
@@ -363,6 +382,7 @@ def test_issued_token_uses_hs256_and_has_every_claim(auth: Authenticator) -> Non
     assert claims["iss"] == ISSUER
     assert claims["aud"] == AUDIENCE
     assert len(claims["jti"]) >= 16
+    assert claims["epoch"] == 0 and len(claims["sid"]) == 32
     assert auth.issue(Identity(3, "bob")).token != auth.issue(Identity(3, "bob")).token
 
 
@@ -389,6 +409,11 @@ def test_register_then_login_gives_a_token_for_that_user(auth: Authenticator, st
     assert bcrypt.checkpw(b"correct horse", stored.password_hash)
     issued = asyncio.run(auth.login("alice", "correct horse"))
     assert auth.verify(issued.token) == Identity(stored.id, "alice")
+    (refresh,) = store.refresh_tokens
+    assert (
+        refresh.user_id == stored.id and refresh.id == hashlib.sha256(issued.refresh_token.encode()).digest()
+    )
+    assert auth.decode(issued.token).session == refresh.family
 
 
 def test_register_validates_username_and_password(auth: Authenticator, store: FakeUserStore) -> None:

@@ -59,7 +59,7 @@ def test_values_from_the_config_file(tmp_path: Path) -> None:
     assert settings.log_level == "DEBUG"
     assert settings.jwt_issuer == "issuer-x"
     assert settings.max_file_size == 1024
-    assert settings.token_ttl == 3600  # untouched keys keep their defaults
+    assert settings.token_ttl == 900  # untouched keys keep their defaults
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -154,6 +154,7 @@ def test_home_directory_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("segment_size: 33554432\n", "segment_size"),
         ("max_json_size: 10\n", "max_json_size"),
         ("token_ttl: 0\n", "token_ttl"),
+        ("refresh_ttl: 0\n", "refresh_ttl"),
         ("crypto_threads: 0\n", "crypto_threads"),
         ("log_level: LOUD\n", "log_level"),
         ("log_level: [INFO]\n", "log_level"),

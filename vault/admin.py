@@ -6,6 +6,7 @@ given only the data directory.
 """
 
 import dataclasses
+import hmac
 import sys
 from typing import BinaryIO, TextIO
 
@@ -17,6 +18,7 @@ from vault.files import FileService
 from vault.keys import Keyring, row_tag
 from vault.sharing import link_tag
 from vault.store import Store
+from vault.tokens import refresh_tag
 
 
 class Admin:
@@ -98,8 +100,8 @@ class Admin:
 
     async def rewrap(self, keyring: Keyring) -> None:
         """After a new primary master key: re-wrap every file key under it and re-tag every
-        account, grant and link row. Segments and headers are untouched (they depend on the
-        file key only), so this reads and writes a few hundred bytes per file."""
+        account, grant, link and refresh-token row. Segments and headers are untouched (they
+        depend on the file key only), so this reads and writes a few hundred bytes per file."""
         primary, kek = keyring.primary, keyring.keks[keyring.primary]
         rows = await self.store.wrapped_keys()
         for number, (file_id, key_id, wrapped) in enumerate(rows, 1):
@@ -115,7 +117,7 @@ class Admin:
             )
             self.progress.write(f"\rre-wrapped {number}/{len(rows)} file keys")
         for user in await self.store.all_users():
-            tag = user_tag(keyring, primary, user.id, user.username, user.password_hash)
+            tag = user_tag(keyring, primary, user.id, user.username, user.password_hash, user.token_epoch)
             await self.store.update_user(dataclasses.replace(user, key_id=primary, tag=tag))
         for grant in await self.store.all_grants():
             tag = row_tag(keyring, primary, b"grant", grant.owner, grant.name, grant.grantee)
@@ -123,6 +125,10 @@ class Admin:
         for link in await self.store.all_links():
             relinked = dataclasses.replace(link, key_id=primary)
             await self.store.set_link_tag(link.id, primary, link_tag(keyring, relinked))
+        for token in await self.store.all_refresh():
+            if hmac.compare_digest(refresh_tag(keyring, token), token.tag):  # a forged one stays refused
+                retagged = dataclasses.replace(token, key_id=primary)
+                await self.store.set_refresh_tag(token.id, primary, refresh_tag(keyring, retagged))
         self.progress.write("\n")
         self.out.write(f"every key now wrapped under master key {primary}\n")
 

@@ -1,4 +1,13 @@
-"""Accounts and tokens: bcrypt password hashes (run off the event loop) and HS256 JWTs."""
+"""Accounts and tokens: bcrypt password hashes (run off the event loop), HS256 JWT access tokens
+and, through vault/tokens.py, refresh tokens.
+
+An access token names its session (``sid``: the refresh-token family it came from) and the
+user's token epoch (``epoch``). ``authenticate()`` refuses it once its family is revoked (logout,
+refresh-token reuse) or the user's epoch has moved on (log out everywhere, password change):
+the epoch is read from the authenticated user row and cached for EPOCH_CACHE_SECONDS, updated
+at once by changes made here, so that a change from another process (``run.py admin
+reset-password`` beside a running server) takes effect within that time.
+"""
 
 import asyncio
 import hmac
@@ -22,9 +31,11 @@ from vault.errors import (
     InvalidField,
     InvalidToken,
     NotFound,
+    RevokedToken,
 )
 from vault.keys import Keyring, row_tag
 from vault.store import Store, User
+from vault.tokens import RefreshTokens, check_refresh_field
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{2,31}")
@@ -32,8 +43,13 @@ MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores (or, in bcrypt 5, refuses) anything longer
 ALGORITHM = "HS256"
 log = logging.getLogger(__name__)
-REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud"]
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud", "sid", "epoch"]
 TOKEN_TYPE = "access"  # noqa: S105 (a claim value, not a secret)
+DEFAULT_REFRESH_TTL = 30 * 86400
+EPOCH_CACHE_SECONDS = 2.0
+CHANGE_ATTEMPTS = 3  # compare-and-set rounds for log out everywhere
+EPOCH_CACHE_MAX = 10_000  # users whose epoch is cached; the cache is emptied past that
+_SESSION_RE = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -45,9 +61,28 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class Access:
+    """A verified access token: who, which session (refresh family) and which token epoch."""
+
+    identity: Identity
+    session: str
+    epoch: int
+
+
+@dataclass(frozen=True)
 class IssuedToken:
     token: str
     expires_in: int
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """What a login, a refresh and a password change answer (lifetimes in seconds)."""
+
+    token: str
+    expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
 
 
 def check_username(username: object) -> str:
@@ -61,16 +96,16 @@ def check_username(username: object) -> str:
     return username
 
 
-def check_password(password: object) -> bytes:
+def check_password(password: object, field: str = "password") -> bytes:
     if not isinstance(password, str) or not password:
-        raise InvalidField("Field 'password' is required and must be a non-empty string")
+        raise InvalidField(f"Field '{field}' is required and must be a non-empty string")
     raw = password.encode("utf-8")
     if len(password) < MIN_PASSWORD_CHARS:
-        raise InvalidField(f"Field 'password' must be at least {MIN_PASSWORD_CHARS} characters")
+        raise InvalidField(f"Field '{field}' must be at least {MIN_PASSWORD_CHARS} characters")
     if len(raw) > MAX_PASSWORD_BYTES:
-        raise InvalidField(f"Field 'password' must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
+        raise InvalidField(f"Field '{field}' must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
     if b"\x00" in raw:
-        raise InvalidField("Field 'password' must not contain NUL characters")
+        raise InvalidField(f"Field '{field}' must not contain NUL characters")
     return raw
 
 
@@ -78,10 +113,14 @@ USER_ID_BITS = 62
 MAX_PENDING_HASHES = 64  # about 16 s of bcrypt at cost 12 on 2 threads
 
 
-def user_tag(keyring: Keyring, key_id: int, user_id: int, username: str, password_hash: bytes) -> bytes:
+def user_tag(
+    keyring: Keyring, key_id: int, user_id: int, username: str, password_hash: bytes, token_epoch: int = 0
+) -> bytes:
     """HMAC over an account row, so that editing it (say, a password hash swapped in by someone
-    who can write the database) is detected before the hash is used."""
-    return row_tag(keyring, key_id, b"user", key_id, user_id, username, password_hash)
+    who can write the database, or a token epoch set back) is detected before it is used. The
+    epoch is appended only once raised, so rows written before it existed still verify."""
+    fields: tuple[int | str | bytes, ...] = (key_id, user_id, username, password_hash)
+    return row_tag(keyring, key_id, b"user", *fields, *((token_epoch,) if token_epoch else ()))
 
 
 class Authenticator:
@@ -98,8 +137,12 @@ class Authenticator:
         issuer: str,
         audience: str,
         executor: Executor,
+        refresh_ttl: int = DEFAULT_REFRESH_TTL,
     ) -> None:
         self._store = store
+        self._refresh = RefreshTokens(store, keyring, ttl=refresh_ttl, access_ttl=ttl)
+        self._epochs: dict[int, tuple[int | None, float]] = {}  # user id -> (epoch, read at)
+        self._epoch_changes = 0
         self._keyring = keyring
         self._pending = 0
         self._secret = secret
@@ -132,16 +175,15 @@ class Authenticator:
         await self._store.create_user(User(user_id, name, hashed, key_id, tag))
 
     async def reset_password(self, username: str, password: object) -> None:
-        """Set a new password (an administrator's command)."""
+        """Set a new password (an administrator's command); every token of the user dies."""
         user = await self._store.get_user(username)
         if user is None:
             raise NotFound("User not found")
         hashed = await self._run(bcrypt.hashpw, check_password(password), bcrypt.gensalt(self._rounds))
-        key_id = self._keyring.primary
-        tag = user_tag(self._keyring, key_id, user.id, user.username, hashed)
-        await self._store.update_user(User(user.id, user.username, hashed, key_id, tag))
+        await self._store.update_user(self._bumped(user, hashed))
+        await self._refresh.revoke(user.id, None)
 
-    async def login(self, username: object, password: object) -> IssuedToken:
+    async def login(self, username: object, password: object) -> TokenPair:
         if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
             raise InvalidField("Fields 'username' and 'password' are required non-empty strings")
         raw = password.encode("utf-8")
@@ -150,11 +192,67 @@ class Authenticator:
             log.error("account row %d failed its integrity check", user.id)
             user = None  # answered like a wrong password; the log says why
         hashed = user.password_hash if user else self._dummy_hash
-        ok = len(raw) <= MAX_PASSWORD_BYTES and b"\x00" not in raw
-        ok = await self._run(bcrypt.checkpw, raw[:MAX_PASSWORD_BYTES].replace(b"\x00", b""), hashed) and ok
-        if user is None or not ok:
+        if not await self._password_matches(raw, hashed) or user is None:
             raise InvalidCredentials()
-        return self.issue(Identity(user.id, user.username))
+        return await self._start(Identity(user.id, user.username), user.token_epoch)
+
+    async def refresh(self, token: object) -> TokenPair:
+        """A new access token and a new refresh token for a refresh token, which is used up."""
+        row = await self._refresh.redeem(token)
+        user = await self.user_by_id(row.user_id)
+        if user is None or user.token_epoch != row.epoch:
+            raise RevokedToken()
+        successor = await self._refresh.rotate(row)
+        access = self.issue(Identity(user.id, user.username), epoch=row.epoch, session=row.family)
+        return TokenPair(access.token, access.expires_in, successor, self._refresh.ttl)
+
+    async def authenticate(self, token: str) -> Access:
+        """A valid access token that is not revoked: its family is not, and its epoch is the
+        user's current one (which also means that the account still exists and verifies)."""
+        access = self.decode(token)
+        if await self._refresh.family_revoked(access.session):
+            raise RevokedToken()
+        epoch = await self._epoch(access.identity.user_id)
+        if epoch is None:
+            raise InvalidToken()
+        if epoch != access.epoch:
+            raise RevokedToken()
+        return access
+
+    async def logout(self, access: Access, refresh_token: object = None) -> None:
+        """End the session of ``access``, and that of ``refresh_token`` if it is the caller's."""
+        families = {access.session}
+        if refresh_token is not None:
+            row = await self._refresh.find(check_refresh_field(refresh_token))
+            if row is not None and row.user_id == access.identity.user_id:
+                families.add(row.family)
+        for family in sorted(families):
+            await self._refresh.revoke(access.identity.user_id, family)
+
+    async def logout_all(self, identity: Identity) -> None:
+        """Every access and refresh token of the user dies at once."""
+        for _ in range(CHANGE_ATTEMPTS):
+            user = await self.user_by_id(identity.user_id)
+            if user is None:
+                raise InvalidToken()
+            if await self._end_sessions(user):
+                return
+        raise Busy("The account is changing: retry shortly")
+
+    async def change_password(self, identity: Identity, old: object, new: object) -> TokenPair:
+        """Check the current password, set the new one, end every session and start a new one."""
+        if not isinstance(old, str) or not old:
+            raise InvalidField("Field 'old_password' is required and must be a non-empty string")
+        raw = check_password(new, "new_password")
+        user = await self.user_by_id(identity.user_id)
+        if user is None:
+            raise InvalidToken()
+        if not await self._password_matches(old.encode("utf-8"), user.password_hash):
+            raise InvalidCredentials("Wrong password: 'old_password' is not the current one")
+        changed = await self._end_sessions(user, await self.hash_secret(raw))
+        if changed is None:  # the row changed meanwhile: another change ended this session
+            raise RevokedToken()
+        return await self._start(identity, changed.token_epoch)
 
     async def find_user(self, username: str) -> User | None:
         """An account whose row verifies, or None."""
@@ -175,14 +273,73 @@ class Authenticator:
             return False
         return bool(await self._run(bcrypt.checkpw, secret, hashed))
 
+    async def _password_matches(self, raw: bytes, hashed: bytes) -> bool:
+        """One bcrypt check whatever the input (over 72 bytes or with NUL never matches)."""
+        ok = len(raw) <= MAX_PASSWORD_BYTES and b"\x00" not in raw
+        return (
+            bool(await self._run(bcrypt.checkpw, raw[:MAX_PASSWORD_BYTES].replace(b"\x00", b""), hashed))
+            and ok
+        )
+
     def _authentic(self, user: User) -> bool:
         try:
-            expected = user_tag(self._keyring, user.key_id, user.id, user.username, user.password_hash)
+            expected = user_tag(
+                self._keyring, user.key_id, user.id, user.username, user.password_hash, user.token_epoch
+            )
         except IntegrityError:
             return False
         return hmac.compare_digest(expected, user.tag)
 
-    def issue(self, identity: Identity, now: float | None = None) -> IssuedToken:
+    # ------------------------------------------------------------------ sessions and epochs
+
+    async def _start(self, identity: Identity, epoch: int) -> TokenPair:
+        """A new session: a refresh-token family and an access token naming it."""
+        refresh, family = await self._refresh.start(identity.user_id, epoch)
+        access = self.issue(identity, epoch=epoch, session=family)
+        return TokenPair(access.token, access.expires_in, refresh, self._refresh.ttl)
+
+    def _bumped(self, user: User, password_hash: bytes | None = None) -> User:
+        """The row with the next token epoch (and a new password hash), tagged."""
+        hashed = user.password_hash if password_hash is None else password_hash
+        epoch, key_id = user.token_epoch + 1, self._keyring.primary
+        tag = user_tag(self._keyring, key_id, user.id, user.username, hashed, epoch)
+        return User(user.id, user.username, hashed, key_id, tag, epoch)
+
+    async def _end_sessions(self, user: User, password_hash: bytes | None = None) -> User | None:
+        """Raise the epoch (every access token dies), then revoke every refresh family; None,
+        changing nothing, if the row is no longer ``user``."""
+        bumped = self._bumped(user, password_hash)
+        if not await self._store.replace_user(user, bumped):
+            return None
+        self._epoch_changes += 1
+        self._epochs[user.id] = (bumped.token_epoch, time.monotonic())
+        await self._refresh.revoke(user.id, None)
+        return bumped
+
+    async def _epoch(self, user_id: int) -> int | None:
+        """The user's token epoch from the verified row (None: no such account, or its row
+        fails its check), cached for EPOCH_CACHE_SECONDS."""
+        now = time.monotonic()
+        cached = self._epochs.get(user_id)
+        if cached is not None and now - cached[1] < EPOCH_CACHE_SECONDS:
+            return cached[0]
+        changes = self._epoch_changes
+        user = await self._store.get_user_by_id(user_id)
+        if user is not None and not self._authentic(user):
+            log.error("account row %d failed its integrity check", user.id)
+            user = None
+        epoch = None if user is None else user.token_epoch
+        if changes == self._epoch_changes:  # nothing changed while we read: the value is current
+            if len(self._epochs) >= EPOCH_CACHE_MAX:
+                self._epochs.clear()
+            self._epochs[user_id] = (epoch, now)
+        return epoch
+
+    # ------------------------------------------------------------------ access tokens (JWT)
+
+    def issue(
+        self, identity: Identity, now: float | None = None, *, epoch: int = 0, session: str | None = None
+    ) -> IssuedToken:
         iat = int(time.time() if now is None else now)
         claims = {
             "sub": str(identity.user_id),
@@ -193,10 +350,16 @@ class Authenticator:
             "jti": uuid.uuid4().hex,
             "iss": self._issuer,
             "aud": self._audience,
+            "sid": session or uuid.uuid4().hex,
+            "epoch": epoch,
         }
         return IssuedToken(jwt.encode(claims, self._secret, algorithm=ALGORITHM), self._ttl)
 
     def verify(self, token: str) -> Identity:
+        """Signature and claims only; revocation needs ``authenticate()``."""
+        return self.decode(token).identity
+
+    def decode(self, token: str) -> Access:
         try:
             claims = jwt.decode(
                 token,
@@ -210,7 +373,15 @@ class Authenticator:
             raise ExpiredToken() from None
         except jwt.InvalidTokenError:
             raise InvalidToken() from None
-        sub, name = claims.get("sub"), claims.get("name")
-        if claims.get("typ") != TOKEN_TYPE or not isinstance(name, str) or not _DIGITS.fullmatch(str(sub)):
+        sub, name, sid, epoch = claims.get("sub"), claims.get("name"), claims.get("sid"), claims.get("epoch")
+        if (
+            claims.get("typ") != TOKEN_TYPE
+            or not isinstance(name, str)
+            or not _DIGITS.fullmatch(str(sub))
+            or not isinstance(sid, str)
+            or not _SESSION_RE.fullmatch(sid)
+            or type(epoch) is not int
+            or not 0 <= epoch < 2**62
+        ):
             raise InvalidToken()
-        return Identity(int(str(sub)), name)
+        return Access(Identity(int(str(sub)), name), sid, epoch)

@@ -41,7 +41,10 @@ class Settings:
         DEFAULT_SEG_SIZE, "Plaintext bytes per encrypted segment for new files (docs/FORMAT.md)."
     )
     bcrypt_rounds: int = _setting(12, "bcrypt cost factor for new password hashes (4-31).")
-    token_ttl: int = _setting(3600, "Lifetime of a login token, in seconds.")
+    token_ttl: int = _setting(900, "Lifetime of an access token (JWT), in seconds.")
+    refresh_ttl: int = _setting(
+        30 * 86400, "Lifetime of a refresh token, in seconds; each refresh issues a new one with a full term."
+    )
     jwt_issuer: str = _setting("vault", "JWT `iss` claim issued and required.")
     jwt_audience: str = _setting("vault", "JWT `aud` claim issued and required.")
     crypto_threads: int = _setting(2, "Threads that encrypt, decrypt and hash segments.")
@@ -112,6 +115,7 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "user_quota", 0, 2**62)
     _check_range(values, "max_json_size", 1024, 16 * 1024 * 1024)
     _check_range(values, "token_ttl", 1, 366 * 86400)
+    _check_range(values, "refresh_ttl", 1, 366 * 86400)
     _check_range(values, "crypto_threads", 1, 64)
     _check_range(values, "auth_threads", 1, 64)
     _check_range(values, "pipeline_depth", 1, 64)

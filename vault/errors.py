@@ -14,6 +14,7 @@ VaultError
 ├── AuthError               the caller is not authenticated
 │   ├── InvalidCredentials  unknown user or wrong password (one error for both)
 │   ├── InvalidToken        the token is missing, malformed, forged or of the wrong kind
+│   │   └── RevokedToken    the token was valid but has been revoked (logout, password change)
 │   └── ExpiredToken        the token was valid but has expired
 ├── Conflict                the request conflicts with the resource's current state
 │   ├── UserExists          the username is taken
@@ -111,6 +112,12 @@ class InvalidToken(AuthError):
     """The token is missing, malformed, forged or of the wrong kind."""
 
     message = "Invalid token"
+
+
+class RevokedToken(InvalidToken):
+    """The token was valid but has been revoked: logout, password change, or refresh-token reuse."""
+
+    message = "Token revoked: log in again"
 
 
 class ExpiredToken(AuthError):

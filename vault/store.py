@@ -5,7 +5,7 @@ STAGED (segments being written, never visible) -> LIVE (header committed, visibl
 name) -> DELETED (replaced or deleted, segments purged when no download still reads them).
 """
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,13 +14,15 @@ from vault.format import Header
 
 @dataclass(frozen=True)
 class User:
-    """An account row; ``tag`` authenticates the rest under master key ``key_id``."""
+    """An account row; ``tag`` authenticates the rest under master key ``key_id``. Access tokens
+    carry the ``token_epoch`` they were issued under; raising it revokes every one of them."""
 
     id: int
     username: str
     password_hash: bytes
     key_id: int
     tag: bytes
+    token_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,25 @@ class AuditEntry:
     mac: bytes
 
 
+@dataclass(frozen=True)
+class RefreshToken:
+    """A refresh token: ``id`` is SHA-256 of the opaque token, which is never stored. Tokens
+    rotated from one login share its ``family``. ``used`` (when it was rotated) and ``revoked``
+    (when its family was) are None until then; ``tag`` covers every field and is rewritten
+    with them."""
+
+    id: bytes
+    user_id: int
+    family: str
+    epoch: int
+    created: float
+    expires: float
+    used: float | None
+    revoked: float | None
+    key_id: int
+    tag: bytes
+
+
 class Store(Protocol):
     async def create_user(self, user: User) -> None:
         """Insert a user; raise UserExists if the name is taken."""
@@ -108,7 +129,36 @@ class Store(Protocol):
     async def get_user_by_id(self, user_id: int) -> User | None: ...
 
     async def update_user(self, user: User) -> None:
-        """Replace the password hash, key id and tag of the user with ``user.id``."""
+        """Replace the password hash, key id, tag and token epoch of the user with ``user.id``."""
+
+    async def replace_user(self, old: User, new: User) -> bool:
+        """Like update_user, but only if the row still has ``old``'s tag (compare-and-set)."""
+
+    async def add_refresh(self, token: RefreshToken, prune_before: float) -> None:
+        """Insert a refresh token; drop the user's tokens that expired before ``prune_before``."""
+
+    async def get_refresh(self, token_id: bytes) -> RefreshToken | None: ...
+
+    async def rotate_refresh(
+        self, old: RefreshToken, used: RefreshToken, new: RefreshToken, prune_before: float
+    ) -> bool:
+        """In one transaction: if the row is still exactly ``old`` (its tag, neither used nor
+        revoked), replace it by ``used``, insert ``new`` and prune as add_refresh does; else
+        change nothing and return False."""
+
+    async def revoke_refresh(
+        self, user_id: int, family: str | None, revoke: Callable[[RefreshToken], RefreshToken]
+    ) -> int:
+        """In one transaction: replace each of the user's tokens that is neither used nor revoked
+        (of ``family`` only, if given) by ``revoke(token)``; return how many."""
+
+    async def revoked_families(self, since: float) -> list[tuple[str, float]]:
+        """(family, when) of the families revoked at ``since`` or later."""
+
+    async def all_refresh(self) -> list[RefreshToken]:
+        """Every refresh-token row (for re-tagging under a new master key)."""
+
+    async def set_refresh_tag(self, token_id: bytes, key_id: int, tag: bytes) -> None: ...
 
     async def all_files(self) -> list[StoredFile]:
         """Every LIVE file of every owner (for offline verification)."""
