@@ -5,7 +5,7 @@ import re
 
 import tornado.web
 
-from handlers import auth, files, sharing, tus
+from handlers import auth, files, openapi, sharing, tus
 from handlers.base import Context, NotFoundHandler
 
 access_log = logging.getLogger("tornado.access")
@@ -24,7 +24,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(ctx: Context) -> tornado.web.Application:
-    table = [*auth.routes(), *files.routes(), *sharing.routes(), *tus.routes()]
+    table = [*auth.routes(), *files.routes(), *sharing.routes(), *tus.routes(), *openapi.routes()]
     return tornado.web.Application(
         [(pattern, handler, {"ctx": ctx}) for pattern, handler in table],
         default_handler_class=NotFoundHandler,

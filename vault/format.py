@@ -16,7 +16,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from Crypto.Cipher import AES
+from Crypto.Cipher import AES  # nosec B413  # pycryptodome (maintained), not the old PyCrypto
 
 from vault.errors import IntegrityError
 

@@ -1,0 +1,746 @@
+"""The OpenAPI 3.1 description of the HTTP API, built once at import and served without auth at
+``GET /openapi.json``. tests/test_openapi.py runs schemathesis against a live server with it, so
+a reply the document does not describe (a status, a content type, a body) fails CI."""
+
+import base64
+from typing import Any
+
+from handlers.base import BaseHandler
+from handlers.tus import CHECKSUM_ALGORITHMS, TUS_EXTENSIONS, TUS_VERSION
+from vault.auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS
+from vault.format import MAX_NAME_BYTES
+from vault.sharing import MAX_DOWNLOADS, MAX_EXPIRY
+
+Schema = dict[str, Any]
+
+JSON = "application/json"
+# JSON Schema (ECMA 262) spelling of vault.auth.USERNAME_RE.
+USERNAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$"
+# vault.names: no path separators, control characters (Cc), line separators or bidirectional
+# controls, and not "." or "..". Length is 1-255 UTF-8 bytes (maxLength counts characters, so it
+# is exact only for ASCII names). Every pattern must compile as ECMA 262 (tests/test_openapi.py):
+# a surrogate range, for one, does not, and schemathesis then silently ignores the pattern.
+FILENAME_PATTERN = (
+    "^(?!\\.\\.?$)[^\\u0000-\\u001f\\u007f-\\u009f/\\\\\\u2028\\u2029\\u061c\\u200e\\u200f"
+    "\\u202a-\\u202e\\u2066-\\u2069]+$"
+)
+SHA256_PATTERN = "^[0-9a-f]{64}$"
+DIGEST_PATTERN = "^sha-256=:[A-Za-z0-9+/]{43}=:$"
+
+
+def ref(kind: str, name: str) -> Schema:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def schema(name: str) -> Schema:
+    return ref("schemas", name)
+
+
+def json_body(body: Schema) -> Schema:
+    return {JSON: {"schema": body}}
+
+
+def obj(required: list[str], properties: Schema, extra: bool = False) -> Schema:
+    """An object schema; replies are closed (``extra`` False) unless a field may be added."""
+    return {
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": extra,
+    }
+
+
+def reply(description: str, body: Schema, headers: Schema | None = None) -> Schema:
+    out: Schema = {"description": description, "content": json_body(body)}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def header(description: str, body: Schema | None = None, required: bool = True) -> Schema:
+    return {"description": description, "required": required, "schema": body or {"type": "string"}}
+
+
+def errors(*codes: int) -> Schema:
+    return {str(code): ref("responses", ERROR_NAMES[code]) for code in codes}
+
+
+ERROR_NAMES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    404: "NotFound",
+    409: "Conflict",
+    410: "Gone",
+    412: "PreconditionFailed",
+    413: "TooLarge",
+    415: "UnsupportedMediaType",
+    416: "RangeNotSatisfiable",
+    429: "TooManyAttempts",
+    460: "ChecksumMismatch",
+    500: "IntegrityFailure",
+    503: "Busy",
+}
+
+ERROR_RESPONSES: Schema = {
+    "BadRequest": reply(
+        "Malformed request: bad JSON, a missing or invalid field, a bad file name, a bad header.",
+        schema("Error"),
+    ),
+    "Unauthorized": reply(
+        "Missing, malformed, forged or expired token (an expired one says"
+        ' "Token expired: log in again"), or wrong credentials.',
+        schema("Error"),
+        {"WWW-Authenticate": header("`Bearer` (RFC 6750); `Basic` on public links.")},
+    ),
+    "NotFound": reply(
+        "No such resource visible to the caller (another user's file looks exactly like a missing one).",
+        schema("Error"),
+    ),
+    "Conflict": reply("Conflicts with the current state (a taken username, a tus offset).", schema("Error")),
+    "Gone": reply("The link expired, has no downloads left, or its file was removed.", schema("Error")),
+    "PreconditionFailed": reply(f"`Tus-Resumable: {TUS_VERSION}` is missing or different.", schema("Error")),
+    "TooLarge": reply(
+        "Over a limit: `max_json_size` for JSON bodies, `max_file_size` or the quota for files.",
+        schema("Error"),
+    ),
+    "UnsupportedMediaType": reply("The body's Content-Type is not the one required.", schema("Error")),
+    "RangeNotSatisfiable": reply(
+        "The Range starts past the end of the file.",
+        schema("Error"),
+        {"Content-Range": header("`bytes */<size>`", {"type": "string", "pattern": "^bytes \\*/[0-9]+$"})},
+    ),
+    "TooManyAttempts": reply(
+        "Too many wrong passwords: wait Retry-After seconds.",
+        schema("Error"),
+        {"Retry-After": header("Seconds to wait.", {"type": "integer", "minimum": 0})},
+    ),
+    "ChecksumMismatch": reply(
+        "tus checksum extension: the chunk did not match Upload-Checksum.", schema("Error")
+    ),
+    "IntegrityFailure": reply("Stored data failed its integrity check (never says which).", schema("Error")),
+    "Busy": reply(
+        "Too many password hashes queued: retry shortly.",
+        schema("Error"),
+        {"Retry-After": header("Seconds to wait.", {"type": "integer", "minimum": 0}, required=False)},
+    ),
+}
+
+FILE_INFO: Schema = {
+    "filename": {"type": "string", "description": "The stored (NFC-normalised) name."},
+    "size": {"type": "integer", "minimum": 0},
+    "sha256": {"type": "string", "pattern": SHA256_PATTERN},
+    "created": {"type": "string", "format": "date-time"},
+}
+
+LINK_INFO: Schema = {
+    "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
+    "filename": {"type": "string"},
+    "created": {"type": "string", "format": "date-time"},
+    "expires": {"type": ["string", "null"], "format": "date-time"},
+    "password": {"type": "boolean", "description": "Whether the link needs a password."},
+    "max_downloads": {"type": ["integer", "null"], "minimum": 1},
+    "downloads_left": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "description": "Whole-file downloads left (a partial range costs a fraction).",
+    },
+}
+
+SCHEMAS: Schema = {
+    "Error": {
+        "description": "Every error reply.",
+        **obj(["message", "status"], {"message": {"type": "string"}, "status": {"type": "integer"}}),
+    },
+    "Message": obj(["message"], {"message": {"type": "string"}}),
+    "Credentials": {
+        "type": "object",
+        "examples": [{"username": "alice", "password": "correct horse"}],
+        "required": ["username", "password"],
+        "properties": {
+            "username": {"type": "string", "pattern": USERNAME_PATTERN},
+            "password": {
+                "type": "string",
+                "minLength": MIN_PASSWORD_CHARS,
+                "maxLength": MAX_PASSWORD_BYTES,
+                "pattern": "^[^\\u0000]*$",
+                "description": f"{MIN_PASSWORD_CHARS}+ characters, at most {MAX_PASSWORD_BYTES} UTF-8 bytes,"
+                " no NUL.",
+            },
+        },
+    },
+    "Login": {
+        "type": "object",
+        "examples": [{"username": "alice", "password": "correct horse"}],
+        "required": ["username", "password"],
+        "properties": {
+            "username": {"type": "string", "minLength": 1},
+            "password": {"type": "string", "minLength": 1},
+        },
+    },
+    "Token": obj(
+        ["token", "expires_in"],
+        {
+            "token": {"type": "string", "description": "An HS256 JWT for `Authorization: Bearer`."},
+            "expires_in": {"type": "integer", "minimum": 1, "description": "Seconds."},
+        },
+        extra=True,  # more fields (a refresh token) may come
+    ),
+    "FileInfo": obj(list(FILE_INFO), FILE_INFO),
+    "Uploaded": obj(["message", *FILE_INFO], {"message": {"type": "string"}, **FILE_INFO}),
+    "FileList": obj(["files"], {"files": {"type": "array", "items": schema("FileInfo")}}),
+    "Deleted": obj(["message", "filename"], {"message": {"type": "string"}, "filename": {"type": "string"}}),
+    "Me": obj(
+        ["username", "files", "usage", "quota", "max_file_size"],
+        {
+            "username": {"type": "string"},
+            "files": {"type": "integer", "minimum": 0},
+            "usage": {"type": "integer", "minimum": 0, "description": "Bytes stored."},
+            "quota": {"type": ["integer", "null"], "minimum": 0, "description": "Bytes; null: no quota."},
+            "max_file_size": {"type": "integer", "minimum": 0},
+        },
+    ),
+    "Health": obj(["status"], {"status": {"const": "ok"}}),
+    "ShareRequest": {
+        "type": "object",
+        "required": ["username"],
+        "properties": {"username": {"type": "string", "pattern": USERNAME_PATTERN}},
+    },
+    "Share": obj(
+        ["message", "filename", "username"],
+        {"message": {"type": "string"}, "filename": {"type": "string"}, "username": {"type": "string"}},
+    ),
+    "Grantees": obj(
+        ["filename", "shared_with"],
+        {"filename": {"type": "string"}, "shared_with": {"type": "array", "items": {"type": "string"}}},
+    ),
+    "SharedList": obj(
+        ["files"],
+        {
+            "files": {
+                "type": "array",
+                "items": obj(["owner", *FILE_INFO], {"owner": {"type": "string"}, **FILE_INFO}),
+            }
+        },
+    ),
+    "LinkRequest": {
+        "type": "object",
+        "description": "Every field is optional; an empty body makes a link without limits.",
+        "properties": {
+            "expires_in": {"type": ["integer", "null"], "minimum": 60, "maximum": MAX_EXPIRY},
+            "password": {
+                "type": ["string", "null"],
+                "minLength": MIN_PASSWORD_CHARS,
+                "maxLength": MAX_PASSWORD_BYTES,
+                "pattern": "^[^\\u0000]*$",
+                "description": "Asked for as HTTP Basic (any user name) on every download.",
+            },
+            "max_downloads": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_DOWNLOADS},
+        },
+    },
+    "Link": obj(list(LINK_INFO), LINK_INFO),
+    "LinkList": obj(["links"], {"links": {"type": "array", "items": schema("Link")}}),
+    "NewLink": obj(
+        ["message", "url", *LINK_INFO],
+        {
+            "message": {"type": "string"},
+            "url": {"type": "string", "format": "uri", "description": "Shown once: holds the secret."},
+            **LINK_INFO,
+        },
+    ),
+    "LinkRevoked": obj(["message", "id"], {"message": {"type": "string"}, "id": {"type": "string"}}),
+    "TusCreated": {
+        "oneOf": [
+            obj(
+                ["message", "offset"], {"message": {"const": "Upload created"}, "offset": {"type": "integer"}}
+            ),
+            schema("Uploaded"),
+        ],
+    },
+}
+
+PARAMETERS: Schema = {
+    "filename": {
+        "name": "filename",
+        "in": "path",
+        "required": True,
+        "description": f"1-{MAX_NAME_BYTES} UTF-8 bytes, normalised to NFC; case-sensitive.",
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_NAME_BYTES,
+            "pattern": FILENAME_PATTERN,
+        },
+    },
+    "Range": {
+        "name": "Range",
+        "in": "header",
+        "required": False,
+        "description": "One byte range gives 206; several, or a malformed one, the whole file.",
+        "schema": {"type": "string", "examples": ["bytes=0-1023", "bytes=-512"]},
+    },
+    "If-None-Match": {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "A matching ETag gives 304.",
+    },
+    "If-Range": {
+        "name": "If-Range",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "An ETag or HTTP date: the Range is honoured only if it still matches.",
+    },
+    "Tus-Resumable": {
+        "name": "Tus-Resumable",
+        "in": "header",
+        "required": True,
+        "schema": {"const": TUS_VERSION},
+    },
+    "Upload-Checksum": {
+        "name": "Upload-Checksum",
+        "in": "header",
+        "required": False,
+        "description": "`<algorithm> <base64 digest>` of this request's body.",
+        "schema": {"type": "string", "pattern": f"^({'|'.join(CHECKSUM_ALGORITHMS)}) [A-Za-z0-9+/=]+$"},
+    },
+    "tus_id": {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+    },
+}
+
+DIGEST_HEADERS = [
+    {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": "RFC 9530 SHA-256 of the whole file: a different body is refused (400).",
+        "schema": {"type": "string", "pattern": DIGEST_PATTERN},
+    }
+    for name in ("Repr-Digest", "Content-Digest")
+]
+
+DOWNLOAD_HEADERS: Schema = {
+    "Content-Length": header("Bytes in this reply's body.", {"type": "integer", "minimum": 0}),
+    "ETag": header("Strong; changes when the file is replaced.", {"type": "string", "pattern": '^"[^"]+"$'}),
+    "Last-Modified": header("When this version was stored."),
+    "Accept-Ranges": header("`bytes`", {"const": "bytes"}),
+    "Content-Disposition": header("`attachment` with an ASCII `filename` and `filename*` (RFC 6266)."),
+    "Repr-Digest": header(
+        "SHA-256 of the whole file (RFC 9530).", {"type": "string", "pattern": DIGEST_PATTERN}
+    ),
+}
+ANY_BYTES: Schema = {"*/*": {"schema": {"description": "The file's bytes, Content-Type from its name."}}}
+LANDING_PAGE: Schema = {"text/html": {"schema": {"type": "string"}}}
+
+
+def download(
+    summary: str, params: list[Schema], head: bool, extra: Schema | None = None, landing: bool = False
+) -> Schema:
+    """GET or HEAD of a stored file: Range, conditional requests and the errors they share.
+    ``landing``: a browser may get an HTML page instead, without the file's headers."""
+    full: Schema = {"description": "The whole file.", "headers": DOWNLOAD_HEADERS}
+    part: Schema = {
+        "description": "The one byte range asked for.",
+        "headers": {
+            **DOWNLOAD_HEADERS,
+            "Content-Range": header(
+                "`bytes <first>-<last>/<size>`", {"pattern": "^bytes [0-9]+-[0-9]+/[0-9]+$"}
+            ),
+        },
+    }
+    if not head:
+        full["content"] = ANY_BYTES
+        part["content"] = ANY_BYTES
+    if landing:
+        full = {
+            "description": "The whole file; or, for `Accept: text/html` (a browser, a link-preview bot)"
+            " without `dl`, a landing page (name, size, a Download button) without the file's headers.",
+            "headers": {name: {**value, "required": False} for name, value in DOWNLOAD_HEADERS.items()},
+            "content": {**LANDING_PAGE, **ANY_BYTES},
+        }
+    return {
+        "summary": summary + (" (headers only)" if head else ""),
+        "parameters": [
+            *params,
+            ref("parameters", "Range"),
+            ref("parameters", "If-None-Match"),
+            ref("parameters", "If-Range"),
+        ],  # fmt: skip
+        "responses": {
+            "200": full,
+            "206": part,
+            "304": {"description": "If-None-Match matched."},
+            **(extra or {}),
+            **errors(400, 404, 416, 500),
+        },
+    }
+
+
+def tus_headers(*names: str) -> Schema:
+    known: Schema = {
+        "Tus-Resumable": header(TUS_VERSION, {"const": TUS_VERSION}),
+        "Upload-Offset": header("Bytes stored so far.", {"type": "integer", "minimum": 0}),
+        "Upload-Expires": header("When an unfinished upload is purged (HTTP date)."),
+        "Upload-Length": header("The upload's total size.", {"type": "integer", "minimum": 0}),
+        "Location": header("The upload's URL.", {"type": "string", "format": "uri"}),
+    }
+    return {name: known[name] for name in names}
+
+
+TUS_ERRORS = (400, 401, 404, 409, 412, 413, 415, 460)
+
+
+def tus_errors(*codes: int) -> Schema:
+    """tus replies carry Tus-Resumable, errors included; only a URL that names no tus resource
+    at all (a malformed id) gets the server's plain 404."""
+    out: Schema = {}
+    for code in codes:
+        error = dict(ERROR_RESPONSES[ERROR_NAMES[code]])
+        tus = tus_headers("Tus-Resumable")
+        if code == 404:
+            tus = {"Tus-Resumable": {**tus["Tus-Resumable"], "required": False}}
+        error["headers"] = {**error.get("headers", {}), **tus}
+        out[str(code)] = error
+    return out
+
+
+TUS_OPTIONS: Schema = {
+    "summary": "tus discovery (no auth)",
+    "security": [],
+    "responses": {
+        **errors(404),
+        "204": {
+            "description": "What this server supports.",
+            "headers": {
+                **tus_headers("Tus-Resumable"),
+                "Tus-Version": header(TUS_VERSION, {"const": TUS_VERSION}),
+                "Tus-Extension": header(TUS_EXTENSIONS, {"const": TUS_EXTENSIONS}),
+                "Tus-Max-Size": header("`max_file_size`", {"type": "integer", "minimum": 0}),
+                "Tus-Checksum-Algorithm": header(",".join(CHECKSUM_ALGORITHMS)),
+            },
+        },
+    },
+}
+
+OFFSET: Schema = {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**63 - 1}
+OFFSET_BODY: Schema = {"application/offset+octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+NO_AUTH: list[Schema] = []
+PUBLIC = {"security": NO_AUTH}
+FILENAME = ref("parameters", "filename")
+OWNER: Schema = {
+    "name": "owner",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1},
+}
+LINK_TOKEN: Schema = {
+    "name": "token",
+    "in": "path",
+    "required": True,
+    "description": "The link's secret (144 random bits, URL-safe base64).",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
+}
+LINK_QUERY: Schema = {
+    "name": "dl",
+    "in": "query",
+    "required": False,
+    "description": "Any value: the file itself even for `Accept: text/html` (the landing page's button).",
+    "schema": {"type": "string"},
+}
+LINK_AUTH: list[Schema] = [{}, {"linkPassword": []}]
+
+PATHS: Schema = {
+    "/openapi.json": {
+        "get": {
+            "summary": "This document",
+            **PUBLIC,
+            "responses": {"200": reply("OpenAPI 3.1", {"type": "object"})},
+        }
+    },
+    "/health": {
+        "get": {"summary": "Liveness", **PUBLIC, "responses": {"200": reply("Up", schema("Health"))}},
+    },
+    "/register": {
+        "post": {
+            "summary": "Create an account",
+            **PUBLIC,
+            "requestBody": {"required": True, "content": json_body(schema("Credentials"))},
+            "responses": {
+                "201": reply("Registered", schema("Message")),
+                **errors(400, 409, 413, 503),
+            },
+        }
+    },
+    "/login": {
+        "post": {
+            "summary": "Get a token",
+            **PUBLIC,
+            "description": "One 401 for an unknown user and a wrong password; repeated failures lock the"
+            " account and the client address for a doubling time (429).",
+            "requestBody": {"required": True, "content": json_body(schema("Login"))},
+            "responses": {"200": reply("A token", schema("Token")), **errors(400, 401, 413, 429, 503)},
+        }
+    },
+    "/upload": {
+        "post": {
+            "summary": "Upload a file (multipart)",
+            "description": "The file in the field `file`, named by its part's filename. Streamed; replaces"
+            " an existing file of that name atomically.",
+            "parameters": DIGEST_HEADERS,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file"],
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                        },
+                    }
+                },
+            },
+            "responses": {"201": reply("Stored", schema("Uploaded")), **errors(400, 401, 413)},
+        }
+    },
+    "/upload/{filename}": {
+        "put": {
+            "summary": "Upload a file (raw body, `curl -T`)",
+            "parameters": [FILENAME, *DIGEST_HEADERS],
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            "responses": {"201": reply("Stored", schema("Uploaded")), **errors(400, 401, 413)},
+        }
+    },
+    "/download/{filename}": {
+        "get": download("Download your file", [FILENAME], head=False, extra=errors(401)),
+        "head": download("Download your file", [FILENAME], head=True, extra=errors(401)),
+    },
+    "/files": {
+        "get": {
+            "summary": "Your files",
+            "responses": {"200": reply("By name", schema("FileList")), **errors(401)},
+        }
+    },
+    "/files/{filename}": {
+        "delete": {
+            "summary": "Delete a file (and its shares and links)",
+            "parameters": [FILENAME],
+            "responses": {"200": reply("Deleted", schema("Deleted")), **errors(400, 401, 404)},
+        }
+    },
+    "/me": {
+        "get": {
+            "summary": "Who you are, usage and limits",
+            "responses": {"200": reply("Bytes", schema("Me")), **errors(401)},
+        }
+    },
+    "/files/{filename}/shares": {
+        "parameters": [FILENAME],
+        "post": {
+            "summary": "Let another user read a file",
+            "requestBody": {"required": True, "content": json_body(schema("ShareRequest"))},
+            "responses": {"201": reply("Shared", schema("Share")), **errors(400, 401, 404, 413)},
+        },
+        "get": {
+            "summary": "Who may read a file",
+            "responses": {"200": reply("Grantees", schema("Grantees")), **errors(400, 401, 404)},
+        },
+    },
+    "/files/{filename}/shares/{username}": {
+        "delete": {
+            "summary": "Revoke a share",
+            "parameters": [
+                FILENAME,
+                {
+                    "name": "username",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1},
+                },
+            ],
+            "responses": {"200": reply("Revoked", schema("Share")), **errors(400, 401, 404)},
+        }
+    },
+    "/shared": {
+        "get": {
+            "summary": "Files shared with you",
+            "responses": {"200": reply("By owner and name", schema("SharedList")), **errors(401)},
+        }
+    },
+    "/shared/{owner}/{filename}": {
+        "get": download("Download a file shared with you", [OWNER, FILENAME], head=False, extra=errors(401)),
+        "head": download("Download a file shared with you", [OWNER, FILENAME], head=True, extra=errors(401)),
+    },
+    "/files/{filename}/links": {
+        "post": {
+            "summary": "Create a public link",
+            "parameters": [FILENAME],
+            "requestBody": {"required": False, "content": json_body(schema("LinkRequest"))},
+            "responses": {"201": reply("The link", schema("NewLink")), **errors(400, 401, 404, 413, 503)},
+        }
+    },
+    "/links": {
+        "get": {
+            "summary": "Your links",
+            "responses": {"200": reply("Oldest first", schema("LinkList")), **errors(401)},
+        }
+    },
+    "/links/{id}": {
+        "delete": {
+            "summary": "Revoke a link",
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
+                }
+            ],
+            "responses": {"200": reply("Revoked", schema("LinkRevoked")), **errors(401, 404)},
+        }
+    },
+    "/s/{token}": {
+        "get": {
+            **download(
+                "Download through a public link (no account)",
+                [LINK_TOKEN, LINK_QUERY],
+                head=False,
+                extra=errors(401, 410, 429),
+                landing=True,
+            ),
+            "security": LINK_AUTH,
+        },
+        "head": {
+            **download(
+                "Download through a public link (no account)",
+                [LINK_TOKEN],
+                head=True,
+                extra=errors(401, 410, 429),
+            ),
+            "security": LINK_AUTH,
+        },
+    },
+    "/tus": {
+        "options": TUS_OPTIONS,
+        "post": {
+            "summary": "Create a resumable upload (tus creation, creation-with-upload)",
+            "parameters": [
+                ref("parameters", "Tus-Resumable"),
+                {
+                    "name": "Upload-Length",
+                    "in": "header",
+                    "required": True,
+                    "schema": OFFSET,
+                    "example": 1048576,
+                },
+                {
+                    "name": "Upload-Metadata",
+                    "in": "header",
+                    "required": True,
+                    "description": "Comma-separated `key base64value` pairs; `filename` is required.",
+                    "schema": {"type": "string", "minLength": 1},
+                    "example": "filename " + base64.b64encode(b"big.iso").decode(),
+                },
+                ref("parameters", "Upload-Checksum"),
+            ],
+            "requestBody": {"required": False, "content": OFFSET_BODY},
+            "responses": {
+                "201": reply(
+                    "Created (with the first bytes stored, if any; the whole file: uploaded)",
+                    schema("TusCreated"),
+                    tus_headers("Tus-Resumable", "Location", "Upload-Offset", "Upload-Expires"),
+                ),
+                **tus_errors(*TUS_ERRORS),
+            },
+        },
+    },
+    "/tus/{id}": {
+        "parameters": [ref("parameters", "tus_id")],
+        "options": TUS_OPTIONS,
+        "head": {
+            "summary": "Where a resumable upload stands",
+            "parameters": [ref("parameters", "Tus-Resumable")],
+            "responses": {
+                "200": {
+                    "description": "Its offset, length and metadata.",
+                    "headers": {
+                        **tus_headers("Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires"),
+                        "Upload-Metadata": header("As sent when created.", required=False),
+                    },
+                },
+                **tus_errors(401, 404, 412),
+            },
+        },
+        "patch": {
+            "summary": "Append bytes at Upload-Offset",
+            "parameters": [
+                ref("parameters", "Tus-Resumable"),
+                {
+                    "name": "Upload-Offset",
+                    "in": "header",
+                    "required": True,
+                    "schema": OFFSET,
+                },
+                ref("parameters", "Upload-Checksum"),
+            ],
+            "requestBody": {"required": True, "content": OFFSET_BODY},
+            "responses": {
+                "204": {
+                    "description": "Stored; the last byte makes it an ordinary file.",
+                    "headers": tus_headers("Tus-Resumable", "Upload-Offset", "Upload-Expires"),
+                },
+                **tus_errors(*TUS_ERRORS),
+            },
+        },
+        "delete": {
+            "summary": "Abandon a resumable upload (tus termination)",
+            "parameters": [ref("parameters", "Tus-Resumable")],
+            "responses": {
+                "204": {"description": "Removed.", "headers": tus_headers("Tus-Resumable")},
+                **tus_errors(401, 404, 409, 412),
+            },
+        },
+    },
+}
+
+DOCUMENT: Schema = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "vault",
+        "version": "1",
+        "description": 'Encrypted file server. Every error is `{"message", "status"}` with that HTTP status;'
+        " protected operations need `Authorization: Bearer <token>` from `POST /login`.",
+    },
+    "security": [{"bearerAuth": []}],
+    "paths": PATHS,
+    "components": {
+        "securitySchemes": {
+            "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            "linkPassword": {
+                "type": "http",
+                "scheme": "basic",
+                "description": "A public link's password, with any user name (`curl -u :PASSWORD`).",
+            },
+        },
+        "schemas": SCHEMAS,
+        "responses": ERROR_RESPONSES,
+        "parameters": PARAMETERS,
+    },
+}
+
+
+class OpenAPIHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json(200, DOCUMENT)
+
+
+def routes() -> list[tuple[str, type]]:
+    return [(r"/openapi.json", OpenAPIHandler)]
