@@ -24,6 +24,7 @@ from handlers import make_app
 from handlers.base import Context
 from storage.sqlite import SQLiteStore
 from vault.admin import Admin
+from vault.audit import WRITER_TASK, AuditLog
 from vault.auth import Authenticator
 from vault.config import Settings, load_settings, unknown_variables
 from vault.errors import ConfigError, InvalidField, VaultError
@@ -95,7 +96,9 @@ def reload_certificate(settings: Settings, context: ssl.SSLContext) -> None:
 
 async def settle(grace: float) -> None:
     """Let the work connection closes started (saving interrupted uploads) finish."""
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    others = [
+        t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t.get_name() != WRITER_TASK
+    ]
     if others:
         await asyncio.wait(others, timeout=grace)
 
@@ -110,6 +113,7 @@ class Core:
     files: FileService
     auth: Authenticator
     sharing: Sharing
+    audit: AuditLog
 
 
 @asynccontextmanager
@@ -144,8 +148,11 @@ async def open_core(settings: Settings) -> AsyncIterator[Core]:
             audience=settings.jwt_audience,
             executor=bcrypt_pool,
         )
-        yield Core(settings, store, keyring, files, auth, Sharing(store, files, keyring, auth))
+        audit = AuditLog(store, keyring)
+        await audit.start()
+        yield Core(settings, store, keyring, files, auth, Sharing(store, files, keyring, auth), audit)
         await files.close()
+        await audit.close()
     finally:
         await store.close()  # aiosqlite threads would otherwise keep the process alive
         for pool in (crypto, hasher, bcrypt_pool):
@@ -170,7 +177,7 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
         max_backoff=settings.login_max_backoff,
         trusted_proxies=settings.trusted_proxies,
     )
-    app = make_app(Context(settings, core.auth, files, core.sharing, throttle))
+    app = make_app(Context(settings, core.auth, files, core.sharing, throttle, core.audit))
     server = tornado.httpserver.HTTPServer(
         app,
         ssl_options=ssl_context,
@@ -264,6 +271,7 @@ async def admin(settings: Settings, args: argparse.Namespace) -> int:
         if args.command == "rotate-key":
             print(f"new primary master key {add_primary_key(settings.data_dir)}", file=sys.stderr)
     async with open_core(settings) as core:
+        code = 0
         tool = Admin(core.store, core.files, core.auth, settings.user_quota)
         try:
             if args.command == "show":
@@ -276,11 +284,11 @@ async def admin(settings: Settings, args: argparse.Namespace) -> int:
             elif args.command == "reset-password":
                 await tool.reset_password(args.username, read_password())
             elif args.command == "verify":
-                return 1 if await tool.verify() else 0
+                code = 1 if await tool.verify() else 0
             elif args.command == "export":
                 await tool.export(args.username, args.filename, sys.stdout.buffer)
             elif args.command == "audit-verify":
-                return await tool.audit_verify(core.keyring)
+                code = await tool.audit_verify(core.keyring)
             elif args.command == "rotate-key":
                 await tool.rewrap(core.keyring)
             elif args.command == "retire-key":
@@ -291,12 +299,16 @@ async def admin(settings: Settings, args: argparse.Namespace) -> int:
                 remove_key(settings.data_dir, args.key_id)
                 print(f"key {args.key_id} removed from the keyring")
         except ConfigError as exc:
+            core.audit.record("admin", "local", args.command, getattr(args, "username", ""), "refused")
             print(f"vault: {exc.message}", file=sys.stderr)
             return 2
         except VaultError as exc:
+            core.audit.record("admin", "local", args.command, getattr(args, "username", ""), "failed")
             print(f"vault: {exc.message}", file=sys.stderr)
             return 1
-    return 0
+        outcome = "done" if code == 0 else "found damage"
+        core.audit.record("admin", "local", args.command, getattr(args, "username", ""), outcome)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,13 @@
 """HTTP: Tornado handlers, the only code that knows HTTP. ``make_app`` joins the route tables."""
 
 import logging
-import re
 
 import tornado.web
 
 from handlers import auth, files, openapi, sharing, tus
-from handlers.base import Context, NotFoundHandler
+from handlers.base import Context, NotFoundHandler, safe_path
 
 access_log = logging.getLogger("tornado.access")
-_LINK_SECRET = re.compile(r"^/s/[^/?]+")
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -19,7 +17,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     level = logging.ERROR if status >= 500 else logging.INFO
     millis = 1000.0 * handler.request.request_time()
     request = handler.request
-    path = _LINK_SECRET.sub("/s/[secret]", request.path)
+    path = safe_path(request.path)
     access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, path, request.remote_ip, millis)
 
 

@@ -16,8 +16,11 @@ def pair_json(pair: TokenPair) -> dict[str, Any]:
 
 
 class RegisterHandler(JSONBodyHandler):
+    AUDITED = {"POST": "register"}
+
     async def post(self) -> None:
         body = self.json_body()
+        self.audit_actor = str(body.get("username"))[:64]
         await self.auth.register(body.get("username"), body.get("password"))
         self.write_json(201, {"message": "User registered successfully"})
 
@@ -33,10 +36,13 @@ class PasswordCheckHandler(JSONBodyHandler):
 
 
 class LoginHandler(PasswordCheckHandler):
+    AUDITED = {"POST": "login"}
+
     async def post(self) -> None:
         body = self.json_body()
         username = body.get("username")
         account = username if isinstance(username, str) else ""
+        self.audit_actor = account[:64] or "-"
         with self.throttle.attempt(account, self.client_address()):
             pair = await self.auth.login(username, body.get("password"))
         self.write_json(200, pair_json(pair))
@@ -53,6 +59,8 @@ class RefreshHandler(JSONBodyHandler):
 class LogoutHandler(JSONBodyHandler):
     """``POST /logout`` {"refresh_token"} (optional): ends the session of the Bearer token."""
 
+    AUDITED = {"POST": "logout"}
+
     async def post(self) -> None:
         access = await self.access()
         await self.auth.logout(access, self.json_body(empty_ok=True).get("refresh_token"))
@@ -62,6 +70,8 @@ class LogoutHandler(JSONBodyHandler):
 class LogoutAllHandler(BaseHandler):
     """``POST /logout/all``: every access and refresh token of the caller stops working."""
 
+    AUDITED = {"POST": "logout-all"}
+
     async def post(self) -> None:
         await self.auth.logout_all(await self.authenticated())
         self.write_json(200, {"message": "Logged out everywhere"})
@@ -70,6 +80,8 @@ class LogoutAllHandler(BaseHandler):
 class PasswordHandler(PasswordCheckHandler):
     """``POST /password`` {"old_password", "new_password"}: a wrong old password counts toward
     the login throttle; success ends every session and answers a fresh pair."""
+
+    AUDITED = {"POST": "password-change"}
 
     async def post(self) -> None:
         identity = await self.authenticated()

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
@@ -9,6 +10,7 @@ from typing import Any, cast
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 
+from vault.audit import AuditLog
 from vault.auth import Access, Authenticator, Identity
 from vault.config import Settings
 from vault.errors import (
@@ -73,11 +75,24 @@ class Context:
     files: FileService
     sharing: Sharing
     throttle: LoginThrottle
+    audit: AuditLog
+
+
+def safe_path(path: str) -> str:
+    """A request path fit for logs: the secret of a public link (after /s/) is never written."""
+    return _LINK_SECRET.sub("/s/[secret]", path)
+
+
+_LINK_SECRET = re.compile(r"^/s/[^/?]+")
 
 
 class BaseHandler(tornado.web.RequestHandler):
+    # Methods whose every answer goes in the audit log, with the action to record them as.
+    AUDITED: dict[str, str] = {}
+
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.audit_actor = "-"
 
     @property
     def files(self) -> FileService:
@@ -122,7 +137,20 @@ class BaseHandler(tornado.web.RequestHandler):
     async def access(self) -> Access:
         """The JWT middleware: a valid, unrevoked access token in ``Authorization: Bearer``, or
         an AuthError. Every protected endpoint comes through here (or ``authenticated()``)."""
-        return await self.auth.authenticate(self.bearer_token())
+        access = await self.auth.authenticate(self.bearer_token())
+        self.audit_actor = access.identity.username
+        return access
+
+    def on_finish(self) -> None:
+        action = self.AUDITED.get(self.request.method or "")
+        if action:
+            target = "/".join(self.path_args) if self.path_args else ""
+            if self.request.path.startswith("/s/"):
+                target = "[link secret]"
+            address = self.ctx.throttle.client_address(
+                self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
+            )
+            self.ctx.audit.record(self.audit_actor, address, action, target, str(self.get_status()))
 
     async def authenticated(self) -> Identity:
         return (await self.access()).identity

@@ -117,6 +117,7 @@ class UploadHandler(BaseHandler):
 
     def on_finish(self) -> None:
         """Whatever the answer was, an upload that did not commit is removed (a no-op otherwise)."""
+        super().on_finish()
         self._remove_uncommitted()
 
     def _remove_uncommitted(self) -> None:
@@ -127,6 +128,8 @@ class UploadHandler(BaseHandler):
 @tornado.web.stream_request_body
 class RawUploadHandler(UploadHandler):
     """``PUT /upload/<filename>`` with the file as the body (``curl -T``)."""
+
+    AUDITED = {"PUT": "upload"}
 
     SUPPORTED_METHODS = ("PUT",)  # anything else is 405 before prepare() reads a thing
 
@@ -149,6 +152,8 @@ class RawUploadHandler(UploadHandler):
 @tornado.web.stream_request_body
 class MultipartUploadHandler(UploadHandler):
     """``POST /upload`` with multipart/form-data, the file in the field ``file`` (``curl -F``)."""
+
+    AUDITED = {"POST": "upload"}
 
     SUPPORTED_METHODS = ("POST",)
 
@@ -268,6 +273,8 @@ class FileSender(BaseHandler):
 class DownloadHandler(FileSender):
     """``GET``/``HEAD /download/<filename>``: the caller's own file."""
 
+    AUDITED = {"GET": "download"}
+
     async def get(self, name: str) -> None:
         await self.send_file(
             await self.files.open((await self.authenticated()).user_id, name), send_body=True
@@ -305,6 +312,8 @@ class MeHandler(BaseHandler):
 
 
 class DeleteHandler(BaseHandler):
+    AUDITED = {"DELETE": "delete"}
+
     async def delete(self, name: str) -> None:
         identity = await self.authenticated()
         await self.files.delete(identity.user_id, name)

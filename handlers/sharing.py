@@ -37,6 +37,8 @@ def link_json(info: LinkInfo) -> dict[str, Any]:
 class SharesHandler(JSONBodyHandler):
     """``POST /files/<name>/shares`` {"username"} grants read access; ``GET`` lists grantees."""
 
+    AUDITED = {"POST": "share"}
+
     async def post(self, name: str) -> None:
         identity = await self.authenticated()
         stored, username = await self.sharing.grant(identity, name, self.json_body().get("username"))
@@ -50,6 +52,8 @@ class SharesHandler(JSONBodyHandler):
 
 class ShareHandler(BaseHandler):
     """``DELETE /files/<name>/shares/<username>`` revokes at once."""
+
+    AUDITED = {"DELETE": "unshare"}
 
     async def delete(self, name: str, username: str) -> None:
         stored, user = await self.sharing.revoke(await self.authenticated(), name, username)
@@ -67,6 +71,8 @@ class SharedListHandler(BaseHandler):
 class SharedDownloadHandler(FileSender):
     """``GET``/``HEAD /shared/<owner>/<name>``: a file shared with the caller (Range included)."""
 
+    AUDITED = {"GET": "download-shared"}
+
     async def get(self, owner: str, name: str) -> None:
         await self.send_file(
             await self.sharing.open_shared(await self.authenticated(), owner, name), send_body=True
@@ -80,6 +86,8 @@ class SharedDownloadHandler(FileSender):
 
 class LinksHandler(JSONBodyHandler):
     """``POST /files/<name>/links`` {"expires_in", "password", "max_downloads"} (all optional)."""
+
+    AUDITED = {"POST": "link-create"}
 
     async def post(self, name: str) -> None:
         identity = await self.authenticated()
@@ -100,6 +108,8 @@ class LinkListHandler(BaseHandler):
 
 
 class LinkRevokeHandler(BaseHandler):
+    AUDITED = {"DELETE": "link-revoke"}
+
     async def delete(self, link_id: str) -> None:
         await self.sharing.revoke_link(await self.authenticated(), link_id)
         self.write_json(200, {"message": "Link revoked", "id": link_id})
@@ -109,6 +119,8 @@ class PublicLinkHandler(FileSender):
     """``GET``/``HEAD /s/<token>``: no account needed. curl gets the file; a browser or a
     link-preview bot (``Accept: text/html``) gets a small page, which costs no download; its
     button adds ``?dl=1``. A password comes as HTTP Basic (``curl -u :PASSWORD``)."""
+
+    AUDITED = {"GET": "link-download"}
 
     reservation: Reservation | None = None
 
@@ -130,6 +142,7 @@ class PublicLinkHandler(FileSender):
             "text/html" in self.request.headers.get("Accept", "") and self.get_argument("dl", None) is None
         )
         link, download = await self.sharing.open_link(token, self._password())
+        self.audit_actor = f"link {link.id}"
         if wants_page:
             download.close()
             self._landing_page(download.info.name, download.size)
@@ -156,6 +169,7 @@ class PublicLinkHandler(FileSender):
             self.reservation.sent += nbytes
 
     def on_finish(self) -> None:
+        super().on_finish()
         self._settle()
 
     def on_connection_close(self) -> None:

@@ -144,6 +144,7 @@ class TusHandler(BaseHandler):
             asyncio.ensure_future(self.interrupted(self.session))
 
     def on_finish(self) -> None:
+        super().on_finish()
         if self.session is not None and not self.session.done:  # an error answer
             asyncio.ensure_future(self.session.discard())
 
@@ -167,6 +168,8 @@ class TusHandler(BaseHandler):
 @tornado.web.stream_request_body
 class TusCreateHandler(TusHandler):
     """``POST /tus``: Upload-Length and Upload-Metadata (``filename``) create an upload."""
+
+    AUDITED = {"POST": "upload-create"}
 
     async def prepare(self) -> None:
         if self.request.method == "OPTIONS":
@@ -229,6 +232,8 @@ class TusCreateHandler(TusHandler):
 @tornado.web.stream_request_body
 class TusUploadHandler(TusHandler):
     """``HEAD``, ``PATCH`` and ``DELETE /tus/<id>``."""
+
+    AUDITED = {"PATCH": "upload-append", "DELETE": "upload-terminate"}
 
     async def prepare(self) -> None:
         if self.request.method == "OPTIONS":

@@ -2,12 +2,16 @@
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from storage.sqlite import SQLiteStore
+from tests.server import ROOT, Server
 from vault.audit import AuditLog, verify_chain
 from vault.keys import Keyring
 
@@ -103,3 +107,62 @@ def test_a_forged_entry_appended_does_not_verify(db: Path) -> None:
 def test_the_chain_needs_the_master_key(db: Path) -> None:
     checked, broken, _ = verify(db, OTHER_RING)
     assert (checked, broken.seq if broken else None) == (0, 1)
+
+
+def audit_rows(server: Server) -> list[tuple[str, str, str, str]]:
+    with sqlite3.connect(server.db_path) as con:
+        return con.execute("SELECT actor, action, target, outcome FROM audit ORDER BY seq").fetchall()
+
+
+def wait_for_rows(server: Server, count: int) -> list[tuple[str, str, str, str]]:
+    deadline = time.monotonic() + 10
+    rows = audit_rows(server)
+    while len(rows) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rows = audit_rows(server)
+    return rows
+
+
+def test_requests_are_audited_with_actor_action_target_and_outcome(fresh_server: Server) -> None:
+    server = fresh_server.start()
+    name, token = server.new_user()
+    assert server.request("POST", "/login", {"username": name, "password": "wrong password"}).status == 401
+    assert server.put_file(token, "a.txt", b"hello").status == 201
+    assert server.request("GET", "/download/a.txt", token=token).status == 200
+    link = server.request("POST", "/files/a.txt/links", {}, token=token).json()["url"]
+    secret = link.rsplit("/", 1)[1]
+    assert server.request("GET", "/s/" + secret).status == 200
+    assert server.request("DELETE", "/files/a.txt", token=token).status == 200
+    rows = wait_for_rows(server, 8)
+    assert rows == [
+        (name, "register", "", "201"),
+        (name, "login", "", "200"),
+        (name, "login", "", "401"),
+        (name, "upload", "a.txt", "201"),
+        (name, "download", "a.txt", "200"),
+        (name, "link-create", "a.txt", "201"),
+        (rows[6][0], "link-download", "[link secret]", "200"),
+        (name, "delete", "a.txt", "200"),
+    ]
+    assert rows[6][0].startswith("link ")
+    with sqlite3.connect(server.db_path) as con:
+        dump = "\n".join(con.iterdump())
+    assert secret not in dump and "wrong password" not in dump
+
+
+def test_the_live_log_verifies_and_admin_commands_are_audited(fresh_server: Server) -> None:
+    server = fresh_server.start()
+    server.new_user()
+    wait_for_rows(server, 2)
+    server.stop()
+    command = [sys.executable, str(ROOT / "run.py"), "admin", "--config", str(server.workdir / "config.yaml")]
+    done = subprocess.run([*command, "audit-verify"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("audit log intact: 2 entries; last mac ")
+    rows = audit_rows(server)
+    assert rows[-1] == ("admin", "audit-verify", "", "done")
+    with sqlite3.connect(server.db_path) as con:
+        con.execute("UPDATE audit SET outcome = '500' WHERE seq = 1")
+    done = subprocess.run([*command, "audit-verify"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "BROKEN at entry 1 (register" in done.stdout

@@ -20,6 +20,7 @@ from vault.store import AuditEntry, Store
 log = logging.getLogger(__name__)
 
 GENESIS = bytes(32)
+WRITER_TASK = "audit-writer"  # long-lived: shutdown does not wait for it, but closes it last
 QUEUE_LIMIT = 10_000  # entries waiting to be written before new ones are dropped (and logged)
 
 
@@ -41,7 +42,7 @@ class AuditLog:
         last = await self._store.last_audit()
         if last is not None:
             self._seq, self._mac = last.seq, last.mac
-        self._writer = asyncio.ensure_future(self._write_forever())
+        self._writer = asyncio.get_running_loop().create_task(self._write_forever(), name=WRITER_TASK)
 
     def record(self, actor: str, address: str, action: str, target: str, outcome: str) -> None:
         try:
