@@ -163,6 +163,12 @@ class BaseHandler(tornado.web.RequestHandler):
                 self.set_header("WWW-Authenticate", self.auth_challenge(exc))
             if isinstance(exc, TooManyAttempts):
                 self.set_header("Retry-After", str(exc.retry_after))
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        if not getattr(self.connection, "_read_finished", True):
+            # Answered before the body was read (Tornado then closes the connection): say so,
+            # so the client does not send its next request down a closing connection.
+            self.set_header("Connection", "close")
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         else:
@@ -176,6 +182,15 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(exc, RangeNotSatisfiable):
             self.set_header("Content-Range", f"bytes */{exc.size}")
         self.write_json(status_code, {"message": message, "status": status_code})
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler implements (RFC 9110: a 405 lists them in Allow)."""
+        base = tornado.web.RequestHandler
+        return [
+            m
+            for m in self.SUPPORTED_METHODS
+            if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)
+        ]
 
     def auth_challenge(self, exc: AuthError) -> str:
         # RFC 6750 3.1: no error code when the request carried no credentials at all.

@@ -269,7 +269,6 @@ def test_every_route_is_described() -> None:
 # request on a dead connection and gets "Remote end closed connection without response". The
 # fix belongs with the one error mapping (handlers/base.py write_error): send Connection: close
 # when the body has not been read. Strict, so fixing it turns these into failures to un-mark.
-@pytest.mark.xfail(strict=True, reason="early errors close the connection without Connection: close")
 @pytest.mark.parametrize(
     ("method", "path", "headers", "size"),
     [
@@ -303,7 +302,6 @@ def test_early_error_says_connection_close(
 # Found by the schemathesis run (its unsupported_method check, excluded above): a 405 does not
 # list the allowed methods in Allow, which RFC 9110 15.5.6 requires. The fix belongs in
 # handlers/base.py write_error (each handler's implemented methods are known there).
-@pytest.mark.xfail(strict=True, reason="405 replies carry no Allow header")
 def test_method_not_allowed_names_the_allowed_methods(server: Server, token: str) -> None:
     resp = server.request("PATCH", "/files", token=token)
     assert resp.status == 405
