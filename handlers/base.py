@@ -163,12 +163,6 @@ class BaseHandler(tornado.web.RequestHandler):
                 self.set_header("WWW-Authenticate", self.auth_challenge(exc))
             if isinstance(exc, TooManyAttempts):
                 self.set_header("Retry-After", str(exc.retry_after))
-        if status_code == 405:
-            self.set_header("Allow", ", ".join(self.allowed_methods()))
-        if not getattr(self.connection, "_read_finished", True):
-            # Answered before the body was read (Tornado then closes the connection): say so,
-            # so the client does not send its next request down a closing connection.
-            self.set_header("Connection", "close")
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         else:
@@ -177,6 +171,12 @@ class BaseHandler(tornado.web.RequestHandler):
             )
         for header in ("Content-Disposition", "Content-Range", "Content-Length", "ETag", "Repr-Digest"):
             self.clear_header(header)
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        if not getattr(self.connection, "_read_finished", True):
+            # Answered before the body was read (Tornado then closes the connection): say so,
+            # so the client does not send its next request down a closing connection.
+            self.set_header("Connection", "close")
         if isinstance(exc, Busy):
             self.set_header("Retry-After", "5")
         if isinstance(exc, RangeNotSatisfiable):
