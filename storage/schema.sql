@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS links (
 );
 CREATE INDEX IF NOT EXISTS links_owner ON links (owner, name);
 
+-- The secrets of revoked links (and links of deleted files), so they answer 410, not 404.
+CREATE TABLE IF NOT EXISTS revoked_links (
+    token_hash BLOB PRIMARY KEY,
+    revoked    REAL NOT NULL
+);
+
 -- Refresh tokens (version 2): the opaque token is stored only as its SHA-256 (id). Tokens
 -- rotated from one login share a family; used and revoked are NULL or the time it happened.
 -- tag = HMAC under a master-derived key over every column, rewritten with used and revoked.

@@ -372,6 +372,11 @@ class SQLiteStore:
             if cursor.rowcount != 1:
                 return False
             await db.execute("DELETE FROM grants WHERE owner = ? AND name = ?", (owner, name))
+            await db.execute(
+                "INSERT OR IGNORE INTO revoked_links (token_hash, revoked)"
+                " SELECT token_hash, ? FROM links WHERE owner = ? AND name = ?",
+                (time.time(), owner, name),
+            )
             await db.execute("DELETE FROM links WHERE owner = ? AND name = ?", (owner, name))
         return True
 
@@ -603,7 +608,17 @@ class SQLiteStore:
         return [_record(Link, row) for row in rows]
 
     async def delete_link(self, owner: int, link_id: str) -> bool:
-        return await self._write("DELETE FROM links WHERE owner = ? AND id = ?", (owner, link_id)) == 1
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO revoked_links (token_hash, revoked)"
+                " SELECT token_hash, ? FROM links WHERE owner = ? AND id = ?",
+                (time.time(), owner, link_id),
+            )
+            cursor = await db.execute("DELETE FROM links WHERE owner = ? AND id = ?", (owner, link_id))
+            return cursor.rowcount == 1
+
+    async def link_revoked(self, token_hash: bytes) -> bool:
+        return await self._one("SELECT 1 FROM revoked_links WHERE token_hash = ?", (token_hash,)) is not None
 
     async def charge_link(self, link_id: str, nbytes: int) -> None:
         await self._write("UPDATE links SET bytes_served = bytes_served + ? WHERE id = ?", (nbytes, link_id))

@@ -939,7 +939,7 @@ def test_link_failures_and_downloads_used_survive_a_restart(fresh_server: Server
     assert wrong_after_restart < 5, wrong_after_restart
 
 
-def test_revoked_link_is_404_like_an_unknown_one(server: Server, alice: Account) -> None:
+def test_revoked_link_is_410_and_an_unknown_one_404(server: Server, alice: Account) -> None:
     name = unique("revoke.txt")
     upload(server, alice[1], name, b"revoke me")
     keep, gone = new_link(server, alice[1], name), new_link(server, alice[1], name)
@@ -947,9 +947,10 @@ def test_revoked_link_is_404_like_an_unknown_one(server: Server, alice: Account)
     assert (resp.status, resp.json()) == (200, {"message": "Link revoked", "id": gone["id"]})
 
     revoked = fetch(server, link_token(gone))
-    assert (revoked.status, revoked.json()) == (404, LINK_NOT_FOUND)
-    assert revoked.body == fetch(server, "B" * 24).body
-    assert fetch(server, link_token(gone), "HEAD").status == 404
+    assert (revoked.status, revoked.json()) == (410, {"message": "This link was revoked", "status": 410})
+    unknown = fetch(server, "B" * 24)
+    assert (unknown.status, unknown.json()) == (404, LINK_NOT_FOUND)
+    assert fetch(server, link_token(gone), "HEAD").status == 410
     assert [link["id"] for link in list_links(server, alice[1])] == [keep["id"]]
     assert fetch(server, link_token(keep)).body == b"revoke me"
 
@@ -964,11 +965,11 @@ def test_deleting_the_file_removes_its_links_for_good(server: Server, alice: Acc
     assert server.request("DELETE", f"/files/{q(name)}", token=alice[1]).status == 200
 
     resp = fetch(server, token)
-    assert (resp.status, resp.json()) == (404, LINK_NOT_FOUND)
+    assert (resp.status, resp.json()) == (410, {"message": "This link was revoked", "status": 410})
     assert list_links(server, alice[1]) == []
     upload(server, alice[1], name, b"a new file, same name")
     resp = fetch(server, token)
-    assert (resp.status, resp.json()) == (404, LINK_NOT_FOUND)
+    assert (resp.status, resp.json()) == (410, {"message": "This link was revoked", "status": 410})
 
 
 def test_link_follows_a_replacement_of_the_file(server: Server, alice: Account) -> None:

@@ -264,7 +264,10 @@ class Sharing:
 
     async def open_link(self, token: str, password: str | None) -> tuple[Link, Download]:
         """Check a link, its expiry, its password and its budget (rules: module docstring)."""
-        link = await self._store.get_link(token_hash(token))
+        hashed = token_hash(token)
+        link = await self._store.get_link(hashed)
+        if link is None and await self._store.link_revoked(hashed):
+            raise Gone("This link was revoked")
         if link is None or not self._link_ok(link):
             raise NotFound("Link not found")
         now = time.time()

@@ -210,7 +210,10 @@ class Store(Protocol):
 
     async def links_of(self, owner: int) -> list[Link]: ...
 
-    async def delete_link(self, owner: int, link_id: str) -> bool: ...
+    async def delete_link(self, owner: int, link_id: str) -> bool:
+        """Delete a link, remembering its secret's hash as revoked."""
+
+    async def link_revoked(self, token_hash: bytes) -> bool: ...
 
     async def charge_link(self, link_id: str, nbytes: int) -> None:
         """Add to the bytes a link has served."""
