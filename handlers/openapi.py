@@ -146,6 +146,25 @@ LINK_INFO: Schema = {
     },
 }
 
+TOKEN_PAIR: Schema = {
+    "token": {"type": "string", "description": "An HS256 JWT for `Authorization: Bearer`."},
+    "expires_in": {"type": "integer", "minimum": 1, "description": "Seconds."},
+    "refresh_token": {
+        "type": "string",
+        "minLength": 1,
+        "description": "Opaque; for `POST /token/refresh`, which uses it up.",
+    },
+    "refresh_expires_in": {"type": "integer", "minimum": 1, "description": "Seconds."},
+}
+
+NEW_PASSWORD: Schema = {
+    "type": "string",
+    "minLength": MIN_PASSWORD_CHARS,
+    "maxLength": MAX_PASSWORD_BYTES,
+    "pattern": "^[^\\u0000]*$",
+    "description": f"{MIN_PASSWORD_CHARS}+ characters, at most {MAX_PASSWORD_BYTES} UTF-8 bytes, no NUL.",
+}
+
 SCHEMAS: Schema = {
     "Error": {
         "description": "Every error reply.",
@@ -158,14 +177,7 @@ SCHEMAS: Schema = {
         "required": ["username", "password"],
         "properties": {
             "username": {"type": "string", "pattern": USERNAME_PATTERN},
-            "password": {
-                "type": "string",
-                "minLength": MIN_PASSWORD_CHARS,
-                "maxLength": MAX_PASSWORD_BYTES,
-                "pattern": "^[^\\u0000]*$",
-                "description": f"{MIN_PASSWORD_CHARS}+ characters, at most {MAX_PASSWORD_BYTES} UTF-8 bytes,"
-                " no NUL.",
-            },
+            "password": NEW_PASSWORD,
         },
     },
     "Login": {
@@ -178,12 +190,39 @@ SCHEMAS: Schema = {
         },
     },
     "Token": obj(
-        ["token", "expires_in"],
-        {
-            "token": {"type": "string", "description": "An HS256 JWT for `Authorization: Bearer`."},
-            "expires_in": {"type": "integer", "minimum": 1, "description": "Seconds."},
+        list(TOKEN_PAIR),
+        TOKEN_PAIR,
+        extra=True,  # more fields may come
+    ),
+    "RefreshRequest": {
+        "type": "object",
+        "required": ["refresh_token"],
+        "properties": {"refresh_token": {"type": "string", "minLength": 1}},
+    },
+    "LogoutRequest": {
+        "type": "object",
+        "description": "Every field is optional; an empty body ends the Bearer token's session only.",
+        "properties": {
+            "refresh_token": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "description": "Its session ends too, if it is yours (an unknown one is ignored).",
+            }
         },
-        extra=True,  # more fields (a refresh token) may come
+    },
+    "PasswordChange": {
+        "type": "object",
+        "examples": [{"old_password": "correct horse battery", "new_password": "correct horse staple"}],
+        "required": ["old_password", "new_password"],
+        "properties": {
+            "old_password": {"type": "string", "minLength": 1},
+            "new_password": NEW_PASSWORD,
+        },
+    },
+    "PasswordChanged": obj(
+        ["message", *TOKEN_PAIR],
+        {"message": {"type": "string"}, **TOKEN_PAIR},
+        extra=True,  # more fields may come, as in Token
     ),
     "FileInfo": obj(list(FILE_INFO), FILE_INFO),
     "Uploaded": obj(["message", *FILE_INFO], {"message": {"type": "string"}, **FILE_INFO}),
@@ -484,7 +523,51 @@ PATHS: Schema = {
             "description": "One 401 for an unknown user and a wrong password; repeated failures lock the"
             " account and the client address for a doubling time (429).",
             "requestBody": {"required": True, "content": json_body(schema("Login"))},
-            "responses": {"200": reply("A token", schema("Token")), **errors(400, 401, 413, 429, 503)},
+            "responses": {
+                "200": reply("An access token and a refresh token", schema("Token")),
+                **errors(400, 401, 413, 429, 503),
+            },
+        }
+    },
+    "/token/refresh": {
+        "post": {
+            "summary": "Trade a refresh token for a new pair",
+            **PUBLIC,
+            "description": "The refresh token goes in the body (no `Authorization`) and is used up; using"
+            " it again revokes its session (401).",
+            "requestBody": {"required": True, "content": json_body(schema("RefreshRequest"))},
+            "responses": {
+                "200": reply("A new pair, as from `/login`", schema("Token")),
+                **errors(400, 401, 413),
+            },
+        }
+    },
+    "/logout": {
+        "post": {
+            "summary": "End this session",
+            "description": "The Bearer token's session (and that of `refresh_token`, if it is yours) ends:"
+            " its access and refresh tokens stop working at once.",
+            "requestBody": {"required": False, "content": json_body(schema("LogoutRequest"))},
+            "responses": {"200": reply("Logged out", schema("Message")), **errors(400, 401, 413)},
+        }
+    },
+    "/logout/all": {
+        "post": {
+            "summary": "End every session",
+            "description": "Every access and refresh token of yours stops working.",
+            "responses": {"200": reply("Logged out everywhere", schema("Message")), **errors(401, 503)},
+        }
+    },
+    "/password": {
+        "post": {
+            "summary": "Change your password",
+            "description": "A wrong `old_password` (401) counts toward the login throttle (429). Every"
+            " other token of yours stops working; the reply starts a new session.",
+            "requestBody": {"required": True, "content": json_body(schema("PasswordChange"))},
+            "responses": {
+                "200": reply("Changed, with a new pair", schema("PasswordChanged")),
+                **errors(400, 401, 413, 429, 503),
+            },
         }
     },
     "/upload": {
