@@ -30,6 +30,7 @@ from vault.config import Settings, load_settings, unknown_variables
 from vault.errors import ConfigError, InvalidField, VaultError
 from vault.files import FileService
 from vault.keys import Keyring, add_primary_key, load_jwt_secret, load_keyring, remove_key
+from vault.limits import UploadSlots
 from vault.sharing import Sharing
 from vault.throttle import LoginThrottle
 from vault.tls import ensure_certificate, server_context
@@ -177,7 +178,8 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
         max_backoff=settings.login_max_backoff,
         trusted_proxies=settings.trusted_proxies,
     )
-    app = make_app(Context(settings, core.auth, files, core.sharing, throttle, core.audit))
+    uploads = UploadSlots(settings.uploads_per_user)
+    app = make_app(Context(settings, core.auth, files, core.sharing, throttle, core.audit, uploads))
     server = tornado.httpserver.HTTPServer(
         app,
         ssl_options=ssl_context,

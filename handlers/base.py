@@ -1,12 +1,15 @@
 """The base handler: collaborators, JSON responses, the one error mapping, and Bearer auth."""
 
+import functools
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+import tornado.ioloop
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 
@@ -15,6 +18,7 @@ from vault.auth import Access, Authenticator, Identity
 from vault.config import Settings
 from vault.errors import (
     AuthError,
+    BodyTimeout,
     Busy,
     ChecksumMismatch,
     ConfigError,
@@ -30,10 +34,12 @@ from vault.errors import (
     RangeNotSatisfiable,
     TooLarge,
     TooManyAttempts,
+    TooManyUploads,
     UnsupportedMediaType,
     VaultError,
 )
 from vault.files import FileService
+from vault.limits import UploadSlots
 from vault.sharing import Sharing
 from vault.throttle import LoginThrottle
 
@@ -51,6 +57,8 @@ STATUS: dict[type[VaultError], int] = {
     RangeNotSatisfiable: 416,
     Gone: 410,
     TooManyAttempts: 429,
+    TooManyUploads: 429,
+    BodyTimeout: 408,
     Busy: 503,
     IntegrityError: 500,
     ConfigError: 500,
@@ -76,6 +84,7 @@ class Context:
     sharing: Sharing
     throttle: LoginThrottle
     audit: AuditLog
+    uploads: UploadSlots
 
 
 def safe_path(path: str) -> str:
@@ -86,13 +95,83 @@ def safe_path(path: str) -> str:
 _LINK_SECRET = re.compile(r"^/s/[^/?]+")
 
 
+H = TypeVar("H", bound="BaseHandler")
+
+
+def body_activity(
+    method: Callable[[H, bytes], Awaitable[None]],
+) -> Callable[[H, bytes], Awaitable[None]]:
+    """For ``data_received``: each chunk, and the time spent storing it, keeps the request
+    body's inactivity timer (``watch_body``) from firing."""
+
+    @functools.wraps(method)
+    async def wrapper(self: H, chunk: bytes) -> None:
+        self._body_busy = True
+        try:
+            await method(self, chunk)
+        finally:
+            self._body_busy = False
+            self._body_seen = tornado.ioloop.IOLoop.current().time()
+
+    return wrapper
+
+
 class BaseHandler(tornado.web.RequestHandler):
     # Methods whose every answer goes in the audit log, with the action to record them as.
     AUDITED: dict[str, str] = {}
 
+    _upload_slot: int | None = None
+    _body_timer: object | None = None
+    _body_busy = False
+    _body_seen = 0.0
+
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
         self.audit_actor = "-"
+
+    def take_upload_slot(self, user_id: int) -> None:
+        """Count this request among the user's uploads in progress (429 beyond the limit)
+        until it ends; ``_end_request`` gives the slot back exactly once."""
+        if self._upload_slot is None:
+            self.ctx.uploads.acquire(user_id)
+            self._upload_slot = user_id
+
+    def watch_body(self) -> None:
+        """Cut the request off if its body sends nothing for ``body_timeout`` seconds. A
+        per-request inactivity timer: a long body that keeps arriving is never cut."""
+        loop = tornado.ioloop.IOLoop.current()
+        self._body_seen = loop.time()
+        self._body_timer = loop.call_at(self._body_seen + self.config.body_timeout, self._check_body)
+
+    def _check_body(self) -> None:
+        self._body_timer = None
+        if self._finished or getattr(self.connection, "_read_finished", True):
+            return  # the whole body arrived
+        loop = tornado.ioloop.IOLoop.current()
+        deadline = self._body_seen + self.config.body_timeout
+        if self._body_busy or loop.time() < deadline:
+            # Storing a chunk is the server's time, not the client's: look again shortly.
+            self._body_timer = loop.call_at(max(deadline, loop.time() + 0.5), self._check_body)
+            return
+        self._failed = True
+        exc = BodyTimeout(f"Request body timed out: nothing arrived for {self.config.body_timeout} seconds")
+        self.log_exception(type(exc), exc, None)
+        if not self._headers_written:
+            self.send_error(408, exc_info=(type(exc), exc, None))  # the connection then closes
+        else:
+            self.connection.close()
+
+    def _end_request(self) -> None:
+        if self._body_timer is not None:
+            tornado.ioloop.IOLoop.current().remove_timeout(self._body_timer)
+            self._body_timer = None
+        if self._upload_slot is not None:
+            self.ctx.uploads.release(self._upload_slot)
+            self._upload_slot = None
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._end_request()
 
     @property
     def files(self) -> FileService:
@@ -142,6 +221,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return access
 
     def on_finish(self) -> None:
+        self._end_request()
         action = self.AUDITED.get(self.request.method or "")
         if action:
             target = "/".join(self.path_args) if self.path_args else ""
@@ -161,7 +241,7 @@ class BaseHandler(tornado.web.RequestHandler):
             status_code, message = status_for(exc), exc.message
             if isinstance(exc, AuthError):
                 self.set_header("WWW-Authenticate", self.auth_challenge(exc))
-            if isinstance(exc, TooManyAttempts):
+            if isinstance(exc, (TooManyAttempts, TooManyUploads)):
                 self.set_header("Retry-After", str(exc.retry_after))
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message

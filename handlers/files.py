@@ -14,7 +14,7 @@ from typing import Any
 import tornado.iostream
 import tornado.web
 
-from handlers.base import BaseHandler
+from handlers.base import BaseHandler, body_activity
 from handlers.ranges import if_range_holds, none_match, parse_range
 from vault.auth import Identity
 from vault.errors import InputError, IntegrityError, MalformedUpload, TooLarge
@@ -90,7 +90,9 @@ class UploadHandler(BaseHandler):
         # Tornado's own cap (a bare 400) sits one chunk above ours, so ours answers first: 413.
         self.connection.set_max_body_size(limit + self.slack + CHUNK_ALLOWANCE)
         self.digest = expected_digest(self.request.headers)
+        self.take_upload_slot(self.identity.user_id)
         self.upload = self.files.begin_upload(self.identity.user_id, limit)
+        self.watch_body()
 
     def check_request(self) -> None:
         """Route-specific checks made before any of the body is read."""
@@ -136,6 +138,7 @@ class RawUploadHandler(UploadHandler):
     def check_request(self) -> None:
         check_filename(self.path_args[0])
 
+    @body_activity
     async def data_received(self, chunk: bytes) -> None:
         if self._failed:
             return
@@ -167,6 +170,7 @@ class MultipartUploadHandler(UploadHandler):
         self.filename: str | None = None
         self.in_file = False
 
+    @body_activity
     async def data_received(self, chunk: bytes) -> None:
         if self._failed:
             return

@@ -17,7 +17,7 @@ import logging
 
 import tornado.web
 
-from handlers.base import BaseHandler
+from handlers.base import BaseHandler, body_activity
 from handlers.files import CHUNK_ALLOWANCE, file_json
 from vault.errors import (
     ChecksumMismatch,
@@ -117,6 +117,7 @@ class TusHandler(BaseHandler):
         self.connection.set_max_body_size(remaining + CHUNK_ALLOWANCE)
         self._failed = False
 
+    @body_activity
     async def data_received(self, chunk: bytes) -> None:
         if self.session is None or self._failed:
             return
@@ -193,6 +194,7 @@ class TusCreateHandler(TusHandler):
         )
         if has_body:
             self.expect_body(length)
+            self.take_upload_slot(identity.user_id)
         else:
             self.connection.set_max_body_size(0)
             self.body_sha = None
@@ -200,6 +202,8 @@ class TusCreateHandler(TusHandler):
         if has_body or length == 0:
             self.session = await self.files.resumables.resume(identity.user_id, self.upload.tus_id, 0)
         self._failed = False
+        if has_body:
+            self.watch_body()
 
     async def interrupted(self, session: ResumedUpload) -> None:
         """The client never learnt the upload's URL, so it could not resume it: remove it."""
@@ -246,9 +250,11 @@ class TusUploadHandler(TusHandler):
             if offset != upload.offset:
                 raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
             self.expect_body(upload.length - offset)
+            self.take_upload_slot(self.identity.user_id)
             self.session = await self.files.resumables.resume(
                 self.identity.user_id, self.path_args[0], offset
             )
+            self.watch_body()
         else:
             self.connection.set_max_body_size(0)
 

@@ -66,6 +66,12 @@ class Settings:
         "", "Comma-separated proxy addresses or networks whose X-Forwarded-For names the client."
     )
     idle_timeout: int = _setting(60, "Seconds an idle keep-alive connection is kept open.")
+    body_timeout: int = _setting(
+        60, "Seconds a request body may send nothing before it is cut off (408); uploads are dropped."
+    )
+    uploads_per_user: int = _setting(
+        4, "Uploads (PUT, POST /upload, tus) one user may have in progress at once (429 beyond)."
+    )
     public_url: str = _setting(
         "", "Base URL in public links, e.g. https://files.example.org (default: from the request's Host)."
     )
@@ -121,6 +127,8 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "pipeline_depth", 1, 64)
     _check_range(values, "segments_in_flight", 1, 1024)
     _check_range(values, "idle_timeout", 1, 86400)
+    _check_range(values, "body_timeout", 1, 86400)
+    _check_range(values, "uploads_per_user", 1, 10_000)
     _check_range(values, "login_free_attempts", 1, 1_000_000)
     _check_range(values, "login_max_backoff", 1, 86400)
     parse_networks(values["trusted_proxies"])

@@ -23,6 +23,8 @@ VaultError
 │   └── FileNotFound        no such file for this caller
 ├── Gone                    a public link expired, ran out of downloads or lost its file
 ├── TooManyAttempts         too many wrong logins or link passwords; carries the seconds to wait
+├── TooManyUploads          a user already has ``uploads_per_user`` uploads in progress
+├── BodyTimeout             a request body sent nothing for ``body_timeout`` seconds
 ├── TooLarge                a body or file is over its configured limit
 ├── RangeNotSatisfiable     the requested byte range lies outside the file
 ├── Busy                    the server is at a configured limit; retry later
@@ -170,6 +172,19 @@ class TooManyAttempts(VaultError):
     def __init__(self, retry_after: int) -> None:
         super().__init__()
         self.retry_after = retry_after
+
+
+class TooManyUploads(VaultError):
+    """The user already has as many uploads in progress as allowed; retry when one ends."""
+
+    message = "Too many uploads in progress"
+    retry_after = 5
+
+
+class BodyTimeout(VaultError):
+    """A request body stalled: no bytes arrived for the configured time."""
+
+    message = "Request body timed out"
 
 
 class TooLarge(VaultError):

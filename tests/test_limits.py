@@ -1,0 +1,162 @@
+"""Issue 6 limits: concurrent uploads per user (429) and stalled request bodies (408)."""
+
+import json
+import ssl
+import time
+
+import pytest
+
+from tests.server import Server
+from tests.test_api import user_id, wait_until_clean
+from tests.test_transfers import cut, open_tls, start_upload, wait_for
+from vault.errors import TooManyUploads
+from vault.limits import UploadSlots
+
+
+def read_response(sock: ssl.SSLSocket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Read one response (headers and a Content-Length body); status 0 if the server closed first."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return 0, {}, data
+            data += chunk
+    except (ConnectionError, ssl.SSLError):
+        return 0, {}, data
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def partial_put(server: Server, token: str, name: str) -> ssl.SSLSocket:
+    return start_upload(server, token, "PUT", f"/upload/{name}", {"Content-Length": "1000"}, b"x" * 10)
+
+
+def test_upload_slots_count_and_release() -> None:
+    slots = UploadSlots(2)
+    slots.acquire(1)
+    slots.acquire(1)
+    slots.acquire(2)
+    with pytest.raises(TooManyUploads, match="at most 2 at once"):
+        slots.acquire(1)
+    slots.release(1)
+    slots.acquire(1)
+    for user in (1, 1, 2):
+        slots.release(user)
+    assert slots.in_progress(1) == slots.in_progress(2) == 0
+
+
+def test_uploads_per_user_429_and_slots_free(fresh_server: Server) -> None:
+    fresh_server.env = {"VAULT_UPLOADS_PER_USER": "2"}
+    server = fresh_server.start()
+    username, token = server.new_user()
+    _, other = server.new_user()
+    first, second = partial_put(server, token, "a.bin"), partial_put(server, token, "b.bin")
+    time.sleep(0.3)  # both are past prepare()
+    resp = server.put_file(token, "c.bin", b"data")
+    assert resp.status == 429, resp.body
+    assert resp.json()["message"] == "Too many uploads in progress: at most 2 at once"
+    assert resp.headers["Retry-After"]
+    # tus with a body counts too; another user is not affected.
+    tus = server.request(
+        "POST",
+        "/tus",
+        b"data",
+        {
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": "4",
+            "Upload-Metadata": "filename ZC5iaW4=",
+            "Content-Type": "application/offset+octet-stream",
+        },
+        token=token,
+    )
+    assert tus.status == 429
+    assert server.put_file(other, "c.bin", b"data").status == 201
+    # One finishes: a slot frees.
+    first.sendall(b"x" * 990)
+    status, _, _ = read_response(first)
+    assert status == 201
+    first.close()
+    assert server.put_file(token, "c.bin", b"data").status == 201
+    # One disconnects mid-upload: its slot frees too, and nothing of it is stored.
+    third = partial_put(server, token, "d.bin")
+    time.sleep(0.3)
+    assert server.put_file(token, "e.bin", b"data").status == 429
+    cut(second)
+    cut(third)
+    # The count is back to zero: two uploads may run at once again.
+    wait_for(lambda: server.put_file(token, "f.bin", b"data").status == 201, "a slot after disconnects")
+    again = [partial_put(server, token, f"g{i}.bin") for i in range(2)]
+    time.sleep(0.3)
+    assert server.put_file(token, "h.bin", b"data").status == 429
+    for sock in again:
+        cut(sock)
+    names = {f["filename"] for f in server.request("GET", "/files", token=token).json()["files"]}
+    assert names == {"a.bin", "c.bin", "f.bin"}
+    wait_until_clean(server, user_id(server, username))
+
+
+def test_stalled_body_is_cut_off(fresh_server: Server) -> None:
+    fresh_server.env = {"VAULT_BODY_TIMEOUT": "1"}
+    server = fresh_server.start()
+    username, token = server.new_user()
+    started = time.monotonic()
+    sock = partial_put(server, token, "stalled.bin")
+    status, _, body = read_response(sock, timeout=10)
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert elapsed < 5
+    assert status == 408, body  # nothing was answered yet: a clear error, then the close
+    assert "timed out" in json.loads(body)["message"]
+    # A stalled multipart upload too.
+    sock = start_upload(
+        server,
+        token,
+        "POST",
+        "/upload",
+        {"Content-Type": "multipart/form-data; boundary=xyz", "Content-Length": "1000"},
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="m.bin"\r\n\r\nabc',
+    )
+    assert read_response(sock, timeout=10)[0] in (408, 0)
+    sock.close()
+    assert server.request("GET", "/files", token=token).json()["files"] == []
+    wait_until_clean(server, user_id(server, username))
+    # The slots were given back.
+    assert server.put_file(token, "ok.bin", b"data").status == 201
+
+
+def test_slow_steady_body_is_not_cut_off(fresh_server: Server) -> None:
+    fresh_server.env = {"VAULT_BODY_TIMEOUT": "1"}
+    server = fresh_server.start()
+    _, token = server.new_user()
+    sock = start_upload(server, token, "PUT", "/upload/slow.bin", {"Content-Length": "7"}, b"")
+    for _ in range(7):  # a byte every 0.3 s: 2.1 s in all, more than body_timeout
+        time.sleep(0.3)
+        sock.sendall(b"s")
+    status, _, body = read_response(sock)
+    sock.close()
+    assert status == 201, body
+    assert json.loads(body)["size"] == 7
+
+
+def test_idle_connection_without_request_is_closed(fresh_server: Server) -> None:
+    fresh_server.env = {"VAULT_IDLE_TIMEOUT": "1"}
+    server = fresh_server.start()
+    sock = open_tls(server)
+    sock.settimeout(10)
+    started = time.monotonic()
+    try:
+        assert sock.recv(1) == b""
+    except (TimeoutError, ConnectionError, ssl.SSLError):
+        pass
+    assert time.monotonic() - started < 5
+    sock.close()
