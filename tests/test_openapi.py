@@ -300,7 +300,12 @@ def test_early_error_says_connection_close(
 ) -> None:
     conn = server.connection()
     try:
-        conn.request(method, path, body=b"x" * size, headers={"Authorization": f"Bearer {token}", **headers})
+        try:
+            conn.request(
+                method, path, body=b"x" * size, headers={"Authorization": f"Bearer {token}", **headers}
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while the body was still going out: read the answer
         first = conn.getresponse()
         first.read()
         assert 400 <= first.status < 500
