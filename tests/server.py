@@ -117,6 +117,24 @@ class Server:
                 self.process.kill()
                 self.process.wait()
 
+    def admin(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[bytes]:
+        """``run.py admin ARGS`` on this server's config and data (it may be running)."""
+        return subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "run.py"),
+                "admin",
+                "--config",
+                str(self.workdir / "config.yaml"),
+                *args,
+            ],
+            input=stdin.encode(),
+            capture_output=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "VAULT_BCRYPT_ROUNDS": "4", **self.env},
+        )
+
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.cert))
 

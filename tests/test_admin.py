@@ -7,32 +7,12 @@ import signal
 import socket
 import sqlite3
 import ssl
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tests.server import ROOT, Server
+from tests.server import Server
 from vault.tls import ensure_certificate
-
-
-def admin(server: Server, *args: str, stdin: str = "") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            "admin",
-            "--config",
-            str(server.workdir / "config.yaml"),
-            *args,
-        ],
-        input=stdin.encode(),
-        capture_output=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "VAULT_BCRYPT_ROUNDS": "4"},
-    )
 
 
 def login(server: Server, name: str, password: str) -> int:
@@ -40,10 +20,10 @@ def login(server: Server, name: str, password: str) -> int:
 
 
 def test_created_user_logs_in_and_a_reset_password_replaces_the_old_one(server: Server) -> None:
-    done = admin(server, "create-user", "admin-made", stdin="first password\n")
+    done = server.admin("create-user", "admin-made", stdin="first password\n")
     assert done.returncode == 0, done.stderr
     assert login(server, "admin-made", "first password") == 200
-    done = admin(server, "reset-password", "admin-made", stdin="second password\n")
+    done = server.admin("reset-password", "admin-made", stdin="second password\n")
     assert done.returncode == 0, done.stderr
     assert login(server, "admin-made", "second password") == 200
     assert login(server, "admin-made", "first password") == 401
@@ -51,8 +31,8 @@ def test_created_user_logs_in_and_a_reset_password_replaces_the_old_one(server: 
 
 def test_create_user_refuses_a_short_password_and_a_taken_name(server: Server) -> None:
     name, _ = server.new_user()
-    assert b"at least 8" in admin(server, "create-user", "short-pw-user", stdin="short\n").stderr
-    done = admin(server, "create-user", name, stdin="long enough password\n")
+    assert b"at least 8" in server.admin("create-user", "short-pw-user", stdin="short\n").stderr
+    done = server.admin("create-user", name, stdin="long enough password\n")
     assert done.returncode == 1 and b"already exists" in done.stderr
 
 
@@ -60,14 +40,14 @@ def test_export_writes_the_exact_plaintext_to_stdout(server: Server) -> None:
     name, token = server.new_user()
     data = os.urandom(2 * 1024 * 1024 + 77)
     assert server.put_file(token, "export.bin", data).status == 201
-    done = admin(server, "export", name, "export.bin")
+    done = server.admin("export", name, "export.bin")
     assert done.returncode == 0, done.stderr
     assert done.stdout == data
 
 
 def test_export_of_a_missing_file_fails_without_output(server: Server) -> None:
     name, _ = server.new_user()
-    done = admin(server, "export", name, "nothing.bin")
+    done = server.admin("export", name, "nothing.bin")
     assert (done.returncode, done.stdout) == (1, b"")
     assert b"File not found" in done.stderr
 
@@ -77,7 +57,7 @@ def test_verify_names_exactly_the_damaged_files(fresh_server: Server) -> None:
     name, token = server.new_user()
     for file in ("good.bin", "bad.bin"):
         assert server.put_file(token, file, os.urandom(1024 * 1024 + 5)).status == 201
-    clean = admin(server, "verify")
+    clean = server.admin("verify")
     assert clean.returncode == 0, clean.stderr
     assert b"2 files checked, 0 damaged" in clean.stdout
     with sqlite3.connect(server.db_path) as con:
@@ -88,14 +68,14 @@ def test_verify_names_exactly_the_damaged_files(fresh_server: Server) -> None:
         flipped = bytearray(blob)
         flipped[40] ^= 1
         con.execute("UPDATE segments SET data = ? WHERE file_id = ? AND idx = 1", (bytes(flipped), file_id))
-    damaged = admin(server, "verify")
+    damaged = server.admin("verify")
     assert damaged.returncode == 1
     assert damaged.stdout.decode().splitlines() == [f"DAMAGED {name}/bad.bin", "2 files checked, 1 damaged"]
 
 
 def test_rotate_key_refuses_while_the_server_runs(fresh_server: Server) -> None:
     server = fresh_server.start()
-    done = admin(server, "rotate-key")
+    done = server.admin("rotate-key")
     assert done.returncode == 2
     assert b"another vault is already running" in done.stderr
 
@@ -112,12 +92,12 @@ def test_rotated_and_retired_keys_leave_files_grants_links_and_logins_working(fr
         before = con.execute("SELECT idx, data FROM segments ORDER BY idx").fetchall()
     server.stop()
 
-    rotated = admin(server, "rotate-key")
+    rotated = server.admin("rotate-key")
     assert rotated.returncode == 0, rotated.stderr
     assert b"new primary master key 2" in rotated.stderr
-    refused = admin(server, "retire-key", "2")
+    refused = server.admin("retire-key", "2")
     assert refused.returncode == 2 and b"primary" in refused.stderr
-    retired = admin(server, "retire-key", "1")
+    retired = server.admin("retire-key", "1")
     assert retired.returncode == 0, retired.stderr
     with sqlite3.connect(server.db_path) as con:
         assert con.execute("SELECT idx, data FROM segments ORDER BY idx").fetchall() == before  # untouched
@@ -144,7 +124,7 @@ def test_retire_key_refuses_a_key_still_in_use(fresh_server: Server) -> None:
     ring["keys"]["2"] = base64.b64encode(os.urandom(32)).decode()
     ring["primary"] = 2
     (server.data_dir / "master.keys").write_text(json.dumps(ring))
-    done = admin(server, "retire-key", "1")
+    done = server.admin("retire-key", "1")
     assert done.returncode == 2
     assert b"still wraps some data" in done.stderr
 

@@ -2,13 +2,11 @@
 
 import base64
 import http.client
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.server import ROOT, Server
+from tests.server import Server
 
 QUOTA = 3_000_000
 
@@ -25,23 +23,6 @@ def me(server: Server, token: str) -> dict[str, object]:
     assert resp.status == 200, resp.body
     body: dict[str, object] = resp.json()
     return body
-
-
-def admin(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            "admin",
-            "--config",
-            str(server.workdir / "config.yaml"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def chunked_put(server: Server, token: str, name: str, data: bytes) -> tuple[int, bytes]:
@@ -135,27 +116,27 @@ def test_resumable_upload_longer_than_the_room_left_is_413(quota_server: Server)
 
 def test_admin_overrides_a_users_limits_and_none_restores_the_default(quota_server: Server) -> None:
     name, token = quota_server.new_user()
-    done = admin(quota_server, "set-limits", name, "--max-file-size", "1000", "--quota", "10M")
+    done = quota_server.admin("set-limits", name, "--max-file-size", "1000", "--quota", "10M")
     assert done.returncode == 0, done.stderr
-    assert "quota 10485760" in done.stdout and "max file size 1000" in done.stdout
+    assert b"quota 10485760" in done.stdout and b"max file size 1000" in done.stdout
     assert me(quota_server, token)["max_file_size"] == 1000
     assert me(quota_server, token)["quota"] == 10 * 1024**2
     assert quota_server.put_file(token, "ok.bin", b"o" * 1000).status == 201
     resp = quota_server.put_file(token, "big.bin", b"o" * 1001)
     assert resp.status == 413 and resp.json()["message"] == "File too large: the limit is 1000 bytes"
-    assert admin(quota_server, "set-limits", name, "--max-file-size", "none").returncode == 0
+    assert quota_server.admin("set-limits", name, "--max-file-size", "none").returncode == 0
     assert me(quota_server, token)["max_file_size"] == 64 * 1024**3
     assert me(quota_server, token)["quota"] == 10 * 1024**2  # untouched: only named options change
 
 
 def test_admin_for_an_unknown_user_fails_clearly(quota_server: Server) -> None:
-    done = admin(quota_server, "show", "nobody-here")
+    done = quota_server.admin("show", "nobody-here")
     assert done.returncode == 1
-    assert "no user 'nobody-here'" in done.stderr
+    assert b"no user 'nobody-here'" in done.stderr
 
 
 def test_admin_rejects_a_malformed_size(quota_server: Server) -> None:
     name, _ = quota_server.new_user()
-    done = admin(quota_server, "set-limits", name, "--quota", "lots")
+    done = quota_server.admin("set-limits", name, "--quota", "lots")
     assert done.returncode == 2
-    assert "not a size" in done.stderr
+    assert b"not a size" in done.stderr

@@ -7,8 +7,6 @@ import base64
 import hashlib
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,7 +16,7 @@ from typing import Any
 import pytest
 
 from storage.sqlite import SCHEMA_VERSION, SQLiteStore
-from tests.server import ROOT, Response, Server
+from tests.server import Response, Server
 
 PASSWORD = "correct horse battery"
 NEW_PASSWORD = "battery staple horse"
@@ -89,23 +87,6 @@ def query(server: Server, sql: str, params: tuple[object, ...] = ()) -> list[Any
 def edit(server: Server, sql: str, params: tuple[object, ...] = ()) -> None:
     with sqlite3.connect(server.db_path) as con:
         con.execute(sql, params)
-
-
-def admin(server: Server, *args: str, stdin: str = "") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            "admin",
-            "--config",
-            str(server.workdir / "config.yaml"),
-            *args,
-        ],
-        input=stdin.encode(),
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
 
 
 # --------------------------------------------------------------------------- login and refresh
@@ -355,7 +336,7 @@ def test_admin_reset_password_beside_the_server_revokes_every_token(server: Serv
     name = register(server)
     pair = login(server, name)
     assert works(server, pair["token"])  # the server now holds the user's epoch in its cache
-    done = admin(server, "reset-password", name, stdin=NEW_PASSWORD + "\n")
+    done = server.admin("reset-password", name, stdin=NEW_PASSWORD + "\n")
     assert done.returncode == 0, done.stderr
     assert_error(refresh(server, pair["refresh_token"]), 401, REVOKED)  # at once
     deadline = time.monotonic() + 4  # access tokens: once the epoch cache's 2 s are up
@@ -419,7 +400,7 @@ def test_rotated_and_retired_master_key_keeps_sessions_and_raised_epochs_working
     kept = login(server, name)
     server.stop()
     for args in (("rotate-key",), ("retire-key", "1")):
-        done = admin(server, *args)
+        done = server.admin(*args)
         assert done.returncode == 0, done.stderr
     assert query(server, "SELECT DISTINCT key_id FROM refresh_tokens") == [(2,)]
     server.start()
