@@ -123,6 +123,7 @@ class PublicLinkHandler(FileSender):
     AUDITED = {"GET": "link-download"}
 
     reservation: Reservation | None = None
+    charge_whole = False  # an empty file: one budget byte per download
 
     def auth_challenge(self, exc: AuthError) -> str:
         return 'Basic realm="vault link", charset="UTF-8"'
@@ -156,12 +157,11 @@ class PublicLinkHandler(FileSender):
         await self.send_file(download, send_body=False)
 
     def before_body(self, nbytes: int, size: int) -> None:
-        # An empty file costs one budget byte per download, or a limit could never run out.
         self.charge_whole = size == 0 and self.request.method == "GET"
         self.reservation = self.sharing.reserve(self.link, size, 1 if self.charge_whole else nbytes)
 
     def body_done(self) -> None:
-        if self.reservation is not None and getattr(self, "charge_whole", False):
+        if self.reservation is not None and self.charge_whole:
             self.reservation.sent = 1
 
     def chunk_sent(self, nbytes: int) -> None:

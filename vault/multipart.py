@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from vault.errors import MalformedUpload
 
-MAX_BOUNDARY_LEN = 70  # RFC 2046
+# RFC 2046: 1-70 characters, the last not a space
 _BOUNDARY_RE = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 (RFC 9110 token characters)
 _PARAM_RE = re.compile(rf';\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
