@@ -351,7 +351,13 @@ class BenchServer:
     def __init__(
         self, workdir: Path, segment_size: int | None = None, extra_env: dict[str, str] | None = None
     ) -> None:
-        env = {"VAULT_BCRYPT_ROUNDS": "4", "VAULT_TOKEN_TTL": "86400", **(extra_env or {})}
+        # uploads_per_user: the concurrent phase is one user with --concurrent uploads at once
+        env = {
+            "VAULT_BCRYPT_ROUNDS": "4",
+            "VAULT_TOKEN_TTL": "86400",
+            "VAULT_UPLOADS_PER_USER": "1000",
+            **(extra_env or {}),
+        }
         if segment_size is not None:
             env["VAULT_SEGMENT_SIZE"] = str(segment_size)
         self.segment_size = segment_size or DEFAULT_SEG_SIZE
