@@ -297,7 +297,10 @@ async def admin(settings: Settings, args: argparse.Namespace) -> int:
                 if args.key_id == core.keyring.primary:
                     raise ConfigError(f"key {args.key_id} is the primary key: rotate first")
                 if args.key_id in await tool.key_ids_in_use():
-                    raise ConfigError(f"key {args.key_id} still wraps some data: run rotate-key first")
+                    raise ConfigError(
+                        f"key {args.key_id} still wraps or tags some data (files, rows or audit entries):"
+                        " run rotate-key first"
+                    )
                 remove_key(settings.data_dir, args.key_id)
                 print(f"key {args.key_id} removed from the keyring")
         except ConfigError as exc:
@@ -337,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def main_admin(argv: list[str]) -> int:
+    os.umask(0o077)  # like the server: a data directory, database or keyring it creates is private
     args = parse_admin_args(argv)
     args.given = [
         name for flag, name in (("--quota", "quota"), ("--max-file-size", "max_file_size")) if flag in argv

@@ -4,6 +4,9 @@ from typing import Any
 
 from handlers.base import BaseHandler, JSONBodyHandler
 from vault.auth import TokenPair
+from vault.errors import VaultError
+
+UNKNOWN_ACCOUNT = "(no such account)"  # the audit actor of a failed login with any other name
 
 
 def pair_json(pair: TokenPair) -> dict[str, Any]:
@@ -42,9 +45,16 @@ class LoginHandler(PasswordCheckHandler):
         body = self.json_body()
         username = body.get("username")
         account = username if isinstance(username, str) else ""
-        self.audit_actor = account[:64] or "-"
-        with self.throttle.attempt(account, self.client_address()):
-            pair = await self.auth.login(username, body.get("password"))
+        try:
+            with self.throttle.attempt(account, self.client_address()):
+                pair = await self.auth.login(username, body.get("password"))
+        except VaultError:
+            # What was typed as a user name is often a password: the audit log names only
+            # accounts that exist.
+            user = await self.auth.find_user(account) if account else None
+            self.audit_actor = user.username if user else UNKNOWN_ACCOUNT
+            raise
+        self.audit_actor = account[:64]
         self.write_json(200, pair_json(pair))
 
 

@@ -506,21 +506,28 @@ class SQLiteStore:
         rows = await self._all(
             "SELECT key_id FROM files WHERE wrapped_key IS NOT NULL UNION SELECT key_id FROM users"
             " UNION SELECT key_id FROM grants UNION SELECT key_id FROM links"
-            " UNION SELECT key_id FROM refresh_tokens",
+            " UNION SELECT key_id FROM refresh_tokens UNION SELECT key_id FROM audit",
             (),
         )
         return {int(row[0]) for row in rows}
 
-    async def last_audit(self) -> AuditEntry | None:
-        row = await self._one(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1", ())
-        return _record(AuditEntry, row) if row else None
+    async def append_audit(self, build: Callable[[int, bytes], AuditEntry]) -> AuditEntry:
+        """Number and chain the entry inside the insert's transaction, so writers in other
+        processes (``run.py admin`` beside the server) interleave instead of colliding."""
+        async with self._transaction() as db:
+            async with db.execute("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1") as cursor:
+                last = await cursor.fetchone()
+            seq = int(last[0]) + 1 if last else 1
+            previous = bytes(last[1]) if last and isinstance(last[1], bytes) else bytes(32)
+            e = build(seq, previous)
+            await db.execute(
+                f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.seq, e.at, e.actor, e.address, e.action, e.target, e.outcome, e.key_id, e.mac),
+            )
+        return e
 
-    async def append_audit(self, entry: AuditEntry) -> None:
-        e = entry
-        await self._write(
-            f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (e.seq, e.at, e.actor, e.address, e.action, e.target, e.outcome, e.key_id, e.mac),
-        )
+    async def set_audit_mac(self, seq: int, key_id: int, mac: bytes) -> None:
+        await self._write("UPDATE audit SET key_id = ?, mac = ? WHERE seq = ?", (key_id, mac, seq))
 
     async def audit_entries(self, after: int, limit: int) -> list[AuditEntry]:
         rows = await self._all(

@@ -126,7 +126,7 @@ def test_retire_key_refuses_a_key_still_in_use(fresh_server: Server) -> None:
     (server.data_dir / "master.keys").write_text(json.dumps(ring))
     done = server.admin("retire-key", "1")
     assert done.returncode == 2
-    assert b"still wraps some data" in done.stderr
+    assert b"still wraps or tags some data" in done.stderr
 
 
 def served_certificate(server: Server) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 
 from storage.sqlite import SQLiteStore
 from tests.server import ROOT, Server
-from vault.audit import AuditLog, verify_chain
+from vault.audit import LOST_ACTION, AuditLog, ChainCheck, verify_chain
 from vault.keys import Keyring
 
 RING = Keyring.of(1, {1: bytes(range(32))})
@@ -35,7 +35,12 @@ def write_entries(db: Path, count: int) -> None:
 
 
 def verify(db: Path, ring: Keyring = RING) -> tuple[int, Any, bytes]:
-    async def main() -> tuple[int, Any, bytes]:
+    check = verify_full(db, ring)
+    return check.checked, check.broken, check.last_mac
+
+
+def verify_full(db: Path, ring: Keyring = RING) -> ChainCheck:
+    async def main() -> ChainCheck:
         store = await SQLiteStore.open(db)
         try:
             return await verify_chain(store, ring, batch=4)
@@ -166,3 +171,144 @@ def test_the_live_log_verifies_and_admin_commands_are_audited(fresh_server: Serv
     done = subprocess.run([*command, "audit-verify"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1
     assert "BROKEN at entry 1 (register" in done.stdout
+
+
+def test_two_processes_writing_at_once_continue_one_chain(tmp_path: Path) -> None:
+    """Each writer takes seq and previous mac inside its insert: a second process (run.py admin
+    beside the server) interleaves with the first instead of colliding on seq."""
+    db = tmp_path / "vault.db"
+
+    async def main() -> None:
+        stores = [await SQLiteStore.open(db) for _ in range(2)]
+        logs = [AuditLog(store, RING) for store in stores]
+        for log in logs:
+            await log.start()
+        try:
+            for n in range(6):
+                logs[n % 2].record(f"writer{n % 2}", "-", "download", f"f{n}", "200")
+                await logs[n % 2].close()  # written before the other process writes
+                await logs[n % 2].start()
+        finally:
+            for log, store in zip(logs, stores, strict=True):
+                await log.close()
+                await store.close()
+
+    asyncio.run(main())
+    check = verify_full(db)
+    assert (check.checked, check.broken, check.lost) == (6, None, 0)
+
+
+def test_entries_that_could_not_be_written_are_reported_lost(tmp_path: Path) -> None:
+    db = tmp_path / "vault.db"
+    write_entries(db, 2)
+    with sqlite3.connect(db) as con:  # a real database failure for one kind of entry
+        con.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit WHEN NEW.action = 'boom'"
+            " BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+        )
+
+    async def main() -> None:
+        store = await SQLiteStore.open(db)
+        log = AuditLog(store, RING)
+        await log.start()
+        try:
+            log.record("a", "-", "boom", "x", "200")
+            log.record("b", "-", "download", "y", "200")
+        finally:
+            await log.close()
+            await store.close()
+
+    asyncio.run(main())
+    check = verify_full(db)
+    assert (check.checked, check.broken, check.lost) == (4, None, 1)
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT actor, action, outcome FROM audit WHERE seq > 2 ORDER BY seq").fetchall()
+    assert rows == [("vault", LOST_ACTION, "1"), ("b", "download", "200")]
+
+
+def test_admin_commands_beside_a_running_server_keep_its_audit_log_writable(fresh_server: Server) -> None:
+    server = fresh_server.start()
+    name, token = server.new_user()
+    wait_for_rows(server, 2)
+    shown = server.admin("show", name)
+    assert shown.returncode == 0, shown.stderr
+    assert len(wait_for_rows(server, 3)) == 3
+    assert server.put_file(token, "after.txt", b"x").status == 201
+    rows = wait_for_rows(server, 4)
+    assert rows[2:] == [("admin", "show", name, "done"), (name, "upload", "after.txt", "201")]
+    assert "audit entry not written" not in server.output()
+    done = server.admin("audit-verify")
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.startswith(b"audit log intact: 4 entries")
+
+
+def test_audit_verify_fails_when_entries_were_lost(fresh_server: Server) -> None:
+    server = fresh_server.start()
+    server.new_user()
+    wait_for_rows(server, 2)
+    server.stop()
+    with sqlite3.connect(server.db_path) as con:
+        con.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit WHEN NEW.action = 'show'"
+            " BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+        )
+    server.admin("show", "nobody")  # its audit entry cannot be written
+    with sqlite3.connect(server.db_path) as con:
+        con.execute("DROP TRIGGER refuse")
+    server.admin("show", "nobody")
+    done = server.admin("audit-verify")
+    assert done.returncode == 1
+    assert b"INCOMPLETE" in done.stdout and b"1 entries could not be written" in done.stdout
+
+
+def test_failed_logins_record_only_names_of_existing_accounts(fresh_server: Server) -> None:
+    server = fresh_server.start()
+    name, _ = server.new_user()
+    typed = "Tr0ub4dor&3-typed-as-a-name"
+    for username in (typed, name):
+        resp = server.request("POST", "/login", {"username": username, "password": "wrong password"})
+        assert resp.status == 401
+    rows = wait_for_rows(server, 4)
+    assert rows[2:] == [("(no such account)", "login", "", "401"), (name, "login", "", "401")]
+    with sqlite3.connect(server.db_path) as con:
+        assert typed not in "\n".join(con.iterdump())
+
+
+def test_rotation_rechains_the_audit_log_so_the_old_key_can_retire(fresh_server: Server) -> None:
+    server = fresh_server.start()
+    server.new_user()
+    wait_for_rows(server, 2)
+    server.stop()
+    assert server.admin("rotate-key").returncode == 0
+    retired = server.admin("retire-key", "1")
+    assert retired.returncode == 0, retired.stderr
+    done = server.admin("audit-verify")
+    assert done.returncode == 0, done.stdout
+    with sqlite3.connect(server.db_path) as con:
+        assert {row[0] for row in con.execute("SELECT key_id FROM audit")} == {2}
+
+
+def test_retire_key_refuses_while_audit_entries_use_it(fresh_server: Server) -> None:
+    server = fresh_server.start()
+    server.new_user()
+    wait_for_rows(server, 2)
+    server.stop()
+    with sqlite3.connect(server.db_path) as con:  # a broken entry is not re-chained: it keeps key 1
+        con.execute("UPDATE audit SET outcome = '500' WHERE seq = 2")
+    assert server.admin("rotate-key").returncode == 0
+    with sqlite3.connect(server.db_path) as con:
+        assert [row[0] for row in con.execute("SELECT key_id FROM audit ORDER BY seq")][:2] == [2, 1]
+        assert con.execute("SELECT COUNT(*) FROM users WHERE key_id = 1").fetchone() == (0,)
+    refused = server.admin("retire-key", "1")
+    assert refused.returncode == 2
+    assert b"audit entries" in refused.stderr
+
+
+def test_admin_creates_a_private_data_directory(tmp_path: Path) -> None:
+    server = Server(tmp_path / "vault")
+    server.workdir.mkdir()
+    (server.workdir / "config.yaml").write_text("data_dir: data\n")
+    done = server.admin("show", "nobody")
+    assert done.returncode == 1
+    assert server.data_dir.stat().st_mode & 0o077 == 0
+    assert server.db_path.stat().st_mode & 0o077 == 0

@@ -11,7 +11,7 @@ import sys
 from typing import BinaryIO, TextIO
 
 from vault import format as sfs
-from vault.audit import verify_chain
+from vault.audit import LOST_ACTION, rechain, verify_chain
 from vault.auth import Authenticator, user_tag
 from vault.errors import FileNotFound, IntegrityError, NotFound
 from vault.files import FileService
@@ -99,9 +99,10 @@ class Admin:
         return damaged
 
     async def rewrap(self, keyring: Keyring) -> None:
-        """After a new primary master key: re-wrap every file key under it and re-tag every
-        account, grant, link and refresh-token row. Segments and headers are untouched (they
-        depend on the file key only), so this reads and writes a few hundred bytes per file."""
+        """After a new primary master key: re-wrap every file key under it, re-tag every
+        account, grant, link and refresh-token row and re-chain the audit log. Segments and
+        headers are untouched (they depend on the file key only), so this reads and writes a
+        few hundred bytes per file."""
         primary, kek = keyring.primary, keyring.keks[keyring.primary]
         rows = await self.store.wrapped_keys()
         for number, (file_id, key_id, wrapped) in enumerate(rows, 1):
@@ -129,20 +130,36 @@ class Admin:
             if hmac.compare_digest(refresh_tag(keyring, token), token.tag):  # a forged one stays refused
                 retagged = dataclasses.replace(token, key_id=primary)
                 await self.store.set_refresh_tag(token.id, primary, refresh_tag(keyring, retagged))
+        chain = await rechain(self.store, keyring)
         self.progress.write("\n")
-        self.out.write(f"every key now wrapped under master key {primary}\n")
+        if chain.broken is not None:
+            self.out.write(
+                f"audit log BROKEN at entry {chain.broken.seq}: it and later entries keep their old key\n"
+            )
+        self.out.write(
+            f"every key now wrapped under master key {primary}; audit log re-chained,"
+            f" last mac {chain.last_mac.hex()}\n"
+        )
 
     async def audit_verify(self, keyring: Keyring) -> int:
-        """Check the audit chain; print how far it holds and the first broken entry."""
-        checked, broken, last_mac = await verify_chain(self.store, keyring)
-        if broken is None:
-            self.out.write(f"audit log intact: {checked} entries; last mac {last_mac.hex()}\n")
-            return 0
-        self.out.write(
-            f"audit log BROKEN at entry {broken.seq} ({broken.action} {broken.target} by {broken.actor});"
-            f" {checked} entries before it verify\n"
-        )
-        return 1
+        """Check the audit chain; print how far it holds, the first broken entry and how many
+        entries the server recorded as lost. Exit status 1 if either."""
+        check = await verify_chain(self.store, keyring)
+        if check.broken is not None:
+            b = check.broken
+            self.out.write(
+                f"audit log BROKEN at entry {b.seq} ({b.action} {b.target} by {b.actor});"
+                f" {check.checked} entries before it verify\n"
+            )
+            return 1
+        if check.lost:
+            self.out.write(
+                f"audit log INCOMPLETE: {check.checked} entries verify, but {check.lost} entries"
+                f" could not be written (see the '{LOST_ACTION}' entries); last mac {check.last_mac.hex()}\n"
+            )
+            return 1
+        self.out.write(f"audit log intact: {check.checked} entries; last mac {check.last_mac.hex()}\n")
+        return 0
 
     async def key_ids_in_use(self) -> set[int]:
         return await self.store.key_ids_in_use()

@@ -178,9 +178,11 @@ class Store(Protocol):
 
     async def key_ids_in_use(self) -> set[int]: ...
 
-    async def last_audit(self) -> AuditEntry | None: ...
+    async def append_audit(self, build: Callable[[int, bytes], AuditEntry]) -> AuditEntry:
+        """In one write transaction: ``build(next seq, mac of the last entry)`` and insert it."""
 
-    async def append_audit(self, entry: AuditEntry) -> None: ...
+    async def set_audit_mac(self, seq: int, key_id: int, mac: bytes) -> None:
+        """Re-chain one entry under another master key (key rotation, server stopped)."""
 
     async def audit_entries(self, after: int, limit: int) -> list[AuditEntry]:
         """Entries with seq > after, in seq order, at most ``limit``."""
