@@ -11,9 +11,7 @@ import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import tornado.httpserver
@@ -24,14 +22,11 @@ from handlers import make_app
 from handlers.base import Context
 from storage.sqlite import SQLiteStore
 from vault.admin import Admin
-from vault.audit import WRITER_TASK, AuditLog
-from vault.auth import Authenticator
+from vault.audit import WRITER_TASK
 from vault.config import Settings, load_settings, unknown_variables
-from vault.errors import ConfigError, InvalidField, VaultError
-from vault.files import FileService
-from vault.keys import Keyring, add_primary_key, load_jwt_secret, load_keyring, remove_key
-from vault.limits import UploadSlots
-from vault.sharing import Sharing
+from vault.core import Core, open_core
+from vault.errors import ConfigError, InvalidField
+from vault.keys import add_primary_key
 from vault.throttle import LoginThrottle
 from vault.tls import ensure_certificate, server_context
 
@@ -104,60 +99,20 @@ async def settle(grace: float) -> None:
         await asyncio.wait(others, timeout=grace)
 
 
-@dataclass(frozen=True)
-class Core:
-    """Everything but HTTP: what the server and the admin commands share."""
-
-    settings: Settings
-    store: SQLiteStore
-    keyring: Keyring
-    files: FileService
-    auth: Authenticator
-    sharing: Sharing
-    audit: AuditLog
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[SQLiteStore]:
+    store = await SQLiteStore.open(settings.db_path)
+    try:
+        yield store
+    finally:
+        await store.close()  # aiosqlite threads would otherwise keep the process alive
 
 
 @asynccontextmanager
-async def open_core(settings: Settings) -> AsyncIterator[Core]:
-    keyring = load_keyring(settings.data_dir, os.environ)
-    jwt_secret = load_jwt_secret(settings.data_dir, os.environ)
-    store = await SQLiteStore.open(settings.db_path)
-    crypto = ThreadPoolExecutor(settings.crypto_threads, thread_name_prefix="crypto")
-    hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")  # one thread keeps each file's order
-    bcrypt_pool = ThreadPoolExecutor(settings.auth_threads, thread_name_prefix="bcrypt")
-    try:
-        files = FileService(
-            store,
-            keyring,
-            seg_size=settings.segment_size,
-            max_file_size=settings.max_file_size,
-            pipeline_depth=settings.pipeline_depth,
-            crypto=crypto,
-            hasher=hasher,
-            resumable_ttl=settings.resumable_ttl,
-            segments_in_flight=settings.segments_in_flight,
-            default_quota=settings.user_quota,
-        )
-        auth = Authenticator(
-            store,
-            jwt_secret,
-            keyring,
-            rounds=settings.bcrypt_rounds,
-            ttl=settings.token_ttl,
-            refresh_ttl=settings.refresh_ttl,
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            executor=bcrypt_pool,
-        )
-        audit = AuditLog(store, keyring)
-        await audit.start()
-        yield Core(settings, store, keyring, files, auth, Sharing(store, files, keyring, auth), audit)
-        await files.close()
-        await audit.close()
-    finally:
-        await store.close()  # aiosqlite threads would otherwise keep the process alive
-        for pool in (crypto, hasher, bcrypt_pool):
-            pool.shutdown(wait=False, cancel_futures=True)
+async def open_server_core(settings: Settings) -> AsyncIterator[Core]:
+    """The core on the SQLite store of ``settings``."""
+    async with open_store(settings) as store, open_core(settings, store) as core:
+        yield core
 
 
 async def serve(settings: Settings) -> None:
@@ -166,7 +121,7 @@ async def serve(settings: Settings) -> None:
     if ensure_certificate(settings.tls_cert, settings.tls_key):
         log.warning("generated a self-signed certificate: %s (key %s)", settings.tls_cert, settings.tls_key)
     ssl_context = server_context(settings.tls_cert, settings.tls_key)
-    async with open_core(settings) as core:
+    async with open_server_core(settings) as core:
         await core.files.purge(staged_too=True)  # uploads cut off by a crash or kill
         await _serve(core, sockets, ssl_context)
 
@@ -178,8 +133,7 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
         max_backoff=settings.login_max_backoff,
         trusted_proxies=settings.trusted_proxies,
     )
-    uploads = UploadSlots(settings.uploads_per_user)
-    app = make_app(Context(settings, core.auth, files, core.sharing, throttle, core.audit, uploads))
+    app = make_app(Context(core, throttle))
     server = tornado.httpserver.HTTPServer(
         app,
         ssl_options=ssl_context,
@@ -272,48 +226,8 @@ async def admin(settings: Settings, args: argparse.Namespace) -> int:
         lock_data_dir(settings.data_dir)  # a running server would not know the new key: refuse
         if args.command == "rotate-key":
             print(f"new primary master key {add_primary_key(settings.data_dir)}", file=sys.stderr)
-    async with open_core(settings) as core:
-        code = 0
-        tool = Admin(core.store, core.files, core.auth, settings.user_quota)
-        try:
-            if args.command == "show":
-                await tool.show(args.username)
-            elif args.command == "set-limits":
-                changes = {name: getattr(args, name) for name in args.given}
-                await tool.set_limits(args.username, changes)
-            elif args.command == "create-user":
-                await tool.create_user(args.username, read_password())
-            elif args.command == "reset-password":
-                await tool.reset_password(args.username, read_password())
-            elif args.command == "verify":
-                code = 1 if await tool.verify() else 0
-            elif args.command == "export":
-                await tool.export(args.username, args.filename, sys.stdout.buffer)
-            elif args.command == "audit-verify":
-                code = await tool.audit_verify(core.keyring)
-            elif args.command == "rotate-key":
-                await tool.rewrap(core.keyring)
-            elif args.command == "retire-key":
-                if args.key_id == core.keyring.primary:
-                    raise ConfigError(f"key {args.key_id} is the primary key: rotate first")
-                if args.key_id in await tool.key_ids_in_use():
-                    raise ConfigError(
-                        f"key {args.key_id} still wraps or tags some data (files, rows or audit entries):"
-                        " run rotate-key first"
-                    )
-                remove_key(settings.data_dir, args.key_id)
-                print(f"key {args.key_id} removed from the keyring")
-        except ConfigError as exc:
-            core.audit.record("admin", "local", args.command, getattr(args, "username", ""), "refused")
-            print(f"vault: {exc.message}", file=sys.stderr)
-            return 2
-        except VaultError as exc:
-            core.audit.record("admin", "local", args.command, getattr(args, "username", ""), "failed")
-            print(f"vault: {exc.message}", file=sys.stderr)
-            return 1
-        outcome = "done" if code == 0 else "found damage"
-        core.audit.record("admin", "local", args.command, getattr(args, "username", ""), outcome)
-    return code
+    async with open_server_core(settings) as core:
+        return await Admin(core).run(args, read_password, sys.stdout.buffer)
 
 
 def main(argv: list[str] | None = None) -> int:

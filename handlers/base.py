@@ -13,9 +13,9 @@ import tornado.ioloop
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 
-from vault.audit import AuditLog
 from vault.auth import Access, Authenticator, Identity
 from vault.config import Settings
+from vault.core import Core
 from vault.errors import (
     AuthError,
     BodyTimeout,
@@ -39,7 +39,6 @@ from vault.errors import (
     VaultError,
 )
 from vault.files import FileService
-from vault.limits import UploadSlots
 from vault.sharing import Sharing
 from vault.throttle import LoginThrottle
 
@@ -76,15 +75,11 @@ def status_for(exc: VaultError) -> int:
 
 @dataclass(frozen=True)
 class Context:
-    """What every handler receives through ``initialize``."""
+    """What every handler receives through ``initialize``: the core (vault/core.py) plus the
+    parts that only HTTP needs (the login throttle, which also reads X-Forwarded-For)."""
 
-    settings: Settings
-    auth: Authenticator
-    files: FileService
-    sharing: Sharing
+    core: Core
     throttle: LoginThrottle
-    audit: AuditLog
-    uploads: UploadSlots
 
 
 def safe_path(path: str) -> str:
@@ -133,7 +128,7 @@ class BaseHandler(tornado.web.RequestHandler):
         """Count this request among the user's uploads in progress (429 beyond the limit)
         until it ends; ``_end_request`` gives the slot back exactly once."""
         if self._upload_slot is None:
-            self.ctx.uploads.acquire(user_id)
+            self.core.uploads.acquire(user_id)
             self._upload_slot = user_id
 
     def watch_body(self) -> None:
@@ -166,7 +161,7 @@ class BaseHandler(tornado.web.RequestHandler):
             tornado.ioloop.IOLoop.current().remove_timeout(self._body_timer)
             self._body_timer = None
         if self._upload_slot is not None:
-            self.ctx.uploads.release(self._upload_slot)
+            self.core.uploads.release(self._upload_slot)
             self._upload_slot = None
 
     def on_connection_close(self) -> None:
@@ -174,16 +169,20 @@ class BaseHandler(tornado.web.RequestHandler):
         self._end_request()
 
     @property
+    def core(self) -> Core:
+        return self.ctx.core
+
+    @property
     def files(self) -> FileService:
-        return self.ctx.files
+        return self.ctx.core.files
 
     @property
     def sharing(self) -> Sharing:
-        return self.ctx.sharing
+        return self.ctx.core.sharing
 
     @property
     def auth(self) -> Authenticator:
-        return self.ctx.auth
+        return self.ctx.core.auth
 
     @property
     def throttle(self) -> LoginThrottle:
@@ -191,7 +190,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def config(self) -> Settings:
-        return self.ctx.settings
+        return self.ctx.core.settings
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -230,7 +229,7 @@ class BaseHandler(tornado.web.RequestHandler):
             address = self.ctx.throttle.client_address(
                 self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
             )
-            self.ctx.audit.record(self.audit_actor, address, action, target, str(self.get_status()))
+            self.core.audit.record(self.audit_actor, address, action, target, str(self.get_status()))
 
     async def authenticated(self) -> Identity:
         return (await self.access()).identity

@@ -10,19 +10,17 @@ import random
 import shutil
 import subprocess
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from handlers.ranges import if_range_holds, none_match, parse_range
-from storage.sqlite import SQLiteStore
+from tests import incore
 from tests.server import Response, Server
-from vault import format as sfs
 from vault.errors import RangeNotSatisfiable
 from vault.files import FileService
-from vault.keys import Keyring
+from vault.store import Store
 
 S = 1024 * 1024  # the server's default segment size
 SIZE = 2 * S + 123  # three segments, the last one short
@@ -481,36 +479,17 @@ def _read_ranges(tmp_path: Path, ranges: list[tuple[int, int]]) -> list[tuple[by
     segment indices the store was asked for (one list entry per index fetched)."""
 
     async def main() -> list[tuple[bytes, list[int]]]:
-        store = await SQLiteStore.open(tmp_path / "vault.db")
-        try:
-            with (
-                ThreadPoolExecutor(2, thread_name_prefix="crypto") as crypto,
-                ThreadPoolExecutor(1, thread_name_prefix="hash") as hasher,
-            ):
-                svc = FileService(
-                    store,
-                    Keyring(primary=1, keks={1: sfs.derive_kek(bytes(range(32)))}),
-                    seg_size=SEG,
-                    max_file_size=1 << 24,
-                    pipeline_depth=4,
-                    crypto=crypto,
-                    hasher=hasher,
-                )
-                upload = svc.begin_upload(1)
-                for at in range(0, len(SEG_DATA), 10_000):
-                    await upload.write(SEG_DATA[at : at + 10_000])
-                await upload.finish("segments.bin")
-                try:
-                    return [await _read_one(svc, store, start, end) for start, end in ranges]
-                finally:
-                    await svc.close()
-        finally:
-            await store.close()
+        async with incore.core(tmp_path / "vault.db", segment_size=SEG, max_file_size=1 << 24) as core:
+            upload = core.files.begin_upload(1)
+            for at in range(0, len(SEG_DATA), 10_000):
+                await upload.write(SEG_DATA[at : at + 10_000])
+            await upload.finish("segments.bin")
+            return [await _read_one(core.files, core.store, start, end) for start, end in ranges]
 
     return asyncio.run(main())
 
 
-async def _read_one(svc: FileService, store: SQLiteStore, start: int, end: int) -> tuple[bytes, list[int]]:
+async def _read_one(svc: FileService, store: Store, start: int, end: int) -> tuple[bytes, list[int]]:
     fetched: list[int] = []
     real = store.read_segments
 

@@ -10,13 +10,13 @@ import contextlib
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from storage.sqlite import SQLiteStore
+from tests import incore
+from tests.incore import MASTER_KEY, keyring
 from vault import format as sfs
 from vault.errors import FileNotFound, IntegrityError, NotFound
 from vault.files import FileService
@@ -27,38 +27,13 @@ OWNER, OTHER_OWNER = 1, 2
 NAME = "report.bin"
 DATA = random.Random(5869).randbytes(3 * S + 100)  # four segments, the last one short
 N = 4
-MASTER_KEY = bytes(range(32))
-T = TypeVar("T")
-
-
-def keyring(master_key: bytes = MASTER_KEY, key_id: int = 1) -> Keyring:
-    return Keyring(primary=key_id, keks={key_id: sfs.derive_kek(master_key)})
 
 
 @contextlib.asynccontextmanager
 async def service(db: Path, ring: Keyring | None = None) -> AsyncIterator[FileService]:
-    """A FileService on its own store and thread pools, all closed on exit."""
-    store = await SQLiteStore.open(db)
-    try:
-        with (
-            ThreadPoolExecutor(2, thread_name_prefix="crypto") as crypto,
-            ThreadPoolExecutor(1, thread_name_prefix="hash") as hasher,
-        ):
-            svc = FileService(
-                store,
-                ring or keyring(),
-                seg_size=S,
-                max_file_size=1 << 20,
-                pipeline_depth=2,
-                crypto=crypto,
-                hasher=hasher,
-            )
-            try:
-                yield svc
-            finally:
-                await svc.close()
-    finally:
-        await store.close()
+    """The files service of a real core (tests/incore.py) on ``db``, closed on exit."""
+    async with incore.core(db, ring, segment_size=S, max_file_size=1 << 20, pipeline_depth=2) as core:
+        yield core.files
 
 
 def run(db: Path, fn: Callable[[FileService], Any], ring: Keyring | None = None) -> Any:

@@ -5,35 +5,85 @@ running on them, so data is never hostage to the server: ``export`` decrypts a f
 given only the data directory.
 """
 
+import argparse
 import dataclasses
 import hmac
 import sys
+from collections.abc import Callable
 from typing import BinaryIO, TextIO
 
 from vault import format as sfs
 from vault.audit import LOST_ACTION, rechain, verify_chain
-from vault.auth import Authenticator, user_tag
-from vault.errors import FileNotFound, IntegrityError, NotFound
-from vault.files import FileService
-from vault.keys import Keyring, row_tag
+from vault.auth import user_tag
+from vault.core import Core
+from vault.errors import ConfigError, FileNotFound, IntegrityError, NotFound, VaultError
+from vault.keys import Keyring, remove_key, row_tag
 from vault.sharing import link_tag
-from vault.store import Store
 from vault.tokens import refresh_tag
 
 
 class Admin:
-    def __init__(
-        self,
-        store: Store,
-        files: FileService,
-        auth: Authenticator,
-        default_quota: int,
-        out: TextIO = sys.stdout,
-        progress: TextIO = sys.stderr,
-    ) -> None:
-        self.store, self.files, self.auth = store, files, auth
-        self.default_quota = default_quota
+    def __init__(self, core: Core, out: TextIO = sys.stdout, progress: TextIO = sys.stderr) -> None:
+        self.core = core
+        self.store, self.files, self.auth = core.store, core.files, core.auth
         self.out, self.progress = out, progress
+
+    async def run(self, args: argparse.Namespace, read_password: Callable[[], str], sink: BinaryIO) -> int:
+        """Carry out one parsed ``run.py admin`` command and record it in the audit log; the
+        exit code: 0 done, 1 failed or damage found, 2 refused."""
+        target = getattr(args, "username", "")
+        try:
+            code = await self._dispatch(args, read_password, sink)
+        except ConfigError as exc:
+            self.core.audit.record("admin", "local", args.command, target, "refused")
+            self.progress.write(f"vault: {exc.message}\n")
+            return 2
+        except VaultError as exc:
+            self.core.audit.record("admin", "local", args.command, target, "failed")
+            self.progress.write(f"vault: {exc.message}\n")
+            return 1
+        self.core.audit.record(
+            "admin", "local", args.command, target, "done" if code == 0 else "found damage"
+        )
+        return code
+
+    async def _dispatch(
+        self, args: argparse.Namespace, read_password: Callable[[], str], sink: BinaryIO
+    ) -> int:
+        command, keyring = args.command, self.core.keyring
+        if command == "show":
+            await self.show(args.username)
+        elif command == "set-limits":
+            await self.set_limits(args.username, {name: getattr(args, name) for name in args.given})
+        elif command == "create-user":
+            await self.create_user(args.username, read_password())
+        elif command == "reset-password":
+            await self.reset_password(args.username, read_password())
+        elif command == "verify":
+            return 1 if await self.verify() else 0
+        elif command == "export":
+            await self.export(args.username, args.filename, sink)
+        elif command == "audit-verify":
+            return await self.audit_verify(keyring)
+        elif command == "rotate-key":
+            await self.rewrap(keyring)
+        elif command == "retire-key":
+            await self.retire_key(args.key_id)
+        else:
+            raise ConfigError(f"unknown admin command {command!r}")
+        return 0
+
+    async def retire_key(self, key_id: int) -> None:
+        """Drop an old master key from the keyring file, once nothing uses it."""
+        if key_id == self.core.keyring.primary:
+            raise ConfigError(f"key {key_id} is the primary key: rotate first")
+        if key_id in await self.key_ids_in_use():
+            raise ConfigError(
+                f"key {key_id} still wraps or tags some data (files, rows or audit entries):"
+                " run rotate-key first"
+            )
+        remove_key(self.core.settings.data_dir, key_id)
+        self.out.write(f"key {key_id} removed from the keyring\n")
 
     async def _user_id(self, username: str) -> tuple[int, str]:
         user = await self.store.get_user(username)

@@ -1,0 +1,43 @@
+"""The layering (docs/ARCHITECTURE.md): imports point one way, handlers -> vault <- storage, and
+only handlers/ knows HTTP. Read from the source, so a stray import fails here, not in review."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# package -> top-level packages it must never import
+FORBIDDEN = {
+    "vault": {"tornado", "storage", "handlers", "run"},
+    "storage": {"tornado", "handlers", "run"},
+    "handlers": {"storage", "run"},
+}
+
+
+def imported(path: Path) -> set[str]:
+    """Every module ``path`` imports, by full dotted name."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_point_one_way(package: str) -> None:
+    wrong = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / package).glob("*.py"))
+        for name in imported(path)
+        if name.split(".")[0] in FORBIDDEN[package]
+    }
+    assert not wrong
+
+
+def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("import tornado.web\nfrom storage.sqlite import SQLiteStore\n")
+    assert imported(module) == {"tornado.web", "storage.sqlite"}
