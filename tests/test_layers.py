@@ -17,7 +17,7 @@ FORBIDDEN = {
 
 def imported(path: Path) -> set[str]:
     """Every module ``path`` imports, by full dotted name."""
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
