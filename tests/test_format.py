@@ -18,6 +18,7 @@ from vault import format as sfs
 from vault.errors import IntegrityError
 
 S = 4096  # the smallest supported segment size keeps these tests fast
+BLOCK = 16
 MASTER_KEY = bytes(range(32))
 FILE_KEY = bytes(range(32, 64))
 FILE_ID = bytes(range(64, 80))
@@ -206,11 +207,17 @@ def test_segment_built_from_the_spec_opens() -> None:
     assert sfs.open_segment(keys, FILE_ID, S, 0, False, S, blob) == full
 
 
-def test_seal_rejects_a_short_non_final_or_an_oversized_final_segment() -> None:
-    with pytest.raises(ValueError):
-        sfs.seal_segment(file_keys(), FILE_ID, S, 0, False, data_of(S - 1))
-    with pytest.raises(ValueError):
-        sfs.seal_segment(file_keys(), FILE_ID, S, 0, True, data_of(S + 1))
+@pytest.mark.parametrize("length", [0, 1, BLOCK - 1, BLOCK, S - BLOCK, S - 1, S + 1, S + BLOCK, 2 * S])
+def test_seal_refuses_a_non_final_segment_of_any_length_but_the_segment_size(length: int) -> None:
+    """The format's own check, not the cipher's padding error (block multiples pass that)."""
+    with pytest.raises(ValueError, match="^a non-final segment must hold exactly the segment size$"):
+        sfs.seal_segment(file_keys(), FILE_ID, S, 0, False, data_of(length))
+
+
+@pytest.mark.parametrize("length", [S + 1, S + BLOCK, 2 * S])
+def test_seal_refuses_a_final_segment_longer_than_the_segment_size(length: int) -> None:
+    with pytest.raises(ValueError, match="^final segment longer than the segment size$"):
+        sfs.seal_segment(file_keys(), FILE_ID, S, 0, True, data_of(length))
 
 
 # --- tampered segments -------------------------------------------------------------------------

@@ -90,6 +90,27 @@ def test_chunked_upload_growing_past_the_quota_stores_nothing(quota_server: Serv
     assert [f["filename"] for f in listing] == ["first.bin"]
 
 
+@pytest.mark.parametrize("over", [0, 1, 65536])
+def test_chunked_upload_whose_last_chunk_crosses_the_quota_stores_nothing(
+    quota_server: Server, over: int
+) -> None:
+    """The streaming check counts the chunk it is looking at: a body of no declared length
+    that ends one byte (or one chunk) past the quota is refused, not stored; one that ends
+    exactly at the quota is stored."""
+    _, token = quota_server.new_user()
+    status, body = chunked_put(quota_server, token, "edge.bin", b"e" * (QUOTA + over))
+    listing = quota_server.request("GET", "/files", token=token).json()["files"]
+    if over == 0:
+        assert status == 201, body
+        assert [f["filename"] for f in listing] == ["edge.bin"]
+        assert me(quota_server, token)["usage"] == QUOTA
+        return
+    assert status == 413, body
+    assert b"Quota exceeded" in body
+    assert listing == []
+    assert me(quota_server, token)["usage"] == 0
+
+
 def test_upload_exactly_filling_the_quota_is_accepted_and_one_more_byte_is_not(quota_server: Server) -> None:
     _, token = quota_server.new_user()
     assert quota_server.put_file(token, "fill.bin", b"f" * QUOTA).status == 201

@@ -694,6 +694,32 @@ def test_head_a_one_byte_range_and_the_landing_page_do_not_use_up_a_one_time_lin
     assert (listed["id"], listed["max_downloads"], listed["downloads_left"]) == (link["id"], 1, 0)
 
 
+@pytest.mark.parametrize("size", [0, 200 * KiB])
+def test_a_link_whose_budget_is_spent_to_the_byte_is_gone_for_head_and_the_page_too(
+    server: Server, alice: Account, size: int
+) -> None:
+    """Exhausted means no budget left, exactly 0 included: HEAD and the landing page, which
+    cost nothing themselves, answer 410 like a download once the last byte is spent."""
+    name, data = unique("spent.bin"), blob(size, 8)
+    upload(server, alice[1], name, data)
+    link = new_link(server, alice[1], name, max_downloads=1)
+    token = link_token(link)
+    assert_full_download(fetch(server, token), data, name)
+    if size:  # spend the preview allowance, min(64 KiB, size // 2), to the last byte
+        assert_partial(
+            fetch(server, token, Range=f"bytes=0-{PREVIEW_ALLOWANCE - 1}"), data, 0, PREVIEW_ALLOWANCE - 1
+        )
+    gone = error(410, "This link has no downloads left")
+    head = fetch(server, token, "HEAD")
+    assert (head.status, head.body) == (410, b"")
+    page = fetch(server, token, Accept=BROWSER_ACCEPT)
+    assert (page.status, page.json()) == (410, gone)
+    again = fetch(server, token)
+    assert (again.status, again.json()) == (410, gone)
+    [listed] = list_links(server, alice[1])
+    assert listed["downloads_left"] == 0
+
+
 def test_two_simultaneous_downloads_of_a_one_time_link_give_one_copy(server: Server, alice: Account) -> None:
     name, data = unique("race.bin"), blob(3 * MiB, 7)
     upload(server, alice[1], name, data)

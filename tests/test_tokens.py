@@ -85,8 +85,9 @@ def query(server: Server, sql: str, params: tuple[object, ...] = ()) -> list[Any
 
 
 def edit(server: Server, sql: str, params: tuple[object, ...] = ()) -> None:
+    """One change to exactly one row (an edit that matched nothing would prove nothing)."""
     with sqlite3.connect(server.db_path) as con:
-        con.execute(sql, params)
+        assert con.execute(sql, params).rowcount == 1, sql
 
 
 # --------------------------------------------------------------------------- login and refresh
@@ -141,11 +142,15 @@ def test_reuse_of_a_rotated_refresh_token_revokes_the_whole_family(server: Serve
     alive(server, other_session)  # another login of the same user is untouched
 
 
-def test_two_refreshes_with_one_token_at_once_leave_at_most_one_winner(server: Server) -> None:
+def test_two_refreshes_with_one_token_at_once_leave_exactly_one_winner(server: Server) -> None:
+    """Four refreshes with one token, released together: the first to rotate the row wins (no
+    one can revoke the family before a rotation exists to reuse), every other one is a reuse."""
     pair = login(server, register(server))
     results: list[Response] = []
+    start = threading.Barrier(4)
 
     def go() -> None:
+        start.wait()
         results.append(refresh(server, pair["refresh_token"]))
 
     threads = [threading.Thread(target=go) for _ in range(4)]
@@ -153,12 +158,12 @@ def test_two_refreshes_with_one_token_at_once_leave_at_most_one_winner(server: S
         thread.start()
     for thread in threads:
         thread.join()
+    assert len(results) == 4
     winners = [r for r in results if r.status == 200]
-    assert len(winners) <= 1
+    assert len(winners) == 1, [(r.status, r.body) for r in results]
     for loser in (r for r in results if r.status != 200):
         assert_error(loser, 401, REVOKED)
-    for winner in winners:  # the others counted as reuse: the winner's tokens are dead as well
-        dead(server, winner.json())
+    dead(server, winners[0].json())  # the others counted as reuse: the winner's tokens are dead too
 
 
 def test_unknown_forged_and_oversized_refresh_tokens_are_401(server: Server) -> None:
@@ -388,6 +393,32 @@ def test_setting_the_token_epoch_back_in_the_database_is_detected(server: Server
     assert query(server, "SELECT token_epoch FROM users WHERE username = ?", (name,)) == [(1,)]
     edit(server, "UPDATE users SET token_epoch = 0 WHERE username = ?", (name,))
     assert_error(server.request("POST", "/login", {"username": name, "password": PASSWORD}), 401)
+
+
+def test_an_old_access_token_stays_dead_when_the_epoch_is_set_back_in_the_database(server: Server) -> None:
+    """The epoch an access token is checked against comes from a row that verifies: setting it
+    back (without the master key) must not revive the tokens a reset ended. The reset runs in
+    another process, so the server holds no cached epoch and reads the edited row."""
+    name = register(server)
+    pair = login(server, name)
+    done = server.admin("reset-password", name, stdin=NEW_PASSWORD + "\n")
+    assert done.returncode == 0, done.stderr
+    assert query(server, "SELECT token_epoch FROM users WHERE username = ?", (name,)) == [(1,)]
+    edit(server, "UPDATE users SET token_epoch = 0 WHERE username = ?", (name,))
+    assert_error(server.request("GET", "/files", token=pair["token"]), 401, "Invalid token")
+    assert f"account row {claims(pair['token'])['sub']} failed its integrity check" in server.output()
+
+
+def test_a_refresh_row_rolled_back_to_before_log_out_everywhere_does_not_refresh(server: Server) -> None:
+    """A database writer who restores a refresh row as it was before "log out everywhere" (a
+    genuine old row: its tag verifies) gets nothing: the row's epoch is no longer the user's."""
+    pair = login(server, register(server))
+    row_id = hashlib.sha256(pair["refresh_token"].encode()).digest()
+    [before] = query(server, "SELECT revoked, key_id, tag FROM refresh_tokens WHERE id = ?", (row_id,))
+    assert before[0] is None
+    assert server.request("POST", "/logout/all", token=pair["token"]).status == 200
+    edit(server, "UPDATE refresh_tokens SET revoked = ?, key_id = ?, tag = ? WHERE id = ?", (*before, row_id))
+    assert_error(refresh(server, pair["refresh_token"]), 401, REVOKED)
 
 
 def test_rotated_and_retired_master_key_keeps_sessions_and_raised_epochs_working(
