@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from vault.errors import IntegrityError, UserExists
+from vault.errors import IntegrityError, OffsetMismatch, UserExists
 from vault.format import Header
 from vault.store import AuditEntry, Grant, Link, RefreshToken, Resumable, StoredFile, User
 
@@ -188,13 +188,18 @@ class SQLiteStore:
             await self._writer.execute("COMMIT")
 
     async def _all(self, sql: str, params: tuple[object, ...]) -> list[Any]:
-        """Run a read and always reset the statement, so an error cannot leave the reader
-        holding an old snapshot. A row that cannot even be decoded is an IntegrityError."""
+        """Run a read in one hop on the reader's thread (execute and fetch together), so no
+        statement is ever left mid-flight between hops: SQLite keeps one read snapshot while any
+        statement of a connection is active, and another read would see that old snapshot
+        instead of every commit acknowledged before it began. A row that cannot even be
+        decoded is an IntegrityError."""
         try:
-            async with self._reader.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+            return list(await self._reader.execute_fetchall(sql, params))
         except (sqlite3.DataError, sqlite3.OperationalError) as exc:
             log.error("reading the database failed: %s", exc)
+            # its traceback holds the failed cursor, which would keep the statement (and so
+            # the old snapshot) alive until the garbage collector came by
+            exc.with_traceback(None)
             raise IntegrityError() from None
 
     async def _one(self, sql: str, params: tuple[object, ...]) -> Any:
@@ -227,10 +232,17 @@ class SQLiteStore:
         )
 
     async def put_segment(self, file_id: bytes, index: int, tag: bytes, blob: bytes | bytearray) -> None:
-        await self._write(
-            "INSERT OR REPLACE INTO segments (file_id, idx, tag, data) VALUES (?, ?, ?, ?)",
-            (file_id, index, tag, blob),
+        """Store (or replace) a segment of a staged file. A segment a resumable upload has
+        already saved (wholly below its stored offset) is never replaced: a request that
+        started from an old offset is refused (OffsetMismatch) before it can change it."""
+        written = await self._write(
+            "INSERT OR REPLACE INTO segments (file_id, idx, tag, data) SELECT ?, ?, ?, ?"
+            " WHERE NOT EXISTS (SELECT 1 FROM files WHERE file_id = ? AND state = ?"
+            " AND upload_offset >= (? + 1) * seg_size)",
+            (file_id, index, tag, blob, file_id, STAGED, index),
         )
+        if written != 1:
+            raise OffsetMismatch("This upload has moved on; ask HEAD for its offset")
 
     async def read_tags(self, file_id: bytes, count: int) -> list[tuple[int, bytes]]:
         rows = await self._all(
