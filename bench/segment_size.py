@@ -72,11 +72,11 @@ def table(results: Sequence[SingleStreamResult]) -> str:
     )
     lines = [header, "-" * len(header)]
     for result in results:
-        put, multipart, get = (result.summary(k) for k in ("put", "multipart", "download"))
+        put, multipart, get = (result.summary("vault", k) for k in ("put", "multipart", "download"))
         lines.append(
             f"{result.segment_size:>10} {put.median_mb_s:>9.1f} {multipart.median_mb_s:>14.1f} "
             f"{get.median_mb_s:>9.1f} {put.median_cpu_s_per_gb:>11.2f} {get.median_cpu_s_per_gb:>13.2f} "
-            f"{mib(result.max_rss):>11.1f} {mib(result.hwm_after):>10.1f}"
+            f"{mib(result.max_rss('vault')):>11.1f} {mib(result.hwm_after['vault']):>10.1f}"
         )
     return "\n".join(lines)
 
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir = root / f"server-{seg}"
                 with BenchServer(workdir, seg) as bench:
                     _stderr(f"segment size {seg}: server pid {bench.pid}, {args.runs} run(s)")
-                    results.append(run_single_stream(bench, src, scratch, args.runs, _stderr))
+                    results.append(run_single_stream([bench], src, scratch, args.runs, _stderr, seg))
                 shutil.rmtree(workdir, ignore_errors=True)  # free the disk before the next size
             print()
             print(

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -26,11 +28,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Self
 
 from tests.server import Server
 from vault.format import DEFAULT_SEG_SIZE, check_seg_size
@@ -108,10 +110,48 @@ class ProcStats:
 
     def cpu_seconds(self) -> float:
         """utime + stime of all the process's threads, seconds."""
-        with open(f"/proc/{self.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return _stat_cpu(f"/proc/{self.pid}/stat")
+
+    def threads(self) -> dict[int, tuple[str, float]]:
+        """tid -> (thread kind, utime + stime seconds) for each live thread.
+
+        The kind is the OS thread name less a pool's ``_N`` suffix: ``loop`` (the event loop:
+        TLS, HTTP, Tornado), ``crypto``, ``sha256``, ``sqlite`` (aiosqlite's threads), as named by
+        bench/named_threads.py; an unnamed thread counts as ``other``.
+        """
+        found: dict[int, tuple[str, float]] = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                comm = (task / "comm").read_text().strip()
+                found[int(task.name)] = (thread_kind(comm), _stat_cpu(str(task / "stat")))
+            except (OSError, ValueError):
+                continue  # the thread ended meanwhile
+        return found
+
+
+THREAD_KINDS = ("loop", "crypto", "sha256", "sqlite", "other")
+
+
+def thread_kind(comm: str) -> str:
+    kind = re.sub(r"_\d+$", "", comm)
+    return kind if kind in THREAD_KINDS else "other"
+
+
+def _stat_cpu(path: str) -> float:
+    with open(path) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu_delta(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds per thread kind between two ``ProcStats.threads`` snapshots."""
+    delta = dict.fromkeys(THREAD_KINDS, 0.0)
+    for tid, (kind, seconds) in after.items():
+        delta[kind] += seconds - before.get(tid, (kind, 0.0))[1]
+    return delta
 
 
 class RssSampler(threading.Thread):
@@ -154,6 +194,7 @@ class Usage:
     max_rss: int = 0
     hwm: int = 0
     rss_samples: int = 0
+    threads: dict[str, float] = field(default_factory=dict)  # CPU seconds per thread kind
 
 
 def _children_cpu() -> float:
@@ -166,6 +207,7 @@ def measure(stats: ProcStats) -> Iterator[Usage]:
     """Sample the server's RSS in a thread and take its CPU time around the block."""
     usage = Usage()
     sampler = RssSampler(stats)
+    threads0 = stats.threads()
     cpu0, client0, t0 = stats.cpu_seconds(), _children_cpu(), time.perf_counter()
     sampler.start()
     try:
@@ -178,6 +220,7 @@ def measure(stats: ProcStats) -> Iterator[Usage]:
         usage.rss_samples = sampler.samples
         try:
             usage.cpu_seconds = stats.cpu_seconds() - cpu0
+            usage.threads = thread_cpu_delta(threads0, stats.threads())
             usage.hwm = stats.hwm()
         except OSError:
             pass
@@ -216,6 +259,9 @@ def sha256_file(path: Path) -> str:
 
 # --------------------------------------------------------------------------- results
 
+KINDS = ("put", "multipart", "download")
+KIND_LABELS = {"put": "upload, curl -T", "multipart": "upload, curl -F", "download": "download, GET"}
+
 
 @dataclass
 class Transfer:
@@ -234,26 +280,30 @@ class Transfer:
     def cpu_s_per_gb(self) -> float:
         return self.usage.cpu_seconds / (self.bytes / GB) if self.bytes else 0.0
 
+    def thread_cpu_s_per_gb(self, kind: str) -> float:
+        return self.usage.threads.get(kind, 0.0) / (self.bytes / GB) if self.bytes else 0.0
+
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "mb_s": self.mb_s, "cpu_s_per_gb": self.cpu_s_per_gb}
 
 
 @dataclass
 class RunResult:
+    """One run: each target's PUT, multipart upload and download of the same file."""
+
     run: int
-    put: Transfer
-    multipart: Transfer
-    download: Transfer
-    verify: Transfer | None = None
-    idle_rss_after: int = 0
+    transfers: dict[str, dict[str, Transfer]]  # target label -> kind -> transfer
+    verified: list[str] = field(default_factory=list)  # targets whose download was sha256-checked
+    idle_rss_after: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "run": self.run,
-            "put": self.put.to_json(),
-            "multipart": self.multipart.to_json(),
-            "download": self.download.to_json(),
-            "verify_download": self.verify.to_json() if self.verify else None,
+            "transfers": {
+                label: {kind: t.to_json() for kind, t in kinds.items()}
+                for label, kinds in self.transfers.items()
+            },
+            "verified": self.verified,
             "idle_rss_after": self.idle_rss_after,
         }
 
@@ -266,6 +316,7 @@ class KindSummary:
     median_cpu_s_per_gb: float
     median_client_cpu_s_per_gb: float
     max_rss: int
+    threads_cpu_s_per_gb: dict[str, float]  # median per thread kind
 
 
 def summarize(transfers: Sequence[Transfer]) -> KindSummary:
@@ -279,6 +330,9 @@ def summarize(transfers: Sequence[Transfer]) -> KindSummary:
             t.usage.client_cpu_seconds / (t.bytes / GB) for t in transfers
         ),
         max_rss=max(t.usage.max_rss for t in transfers),
+        threads_cpu_s_per_gb={
+            kind: statistics.median(t.thread_cpu_s_per_gb(kind) for t in transfers) for kind in THREAD_KINDS
+        },
     )
 
 
@@ -286,25 +340,44 @@ def summarize(transfers: Sequence[Transfer]) -> KindSummary:
 class SingleStreamResult:
     size: int
     segment_size: int
+    targets: list[str]  # labels, the vault under test first
     runs: list[RunResult]
-    idle_rss_before: int
-    hwm_after: int = 0
+    idle_rss_before: dict[str, int]
+    hwm_after: dict[str, int] = field(default_factory=dict)
 
-    def summary(self, kind: str) -> KindSummary:
-        return summarize([getattr(run, kind) for run in self.runs])
+    def transfers(self, label: str, kind: str) -> list[Transfer]:
+        return [run.transfers[label][kind] for run in self.runs]
 
-    @property
-    def max_rss(self) -> int:
-        return max(max_rss(run) for run in self.runs)
+    def summary(self, label: str, kind: str) -> KindSummary:
+        return summarize(self.transfers(label, kind))
+
+    def ratio(self, label: str, reference: str, kind: str) -> float:
+        """Median over runs of (label's MB/s / reference's MB/s), both from the same run."""
+        return statistics.median(
+            a.mb_s / b.mb_s if b.mb_s else 0.0
+            for a, b in zip(self.transfers(label, kind), self.transfers(reference, kind), strict=True)
+        )
+
+    def cpu_ratio(self, label: str, reference: str, kind: str) -> float:
+        """Median over runs of (label's server CPU-s/GB / reference's), same runs."""
+        return statistics.median(
+            a.cpu_s_per_gb / b.cpu_s_per_gb if b.cpu_s_per_gb else 0.0
+            for a, b in zip(self.transfers(label, kind), self.transfers(reference, kind), strict=True)
+        )
+
+    def max_rss(self, label: str) -> int:
+        return max(t.usage.max_rss for run in self.runs for t in run.transfers[label].values())
 
     def to_json(self) -> dict[str, Any]:
         return {
             "size": self.size,
             "segment_size": self.segment_size,
+            "targets": self.targets,
             "idle_rss_before": self.idle_rss_before,
             "hwm_after": self.hwm_after,
-            "max_rss": self.max_rss,
-            "summary": {kind: asdict(self.summary(kind)) for kind in ("put", "multipart", "download")},
+            "summary": {
+                label: {kind: asdict(self.summary(label, kind)) for kind in KINDS} for label in self.targets
+            },
             "runs": [run.to_json() for run in self.runs],
         }
 
@@ -342,42 +415,24 @@ class ConcurrentResult:
         }
 
 
-# --------------------------------------------------------------------------- the server and curl
+# --------------------------------------------------------------------------- the servers and curl
 
 
-class BenchServer:
-    """A real ``run.py`` in ``workdir`` with one logged-in user; ``with`` stops it."""
+class Target:
+    """A server under measurement over HTTPS on loopback; subclasses say how to talk to it."""
 
-    def __init__(
-        self, workdir: Path, segment_size: int | None = None, extra_env: dict[str, str] | None = None
-    ) -> None:
-        # uploads_per_user: the concurrent phase is one user with --concurrent uploads at once
-        env = {
-            "VAULT_BCRYPT_ROUNDS": "4",
-            "VAULT_TOKEN_TTL": "86400",
-            "VAULT_UPLOADS_PER_USER": "1000",
-            **(extra_env or {}),
-        }
-        if segment_size is not None:
-            env["VAULT_SEGMENT_SIZE"] = str(segment_size)
-        self.segment_size = segment_size or DEFAULT_SEG_SIZE
-        self.server = Server(workdir, env=env)
-        self.token = ""
-        self.user = ""
-        self.pid = 0
+    label = ""
+    pid = 0
+    url = ""
+    cert = Path()
+
+    def __init__(self) -> None:
         self.stats = ProcStats(0)
         self._curl_env = {**os.environ, "LC_ALL": "C"}
 
-    def __enter__(self) -> BenchServer:
+    def __enter__(self) -> Self:
         try:
-            self._start()
-            assert self.server.process is not None
-            self.pid = self.server.process.pid
-            self.stats = ProcStats(self.pid)
-            try:
-                self.user, self.token = self.server.new_user()
-            except (AssertionError, OSError, ValueError, KeyError) as exc:
-                raise BenchError(f"could not register and log in: {exc!r}\n{self.log_tail()}") from None
+            self.start()
         except BaseException:
             self.stop()
             raise
@@ -388,17 +443,26 @@ class BenchServer:
     ) -> None:
         self.stop()
 
-    def _start(self) -> None:
-        try:
-            self.server.start(timeout=START_TIMEOUT)
-        except RuntimeError as exc:
-            raise BenchError(f"the server did not start: {exc}") from None
+    def start(self) -> None:
+        raise NotImplementedError
 
     def stop(self) -> None:
-        self.server.stop()
+        raise NotImplementedError
 
     def log_tail(self, lines: int = 20) -> str:
-        return "".join(self.server.output().splitlines(keepends=True)[-lines:])
+        return ""
+
+    def auth_args(self) -> list[str]:
+        return []
+
+    def upload_args(self, kind: str, src: SourceFile, name: str) -> list[str]:
+        raise NotImplementedError
+
+    def download_url(self, name: str) -> str:
+        raise NotImplementedError
+
+    def check_upload(self, what: str, response: Path, src: SourceFile, name: str) -> None:
+        """The answer to an upload; the peer's is not checked (run 1's download is)."""
 
     def curl_command(self, args: Sequence[str], write_out: str) -> list[str]:
         return [
@@ -406,9 +470,8 @@ class BenchServer:
             "-sS",
             "--fail",
             "--cacert",
-            str(self.server.cert),
-            "-H",
-            f"Authorization: Bearer {self.token}",
+            str(self.cert),
+            *self.auth_args(),
             *args,
             "-w",
             write_out,
@@ -417,7 +480,7 @@ class BenchServer:
     def check_curl(self, what: str, returncode: int, stdout: str, stderr: str) -> list[str]:
         if returncode != 0:
             raise BenchError(
-                f"{what}: curl exited {returncode}: {stderr.strip()}\n"
+                f"{self.label}: {what}: curl exited {returncode}: {stderr.strip()}\n"
                 f"--- server log (tail) ---\n{self.log_tail()}"
             )
         return stdout.split()
@@ -433,37 +496,210 @@ class BenchServer:
         return self.check_curl(what, proc.returncode, proc.stdout, proc.stderr)
 
     def upload(self, kind: str, src: SourceFile, name: str, response: Path) -> Transfer:
-        """``kind`` is ``put`` (curl -T to /upload/<name>) or ``multipart`` (curl -F to /upload)."""
-        if kind == "put":
-            args = ["-T", str(src.path), f"{self.server.url}/upload/{name}"]
-        else:
-            form = f"file=@{src.path};filename={name};type=application/octet-stream"
-            args = ["-F", form, f"{self.server.url}/upload"]
+        """``kind`` is ``put`` (curl -T) or ``multipart`` (curl -F)."""
         with measure(self.stats) as usage:
             out = self._run_curl(
-                f"{kind} upload of {name}", [*args, "-o", str(response)], "%{time_total} %{speed_upload}"
+                f"{kind} upload of {name}",
+                [*self.upload_args(kind, src, name), "-o", str(response)],
+                "%{time_total} %{speed_upload}",
             )
-        check_upload_response(f"{kind} upload of {name}", response, src, name)
+        self.check_upload(f"{kind} upload of {name}", response, src, name)
         return Transfer(kind, name, src.size, float(out[0]), float(out[1]), usage)
 
     def download(self, name: str, src: SourceFile, dest: Path | None) -> Transfer:
-        """GET /download/<name> to ``dest`` (verified against ``src``), or to /dev/null if None."""
+        """GET ``name`` to ``dest`` (verified against ``src``), or to /dev/null if None."""
         target = str(dest) if dest is not None else os.devnull
         with measure(self.stats) as usage:
             out = self._run_curl(
                 f"download of {name}",
-                [f"{self.server.url}/download/{name}", "-o", target],
+                [self.download_url(name), "-o", target],
                 "%{time_total} %{speed_download} %{size_download}",
             )
         got = int(out[2])
         if got != src.size:
-            raise BenchError(f"download of {name}: got {got} bytes, expected {src.size}")
+            raise BenchError(f"{self.label}: download of {name}: got {got} bytes, expected {src.size}")
         if dest is not None:
             digest = sha256_file(dest)
             if digest != src.sha256:
-                raise BenchError(f"download of {name}: sha256 {digest}, expected {src.sha256}")
+                raise BenchError(f"{self.label}: download of {name}: sha256 {digest}, expected {src.sha256}")
         kind = "download" if dest is None else "verify-download"
         return Transfer(kind, name, src.size, float(out[0]), float(out[1]), usage)
+
+    def after_upload(self, kind: str, name: str) -> None:
+        """Called after each measured upload (the peer removes the multipart copy)."""
+
+
+NAMED_THREADS = Path(__file__).resolve().parent / "named_threads.py"
+
+
+class BenchServer(Target):
+    """A real ``run.py`` (from ``root``) in ``workdir`` with one logged-in user; ``with`` stops it."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        segment_size: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        *,
+        label: str = "vault",
+        root: Path | None = None,
+    ) -> None:
+        super().__init__()
+        # uploads_per_user: the concurrent phase is one user with --concurrent uploads at once
+        env = {
+            "VAULT_BCRYPT_ROUNDS": "4",
+            "VAULT_TOKEN_TTL": "86400",
+            "VAULT_UPLOADS_PER_USER": "1000",
+            **(extra_env or {}),
+        }
+        if segment_size is not None:
+            env["VAULT_SEGMENT_SIZE"] = str(segment_size)
+        self.label = label
+        self.segment_size = segment_size or DEFAULT_SEG_SIZE
+        self.server = Server(workdir, env=env, launcher=(str(NAMED_THREADS),))
+        if root is not None:
+            self.server.root = root
+        self.token = ""
+        self.user = ""
+
+    def start(self) -> None:
+        try:
+            self.server.start(timeout=START_TIMEOUT)
+        except RuntimeError as exc:
+            raise BenchError(f"{self.label}: the server did not start: {exc}") from None
+        assert self.server.process is not None
+        self.pid = self.server.process.pid
+        self.stats = ProcStats(self.pid)
+        self.url = self.server.url
+        self.cert = self.server.cert
+        try:
+            self.user, self.token = self.server.new_user()
+        except (AssertionError, OSError, ValueError, KeyError) as exc:
+            raise BenchError(f"could not register and log in: {exc!r}\n{self.log_tail()}") from None
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "".join(self.server.output().splitlines(keepends=True)[-lines:])
+
+    def auth_args(self) -> list[str]:
+        return ["-H", f"Authorization: Bearer {self.token}"]
+
+    def upload_args(self, kind: str, src: SourceFile, name: str) -> list[str]:
+        if kind == "put":
+            return ["-T", str(src.path), f"{self.url}/upload/{name}"]
+        form = f"file=@{src.path};filename={name};type=application/octet-stream"
+        return ["-F", form, f"{self.url}/upload"]
+
+    def download_url(self, name: str) -> str:
+        return f"{self.url}/download/{name}"
+
+    def check_upload(self, what: str, response: Path, src: SourceFile, name: str) -> None:
+        check_upload_response(f"{self.label}: {what}", response, src, name)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Copyparty(Target):
+    """copyparty (bench/requirements.txt) serving ``workdir/files`` anonymously over HTTPS.
+
+    It stores plaintext: no encryption, no MAC, no database (no ``-e2d``), but it hashes each PUT
+    (SHA-512) as vault hashes each upload (SHA-256). It gets the vault server's certificate
+    and key, so both negotiate the same TLS; same Python, same loopback, same curl.
+    """
+
+    label = "copyparty"
+
+    def __init__(self, workdir: Path, cert: Path, key: Path) -> None:
+        super().__init__()
+        self.workdir = workdir
+        self.files = workdir / "files"
+        self.cert = cert
+        self._key = key
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "copyparty.log"
+
+    def start(self) -> None:
+        self.files.mkdir(parents=True)
+        bundle = self.workdir / "cert-and-key.pem"  # copyparty reads both from one file
+        bundle.write_bytes(self._key.read_bytes() + self.cert.read_bytes())
+        bundle.chmod(0o600)
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "copyparty",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--https-only",
+            "--cert",
+            str(bundle),
+            "--no-crt",
+            "-v",
+            f"{self.files}::rwd",
+            "--daw",  # a PUT replaces the file of that name, as vault's does
+            "--no-thumb",
+            "-q",
+        ]
+        env = {**os.environ, "XDG_CONFIG_HOME": str(self.workdir / "config")}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.pid = self.process.pid
+        self.stats = ProcStats(self.pid)
+        self.url = f"https://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"copyparty exited during start-up:\n{self.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise BenchError(f"copyparty did not start in time:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "".join(text.splitlines(keepends=True)[-lines:])
+
+    def upload_args(self, kind: str, src: SourceFile, name: str) -> list[str]:
+        if kind == "put":
+            return ["-T", str(src.path), f"{self.url}/{name}"]
+        form = f"f=@{src.path};filename={name};type=application/octet-stream"
+        return ["-F", "act=bput", "-F", form, f"{self.url}/"]
+
+    def download_url(self, name: str) -> str:
+        return f"{self.url}/{name}"
+
+    def after_upload(self, kind: str, name: str) -> None:
+        stored = self.files / name
+        if kind == "multipart":  # a multipart upload never replaces: remove it for the next run
+            for path in self.files.glob(f"{name}*"):
+                path.unlink()
+        elif not stored.exists():
+            raise BenchError(f"copyparty: {name} was not stored")
 
 
 def check_upload_response(what: str, response: Path, src: SourceFile, name: str) -> None:
@@ -486,38 +722,52 @@ def _stderr(line: str) -> None:
 
 
 def run_single_stream(
-    bench: BenchServer, src: SourceFile, scratch: Path, runs: int, log: Log
+    targets: Sequence[Target], src: SourceFile, scratch: Path, runs: int, log: Log, segment_size: int
 ) -> SingleStreamResult:
-    """``runs`` x (PUT upload, multipart upload, download to /dev/null); verify bytes on run 1."""
-    result = SingleStreamResult(src.size, bench.segment_size, [], idle_rss_before=bench.stats.rss())
+    """``runs`` x, for each kind in turn, every target's PUT / multipart upload / download of the
+    same file (interleaved, so a change in the machine's load hits every target alike); run 1
+    also downloads once to disk on every target and checks the sha256."""
+    result = SingleStreamResult(
+        src.size,
+        segment_size,
+        [t.label for t in targets],
+        [],
+        idle_rss_before={t.label: t.stats.rss() for t in targets},
+    )
     response = scratch / "response.json"
+    names = {"put": PUT_NAME, "multipart": MULTIPART_NAME}
     for n in range(1, runs + 1):
-        put = bench.upload("put", src, PUT_NAME, response)
-        multipart = bench.upload("multipart", src, MULTIPART_NAME, response)
-        verify = None
-        if n == 1:
-            copy = scratch / "download.bin"
-            try:
-                verify = bench.download(PUT_NAME, src, copy)
-            finally:
-                copy.unlink(missing_ok=True)
-        download = bench.download(PUT_NAME, src, None)
-        run = RunResult(n, put, multipart, download, verify, idle_rss_after=bench.stats.rss())
+        run = RunResult(n, {t.label: {} for t in targets})
+        for kind in ("put", "multipart"):
+            for target in targets:
+                run.transfers[target.label][kind] = target.upload(kind, src, names[kind], response)
+                target.after_upload(kind, names[kind])
+        for target in targets:
+            if n == 1:
+                copy = scratch / "download.bin"
+                try:
+                    target.download(PUT_NAME, src, copy)
+                    run.verified.append(target.label)
+                finally:
+                    copy.unlink(missing_ok=True)
+        for target in targets:
+            run.transfers[target.label]["download"] = target.download(PUT_NAME, src, None)
+        run.idle_rss_after = {t.label: t.stats.rss() for t in targets}
         result.runs.append(run)
-        log(
-            f"  run {n}/{runs}: PUT {put.mb_s:7.1f} MB/s  multipart {multipart.mb_s:7.1f} MB/s  "
-            f"GET {download.mb_s:7.1f} MB/s  max RSS {mib(max_rss(run)):6.1f} MiB  "
-            f"idle RSS after {mib(run.idle_rss_after):6.1f} MiB" + ("  (sha256 verified)" if verify else "")
-        )
-    result.hwm_after = bench.stats.hwm()
+        for target in targets:
+            got = run.transfers[target.label]
+            log(
+                f"  run {n}/{runs} {target.label:>12}: PUT {got['put'].mb_s:7.1f} MB/s "
+                f"{got['put'].cpu_s_per_gb:5.2f} CPU-s/GB  multipart {got['multipart'].mb_s:7.1f}  "
+                f"GET {got['download'].mb_s:7.1f} MB/s {got['download'].cpu_s_per_gb:5.2f} CPU-s/GB  "
+                f"max RSS {mib(max(t.usage.max_rss for t in got.values())):6.1f} MiB"
+                + ("  (sha256 verified)" if target.label in run.verified else "")
+            )
+    result.hwm_after = {t.label: t.stats.hwm() for t in targets}
     return result
 
 
-def max_rss(run: RunResult) -> int:
-    return max(t.usage.max_rss for t in (run.put, run.multipart, run.download))
-
-
-def run_concurrent(bench: BenchServer, src: SourceFile, scratch: Path, streams: int) -> ConcurrentResult:
+def run_concurrent(bench: Target, src: SourceFile, scratch: Path, streams: int) -> ConcurrentResult:
     """``streams`` simultaneous ``curl -T`` uploads of ``src`` under different names, same user."""
     names = [f"concurrent-{i}.bin" for i in range(streams)]
     responses = [scratch / f"concurrent-{i}.json" for i in range(streams)]
@@ -526,7 +776,7 @@ def run_concurrent(bench: BenchServer, src: SourceFile, scratch: Path, streams: 
     try:
         with measure(bench.stats) as usage:
             for name, response in zip(names, responses, strict=True):
-                args = ["-T", str(src.path), f"{bench.server.url}/upload/{name}", "-o", str(response)]
+                args = [*bench.upload_args("put", src, name), "-o", str(response)]
                 procs.append(
                     subprocess.Popen(
                         bench.curl_command(args, "%{time_total} %{speed_upload}"),
@@ -541,7 +791,7 @@ def run_concurrent(bench: BenchServer, src: SourceFile, scratch: Path, streams: 
             out = bench.check_curl(f"concurrent upload of {name}", proc.returncode, stdout, stderr)
             seconds.append(float(out[0]))
         for name, response in zip(names, responses, strict=True):
-            check_upload_response(f"concurrent upload of {name}", response, src, name)
+            bench.check_upload(f"concurrent upload of {name}", response, src, name)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -554,22 +804,38 @@ def run_concurrent(bench: BenchServer, src: SourceFile, scratch: Path, streams: 
 
 
 def single_stream_table(result: SingleStreamResult) -> str:
-    rows = [
-        ("PUT upload (curl -T)", result.summary("put")),
-        ("multipart upload (curl -F)", result.summary("multipart")),
-        ("download (GET)", result.summary("download")),
-    ]
+    peer = "copyparty" if "copyparty" in result.targets else None
     header = (
-        f"{'transfer':<28} {'median MB/s':>11} {'min':>8} {'max':>8} "
-        f"{'CPU-s/GB':>9} {'curl CPU-s/GB':>13} {'max RSS MiB':>12}"
+        f"{'transfer':<17} {'server':<12} {'MB/s':>7} {'min':>7} {'max':>7} {'x peer':>6} "
+        f"{'CPU-s/GB':>8} " + " ".join(f"{k:>6}" for k in THREAD_KINDS) + f" {'curl':>5} {'RSS MiB':>7}"
     )
     lines = [header, "-" * len(header)]
-    for label, s in rows:
-        lines.append(
-            f"{label:<28} {s.median_mb_s:>11.1f} {s.min_mb_s:>8.1f} {s.max_mb_s:>8.1f} "
-            f"{s.median_cpu_s_per_gb:>9.2f} {s.median_client_cpu_s_per_gb:>13.2f} {mib(s.max_rss):>12.1f}"
-        )
+    for kind in KINDS:
+        for label in result.targets:
+            s = result.summary(label, kind)
+            ratio = f"{result.ratio(label, peer, kind):6.2f}" if peer and label != peer else f"{'':>6}"
+            threads = (
+                " ".join(f"{s.threads_cpu_s_per_gb[k]:>6.2f}" for k in THREAD_KINDS)
+                if label != peer
+                else " ".join(f"{'':>6}" for _ in THREAD_KINDS)
+            )
+            lines.append(
+                f"{KIND_LABELS[kind]:<17} {label:<12} {s.median_mb_s:>7.1f} {s.min_mb_s:>7.1f} "
+                f"{s.max_mb_s:>7.1f} {ratio} {s.median_cpu_s_per_gb:>8.2f} {threads} "
+                f"{s.median_client_cpu_s_per_gb:>5.2f} {mib(s.max_rss):>7.1f}"
+            )
     return "\n".join(lines)
+
+
+def baseline_lines(result: SingleStreamResult, baseline: str) -> list[str]:
+    main = result.targets[0]
+    out = [f"{main} against {baseline}, same runs (medians of per-run ratios)"]
+    for kind in KINDS:
+        out.append(
+            f"  {KIND_LABELS[kind]:<17} speed x{result.ratio(main, baseline, kind):.2f}"
+            f"   server CPU-s/GB x{result.cpu_ratio(main, baseline, kind):.2f}"
+        )
+    return out + [""]
 
 
 def report(
@@ -578,6 +844,8 @@ def report(
     concurrent: ConcurrentResult | None,
     bench: BenchServer,
     final_hwm: int,
+    load_before: Sequence[float],
+    baseline: str | None,
 ) -> str:
     runs = len(single.runs)
     out = [
@@ -585,17 +853,23 @@ def report(
         "vault transfer benchmark",
         f"  file      {src.size} bytes = {human(src.size)}, sha256 {src.sha256[:16]}...",
         f"  segment   {single.segment_size} bytes ({mib(single.segment_size):g} MiB)",
-        f"  server    pid {bench.pid}, {bench.server.url}",
-        f"  machine   {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        f"  servers   {', '.join(single.targets)} (each HTTPS on 127.0.0.1, the same file, interleaved)",
+        f"  machine   {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in load_before)} "
+        f"before, {' '.join(f'{x:.2f}' for x in os.getloadavg())} after",
         "",
-        f"Single stream: median of {runs} run(s), MB/s = file bytes / curl time_total / 10^6",
+        f"Single stream: median of {runs} run(s), MB/s = file bytes / curl time_total / 10^6;",
+        "x peer = median of the per-run ratios to copyparty's MB/s; server CPU-s/GB in total and by",
+        "thread (loop: event loop, TLS, HTTP; crypto; sha256; sqlite; other); curl: the client's CPU-s/GB",
         single_stream_table(single),
         "",
     ]
+    if baseline:
+        out += baseline_lines(single, baseline)
     if concurrent is not None:
         c = concurrent
         out += [
-            f"Concurrent: {c.streams} x curl -T of {human(c.size)} (total {human(c.total_bytes)})",
+            f"Concurrent ({bench.label}): {c.streams} x curl -T of {human(c.size)}"
+            f" (total {human(c.total_bytes)})",
             f"  aggregate upload        {c.aggregate_mb_s:8.1f} MB/s"
             f"  (total bytes / wall time {c.upload.wall_seconds:.2f} s)",
             f"  per-stream median       {c.per_stream_median_mb_s:8.1f} MB/s",
@@ -603,19 +877,17 @@ def report(
             f"  max RSS                 {mib(c.upload.max_rss):8.1f} MiB",
             "",
         ]
-    idle_after = [r.idle_rss_after for r in single.runs]
-    out += [
-        "Server memory (MiB)",
-        f"  idle RSS after start-up + login       {mib(single.idle_rss_before):8.1f}",
-        f"  idle RSS after each single-stream run {' '.join(f'{mib(x):.1f}' for x in idle_after)}",
-        f"  max sampled RSS, single stream        {mib(single.max_rss):8.1f}",
-    ]
+    out.append("Server memory (MiB)")
+    for label in single.targets:
+        idle_after = [r.idle_rss_after[label] for r in single.runs]
+        out += [
+            f"  {label}: idle after start-up {mib(single.idle_rss_before[label]):.1f}, idle after each run "
+            f"{' '.join(f'{mib(x):.1f}' for x in idle_after)}, max sampled {mib(single.max_rss(label)):.1f}, "
+            f"VmHWM {mib(single.hwm_after[label]):.1f}",
+        ]
     if concurrent is not None:
-        out.append(f"  max sampled RSS, concurrent           {mib(concurrent.upload.max_rss):8.1f}")
-    out += [
-        f"  VmHWM after single stream             {mib(single.hwm_after):8.1f}",
-        f"  VmHWM (peak) at the end               {mib(final_hwm):8.1f}",
-    ]
+        out.append(f"  {bench.label}: max sampled RSS, concurrent {mib(concurrent.upload.max_rss):.1f}")
+    out.append(f"  {bench.label}: VmHWM (peak) at the end {mib(final_hwm):.1f}")
     return "\n".join(out)
 
 
@@ -634,6 +906,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--segment-size", type=parse_size, help="server segment size (VAULT_SEGMENT_SIZE; default 1MiB)"
     )
+    parser.add_argument("--no-peer", action="store_true", help="do not measure copyparty beside vault")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another vault source tree (e.g. `git archive main | tar -x -C DIR`) measured in the same runs",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the vault under test (repeatable), e.g. MALLOC_MMAP_THRESHOLD_=4194304",
+    )
     parser.add_argument("--tmpdir", type=Path, help="where to put the test files and server data")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
@@ -644,8 +929,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             check_seg_size(args.segment_size)
         except ValueError as exc:
             parser.error(f"--segment-size: {exc}")
+    if args.baseline is not None and not (args.baseline / "run.py").is_file():
+        parser.error(f"--baseline: no run.py in {args.baseline}")
+    if any("=" not in item for item in args.env):
+        parser.error("--env takes NAME=VALUE")
     if shutil.which("curl") is None:
         parser.error("curl is not installed")
+    if not args.no_peer and importlib.util.find_spec("copyparty") is None:
+        parser.error("copyparty is not installed: pip install -r bench/requirements.txt (or --no-peer)")
     return args
 
 
@@ -665,49 +956,73 @@ def bench_environment(tmpdir: Path | None) -> Iterator[Path]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def run_all(args: argparse.Namespace, root: Path) -> None:
+    files, scratch = root / "files", root / "scratch"
+    files.mkdir()
+    scratch.mkdir()
+    load_before = os.getloadavg()
+    _stderr(f"writing a {human(args.size)} test file in {files} ...")
+    src = make_test_file(files / "bench.bin", args.size)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    with ExitStack() as stack:
+        bench = BenchServer(root / "server", args.segment_size, extra_env)
+        stack.enter_context(bench)
+        targets: list[Target] = [bench]
+        if args.baseline is not None:
+            before = BenchServer(root / "baseline", args.segment_size, label="before", root=args.baseline)
+            targets.append(stack.enter_context(before))
+        if not args.no_peer:
+            peer = Copyparty(
+                root / "copyparty", bench.server.cert, bench.server.workdir / "certs" / "key.pem"
+            )
+            targets.append(stack.enter_context(peer))
+        _stderr(
+            ", ".join(f"{t.label} pid {t.pid} at {t.url}" for t in targets)
+            + f"; {args.runs} single-stream run(s)"
+        )
+        single = run_single_stream(targets, src, scratch, args.runs, _stderr, bench.segment_size)
+        concurrent = None
+        if not args.skip_concurrent:
+            _stderr(f"writing a {human(args.concurrent_size)} file for the concurrent uploads ...")
+            csrc = make_test_file(files / "concurrent.bin", args.concurrent_size)
+            _stderr(f"{args.concurrent} concurrent uploads ...")
+            concurrent = run_concurrent(bench, csrc, scratch, args.concurrent)
+        final_hwm = bench.stats.hwm()
+        baseline = "before" if args.baseline is not None else None
+        print(report(src, single, concurrent, bench, final_hwm, load_before, baseline), flush=True)
+        if args.json:
+            data = {
+                "config": {
+                    "size": args.size,
+                    "runs": args.runs,
+                    "segment_size": bench.segment_size,
+                    "concurrent": None if args.skip_concurrent else args.concurrent,
+                    "concurrent_size": args.concurrent_size,
+                    "baseline": str(args.baseline) if args.baseline else None,
+                    "env": extra_env,
+                    "cpu_count": os.cpu_count(),
+                    "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg(),
+                },
+                "file_sha256": src.sha256,
+                "single_stream": single.to_json(),
+                "concurrent": concurrent.to_json() if concurrent else None,
+                "final_hwm": final_hwm,
+            }
+            args.json.write_text(json.dumps(data, indent=2) + "\n")
+            _stderr(f"wrote {args.json}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         with bench_environment(args.tmpdir) as root:
-            files, scratch = root / "files", root / "scratch"
-            files.mkdir()
-            scratch.mkdir()
-            _stderr(f"writing a {human(args.size)} test file in {files} ...")
-            src = make_test_file(files / "bench.bin", args.size)
-            with BenchServer(root / "server", args.segment_size) as bench:
-                _stderr(f"server pid {bench.pid} at {bench.server.url}; {args.runs} single-stream run(s)")
-                single = run_single_stream(bench, src, scratch, args.runs, _stderr)
-                concurrent = None
-                if not args.skip_concurrent:
-                    _stderr(f"writing a {human(args.concurrent_size)} file for the concurrent uploads ...")
-                    csrc = make_test_file(files / "concurrent.bin", args.concurrent_size)
-                    _stderr(f"{args.concurrent} concurrent uploads ...")
-                    concurrent = run_concurrent(bench, csrc, scratch, args.concurrent)
-                final_hwm = bench.stats.hwm()
-                print(report(src, single, concurrent, bench, final_hwm), flush=True)
-                if args.json:
-                    data = {
-                        "config": {
-                            "size": args.size,
-                            "runs": args.runs,
-                            "segment_size": bench.segment_size,
-                            "concurrent": None if args.skip_concurrent else args.concurrent,
-                            "concurrent_size": args.concurrent_size,
-                            "cpu_count": os.cpu_count(),
-                            "loadavg": os.getloadavg(),
-                        },
-                        "file_sha256": src.sha256,
-                        "single_stream": single.to_json(),
-                        "concurrent": concurrent.to_json() if concurrent else None,
-                        "final_hwm": final_hwm,
-                    }
-                    args.json.write_text(json.dumps(data, indent=2) + "\n")
-                    _stderr(f"wrote {args.json}")
+            run_all(args, root)
     except BenchError as exc:
         print(f"bench.transfer: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("bench.transfer: interrupted; server stopped and temporary files removed", file=sys.stderr)
+        print("bench.transfer: interrupted; servers stopped and temporary files removed", file=sys.stderr)
         return 130
     return 0
 

@@ -36,6 +36,8 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
+    root: Path = ROOT  # the source tree whose run.py runs (bench/transfer.py --baseline)
+    launcher: tuple[str, ...] = ()  # argv before run.py (bench: bench/named_threads.py)
 
     @property
     def data_dir(self) -> Path:
@@ -77,7 +79,8 @@ class Server:
             self.process = subprocess.Popen(
                 [
                     sys.executable,
-                    str(ROOT / "run.py"),
+                    *self.launcher,
+                    str(self.root / "run.py"),
                     "--config",
                     str(config),
                     "--port",
