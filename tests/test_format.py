@@ -7,8 +7,10 @@ header, plus RFC 5869 vectors for the KDF and known-answer vectors that freeze t
 import dataclasses
 import hashlib
 import hmac
+import os
 import struct
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -96,16 +98,18 @@ def blob_by_spec(keys: sfs.KeyPair, index: int, final: bool, padded_plaintext: b
 
 
 class RecordingAES:
-    """Stands in for ``Crypto.Cipher.AES`` and counts every decrypt call."""
+    """Stands in for ``Crypto.Cipher.AES`` and counts every decrypt call (CBC or the ECB pass
+    of ``sfs.cbc_decrypt``)."""
 
     MODE_CBC = AES.MODE_CBC
+    MODE_ECB = AES.MODE_ECB
 
     def __init__(self) -> None:
         self.decrypts = 0
 
-    def new(self, key: bytes, mode: int, iv: Any) -> Any:
-        assert mode == AES.MODE_CBC
-        cipher = AES.new(key, AES.MODE_CBC, iv)
+    def new(self, key: bytes, mode: int, *iv: Any) -> Any:
+        assert mode in (AES.MODE_CBC, AES.MODE_ECB)
+        cipher = AES.new(key, mode, *iv)
         recorder = self
 
         class Cipher:
@@ -561,6 +565,65 @@ def test_key_pair_repr_hides_key_material() -> None:
     assert str(keys.enc) not in repr(keys)
 
 
+# --- cbc_decrypt: CBC decryption as one ECB pass and one XOR -----------------------------------
+
+# NIST SP 800-38A, F.2.6 CBC-AES256.Decrypt
+NIST_KEY = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+NIST_IV = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+NIST_PLAINTEXT = bytes.fromhex(
+    "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+    "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710"
+)
+NIST_CIPHERTEXT = bytes.fromhex(
+    "f58c4c04d6e5f1ba779eabfb5f7bfbd69cfc4e967edb808d679f777bc6702c7d"
+    "39f23369a9d9bacfa530e26304231461b2eb05e2c39be9fcda6c19078c6a9d1b"
+)
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 4])
+def test_cbc_decrypt_matches_nist_sp800_38a(blocks: int) -> None:
+    iv_ct = NIST_IV + NIST_CIPHERTEXT[: blocks * 16]
+    assert sfs.cbc_decrypt(NIST_KEY, iv_ct) == NIST_PLAINTEXT[: blocks * 16]
+    assert sfs.cbc_decrypt(NIST_KEY, memoryview(bytearray(iv_ct))) == NIST_PLAINTEXT[: blocks * 16]
+
+
+# Edge sizes around the smallest and the default segment; a large one first, so the smaller
+# ones after it run in a reused (larger) scratch buffer.
+CBC_SIZES = [2**20 + 16, 16, 32, S - 16, S, S + 16, 2**20 - 16, 2**20, 48]
+
+
+def test_cbc_decrypt_equals_pycryptodome_cbc_on_random_data() -> None:
+    for size in CBC_SIZES:
+        key, iv, ct = os.urandom(32), os.urandom(16), os.urandom(size)
+        expected = AES.new(key, AES.MODE_CBC, iv).decrypt(ct)
+        assert sfs.cbc_decrypt(key, iv + ct) == expected, size
+        # and the other way round: it inverts pycryptodome's CBC encryption
+        plaintext = os.urandom(size)
+        assert sfs.cbc_decrypt(key, iv + AES.new(key, AES.MODE_CBC, iv).encrypt(plaintext)) == plaintext
+
+
+def test_cbc_decrypt_results_do_not_share_the_scratch_buffer() -> None:
+    key, iv = os.urandom(32), os.urandom(16)
+    a, b = os.urandom(S), os.urandom(S)
+    first = sfs.cbc_decrypt(key, iv + a)
+    second = sfs.cbc_decrypt(key, iv + b)
+    assert first == AES.new(key, AES.MODE_CBC, iv).decrypt(a)  # unchanged by the second call
+    assert second == AES.new(key, AES.MODE_CBC, iv).decrypt(b)
+
+
+def test_cbc_decrypt_in_parallel_threads() -> None:
+    key = os.urandom(32)
+    jobs = [os.urandom(16 + 16 * n) for n in range(1, 400)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda blob: sfs.cbc_decrypt(key, blob), jobs))
+    assert got == [AES.new(key, AES.MODE_CBC, b[:16]).decrypt(b[16:]) for b in jobs]
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 31, 33])
+def test_cbc_decrypt_refuses_anything_but_iv_and_whole_blocks(size: int) -> None:
+    assert_integrity_error(sfs.cbc_decrypt, bytes(32), bytes(size))
+
+
 # --- known-answer vectors: these freeze SFS v1 -------------------------------------------------
 
 
@@ -596,6 +659,7 @@ def test_sealed_non_final_segment_known_answer(monkeypatch: pytest.MonkeyPatch) 
     assert hashlib.sha256(blob).hexdigest() == (
         "e2262aa1b11f6dba6e794015143e9c6a92a8f12220ed3ff2185d836f936b67db"
     )
+    assert sfs.open_segment(file_keys(), FILE_ID, S, 0, False, S, blob) == plaintext
 
 
 def test_sealed_final_segment_known_answer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -606,6 +670,16 @@ def test_sealed_final_segment_known_answer(monkeypatch: pytest.MonkeyPatch) -> N
         "1ac2b84f7580701ca2e7c93249289efc6c973324330b82f8ebe59c8c0efc0b61"
         "a31f7c8c2814405e2f30a4fa450f0ab6465da15e79dc96bdac97399e6ddb6997"
     )
+
+
+def test_open_final_segment_known_answer() -> None:
+    blob = bytes.fromhex(
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+        "1ac2b84f7580701ca2e7c93249289efc6c973324330b82f8ebe59c8c0efc0b61"
+        "a31f7c8c2814405e2f30a4fa450f0ab6465da15e79dc96bdac97399e6ddb6997"
+    )
+    opened = sfs.open_segment(file_keys(), FILE_ID, S, 1, True, 30, blob)
+    assert opened == b"final segment of the test file"
 
 
 def test_header_tag_known_answer() -> None:
