@@ -1,5 +1,5 @@
-"""CI: pip-audit the pinned runtime dependencies (requirements.txt); exit 1 on any known
-vulnerability.
+"""CI: pip-audit the pinned runtime dependencies (requirements.txt, and the command-line
+client's requirements-client.txt); exit 1 on any known vulnerability.
 
 pip-audit needs a vulnerability service: PyPI's per-version JSON API (the default) or OSV. Where
 neither answers, pip-audit cannot audit anything, yet with the PyPI service it still exits 0
@@ -45,7 +45,17 @@ def verdict(report: dict[str, Any]) -> tuple[int, str]:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "audit.json"
-        command = [sys.executable, "-m", "pip_audit", "-r", "requirements.txt", "--progress-spinner", "off"]
+        command = [
+            sys.executable,
+            "-m",
+            "pip_audit",
+            "-r",
+            "requirements.txt",
+            "-r",
+            "requirements-client.txt",
+            "--progress-spinner",
+            "off",
+        ]
         done = subprocess.run(  # noqa: S603 (a fixed command)
             [*command, "--format", "json", "--output", str(output)],
             capture_output=True,

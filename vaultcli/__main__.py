@@ -1,0 +1,5 @@
+import sys
+
+from vaultcli.main import main
+
+sys.exit(main())
