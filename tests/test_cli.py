@@ -74,6 +74,14 @@ class Relay:
                 except OSError:
                     pass
 
+    def cut(self) -> None:
+        """Drop every open connection (the client sees a network error), keep listening."""
+        for sock in self.sockets[1:]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def wait_for(self, direction: str, nbytes: int, timeout: float = 60.0) -> None:
         with self.changed:
             assert self.changed.wait_for(lambda: self.counts[direction] >= nbytes, timeout), self.counts
@@ -296,6 +304,30 @@ def test_put_killed_midway_resumes_to_an_identical_file(
     assert result["sha256"] == sha(data)
     assert stored(server, alice[1], "big.bin") == data
     assert cli.json("ls")[0]["size"] == len(data)
+
+
+def test_put_and_get_retry_by_themselves_after_a_dropped_connection(
+    server: Server, cli: Cli, alice: tuple[str, str], relay: Relay
+) -> None:
+    data = os.urandom(6 * MiB)
+    (cli.home / "big.bin").write_bytes(data)
+    cli.login(alice[0], relay.url)
+    proc = cli.start("--json", "put", "big.bin", "--chunk-size", "1M")
+    relay.wait_for("up", 3 * MiB)
+    relay.cut()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "retrying" in err
+    assert json.loads(out)[0]["sha256"] == sha(data)
+    assert stored(server, alice[1], "big.bin") == data
+    before = relay.counts["down"]
+    proc = cli.start("--json", "get", "big.bin", "-o", "copy.bin")
+    relay.wait_for("down", before + 3 * MiB)
+    relay.cut()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "retrying" in err and json.loads(out)["resumed_from"] > 0
+    assert (cli.home / "copy.bin").read_bytes() == data
 
 
 def test_put_of_a_file_changed_under_the_same_fingerprint_fails_integrity(

@@ -1,0 +1,156 @@
+"""The ``vault`` client against curl, same file, same server, same run.
+
+    python -m bench.cli [--size 1GiB] [--runs 3] [--chunk-size 64M] [--json out.json]
+
+Each run uploads the file with ``curl -T`` (``PUT /upload/``) and with ``vault put`` (tus,
+per-chunk sha256, final digest check), then downloads it with ``curl -o FILE`` and ``vault get
+-o FILE`` (streamed, SHA-256 checked against Repr-Digest); the order of curl and vault
+alternates between runs. Times are wall-clock around each whole command (so the client's
+start-up, token renewal and final check count against it); the client's CPU time and peak RSS
+(``ru_maxrss``) come from ``wait4`` of that one process, the server's CPU from /proc. Reported:
+median MB/s of each, the ratio vault/curl per run (median, min-max), CPU-s/GB of client and
+server, the client's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.transfer import GB, MB, MiB, ProcStats, make_test_file, parse_size, sha256_file
+from tests.server import ROOT, Server
+
+PASSWORD = "bench password 1"
+
+
+@dataclass
+class Run:
+    client: str  # curl | vault
+    kind: str  # put | get
+    seconds: float
+    client_cpu: float
+    client_maxrss: int  # bytes
+    server_cpu: float
+    size: int
+
+    @property
+    def mb_s(self) -> float:
+        return self.size / self.seconds / MB
+
+    def per_gb(self, cpu: float) -> float:
+        return cpu / (self.size / GB)
+
+
+def timed(argv: list[str], env: dict[str, str], server: ProcStats, size: int, client: str, kind: str) -> Run:
+    """Run one command to completion; its own CPU and peak RSS from wait4."""
+    cpu0 = server.cpu_seconds()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:4])}... failed ({proc.returncode}): {err}")
+    return Run(
+        client, kind, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024,
+        server.cpu_seconds() - cpu0, size,
+    )  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--chunk-size", default="64M")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--tmpdir", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
+        results = bench(Path(tmp), args)
+    report(results, args)
+    return 0
+
+
+def bench(tmp: Path, args: argparse.Namespace) -> list[Run]:
+    server = Server(tmp / "server").start()
+    try:
+        stats = ProcStats(server.process.pid)  # type: ignore[union-attr]
+        user, token = server.new_user(PASSWORD)
+        print(f"writing a {args.size / MiB:.0f} MiB test file", file=sys.stderr)
+        source = make_test_file(tmp / "source.bin", args.size)
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env.update(
+            {"VAULT_CONFIG_DIR": str(tmp / "cli"), "PYTHONPATH": str(ROOT), "VAULT_PASSWORD": PASSWORD}
+        )
+        vault = [sys.executable, "-m", "vaultcli", "--quiet"]
+        login = [*vault, "login", server.url, "-u", user, "--cacert", str(server.cert)]
+        subprocess.run(login, env=env, check=True, stdin=subprocess.DEVNULL)
+        curl = ["curl", "-sS", "-f", "--cacert", str(server.cert), "-H", f"Authorization: Bearer {token}"]
+        commands = {
+            ("curl", "put"): [*curl, "-T", str(source.path), f"{server.url}/upload/curl.bin"],
+            ("vault", "put"): [
+                *vault,
+                "put",
+                str(source.path),
+                "--name",
+                "vault.bin",
+                "--chunk-size",
+                args.chunk_size,
+            ],
+            ("curl", "get"): [*curl, "-o", str(tmp / "curl.out"), f"{server.url}/download/curl.bin"],
+            ("vault", "get"): [*vault, "get", "vault.bin", "-o", str(tmp / "vault.out")],
+        }
+        results: list[Run] = []
+        for run in range(args.runs):
+            order = ["curl", "vault"] if run % 2 == 0 else ["vault", "curl"]
+            for kind in ("put", "get"):
+                for client in order:
+                    result = timed(commands[(client, kind)], env, stats, source.size, client, kind)
+                    results.append(result)
+                    print(f"run {run + 1} {client} {kind}: {result.mb_s:.0f} MB/s", file=sys.stderr)
+            for out in ("curl.out", "vault.out"):
+                if sha256_file(tmp / out) != source.sha256:
+                    raise SystemExit(f"{out}: wrong bytes")
+                (tmp / out).unlink()
+        return results
+    finally:
+        server.stop()
+
+
+def report(results: list[Run], args: argparse.Namespace) -> None:
+    load = os.getloadavg()
+    print(f"vault client vs curl, {args.size / MiB:.0f} MiB, {args.runs} runs, load average {load[0]:.1f}")
+    for kind in ("put", "get"):
+        curl = [r for r in results if r.client == "curl" and r.kind == kind]
+        vault = [r for r in results if r.client == "vault" and r.kind == kind]
+        ratios = [v.mb_s / c.mb_s for v, c in zip(vault, curl, strict=True)]
+        for name, runs in (("curl", curl), ("vault", vault)):
+            print(
+                f"  {kind} {name:5}: {statistics.median(r.mb_s for r in runs):6.0f} MB/s"
+                f" ({min(r.mb_s for r in runs):.0f}-{max(r.mb_s for r in runs):.0f}),"
+                f" client {statistics.median(r.per_gb(r.client_cpu) for r in runs):.2f} CPU-s/GB,"
+                f" server {statistics.median(r.per_gb(r.server_cpu) for r in runs):.2f} CPU-s/GB,"
+                f" client peak RSS {max(r.client_maxrss for r in runs) / MiB:.1f} MiB"
+            )
+        print(
+            f"  {kind} ratio vault/curl: {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        )
+    if args.json:
+        args.json.write_text(json.dumps([{**asdict(r), "mb_s": r.mb_s} for r in results], indent=1))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
