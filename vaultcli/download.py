@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 from urllib.parse import unquote
 
 import httpx
@@ -23,7 +23,7 @@ import httpx
 from vaultcli.client import Session, server_message, transport_message
 from vaultcli.errors import CliError, IntegrityFailure, LoginNeeded
 from vaultcli.progress import Progress
-from vaultcli.upload import BLOCK, Backoff, repr_digest
+from vaultcli.upload import BLOCK, Backoff, hash_prefix, repr_digest
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _FILENAME_STAR = re.compile(r"filename\*\s*=\s*UTF-8''([^;]+)", re.IGNORECASE)
@@ -151,7 +151,7 @@ class Download:
         # TLS hands over at most one 16 KiB record per read: a 1 MiB buffer turns those into
         # 1 MiB writes without another copy per piece.
         with open(self.part, mode, buffering=BLOCK) as out:
-            digest = _hash_file(out, offset)
+            digest = hash_prefix(out, offset)
             out.truncate(offset)
             self.progress.start(os.path.basename(self.dest), total, initial=offset)
             for chunk in r.iter_raw():
@@ -174,7 +174,7 @@ class Download:
         ):
             return None
         with open(self.part, "rb") as f:
-            digest = _hash_file(f, offset)
+            digest = hash_prefix(f, offset)
         return self._finish(digest.digest(), repr_digest(r.headers), offset, offset)
 
     def _finish(self, digest: bytes, expected: bytes | None, size: int, resumed: int) -> dict[str, Any]:
@@ -190,20 +190,6 @@ class Download:
             )
         os.replace(self.part, self.dest)
         return {"path": self.dest, "size": size, "sha256": digest.hex(), "resumed_from": resumed}
-
-
-def _hash_file(f: IO[bytes], length: int) -> "hashlib._Hash":
-    digest = hashlib.sha256()
-    f.seek(0)
-    left = length
-    while left:
-        block = f.read(min(BLOCK, left))
-        if not block:
-            break
-        digest.update(block)
-        left -= len(block)
-    f.seek(length)
-    return digest
 
 
 def to_stdout(source: Source, progress: Progress) -> dict[str, Any]:

@@ -72,16 +72,25 @@ def fingerprint(session: Session, path: str, name: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def hash_prefix(f: IO[bytes], length: int) -> "hashlib._Hash":
-    digest = hashlib.sha256()
-    f.seek(0)
+def blocks(f: IO[bytes], offset: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of ``f`` from ``offset``, in blocks of at most 1 MiB."""
+    f.seek(offset)
     left = length
     while left:
         block = f.read(min(BLOCK, left))
         if not block:
-            raise CliError("the file shrank while it was being uploaded")
-        digest.update(block)
+            raise CliError(
+                f"{getattr(f, 'name', 'the file')} is shorter than expected: did it change meanwhile?"
+            )
         left -= len(block)
+        yield block
+
+
+def hash_prefix(f: IO[bytes], length: int) -> "hashlib._Hash":
+    """SHA-256 of the first ``length`` bytes; the file is left positioned after them."""
+    digest = hashlib.sha256()
+    for block in blocks(f, 0, length):
+        digest.update(block)
     return digest
 
 
@@ -154,24 +163,28 @@ class TusUpload:
             )
         return self._create(), 0
 
-    def _server_offset(self, url: str) -> int | None:
-        """The server's offset, or None if it no longer knows the upload (done or expired)."""
+    def _control(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
+        """A small tus request, retried with backoff on network errors and 5xx."""
         while True:
             try:
-                response = self.session.request("HEAD", url, headers=TUS)
+                response = self.session.request(method, url, headers=headers)
             except CliError as exc:
                 self.backoff.wait(str(exc))
                 continue
-            if response.status_code >= 500:
-                self.backoff.wait(server_message(response))
-                continue
-            if response.status_code in (404, 410):
-                return None
-            self.session.expect(response, 200)
-            if int(response.headers.get("Upload-Length", -1)) != self.size:
-                return None
-            self.backoff.succeeded()
-            return int(response.headers["Upload-Offset"])
+            if response.status_code < 500:
+                return response
+            self.backoff.wait(server_message(response))
+
+    def _server_offset(self, url: str) -> int | None:
+        """The server's offset, or None if it no longer knows the upload (done or expired)."""
+        response = self._control("HEAD", url, TUS)
+        if response.status_code in (404, 410):
+            return None
+        self.session.expect(response, 200)
+        if int(response.headers.get("Upload-Length", -1)) != self.size:
+            return None
+        self.backoff.succeeded()
+        return int(response.headers["Upload-Offset"])
 
     def _already_stored(self, f: IO[bytes]) -> bool:
         response = self.session.request("HEAD", "/download/" + path_of(self.name))
@@ -185,21 +198,12 @@ class TusUpload:
     def _create(self) -> str:
         name = base64.b64encode(self.name.encode()).decode()
         headers = {**TUS, "Upload-Length": str(self.size), "Upload-Metadata": f"filename {name}"}
-        while True:
-            try:
-                response = self.session.request("POST", "/tus", headers=headers)
-            except CliError as exc:
-                self.backoff.wait(str(exc))
-                continue
-            if response.status_code >= 500:
-                self.backoff.wait(server_message(response))
-                continue
-            self.session.expect(response, 201)
-            url = urlsplit(response.headers["Location"]).path
-            self.backoff.succeeded()
-            if self.size:
-                self._remember(url)
-            return url
+        response = self.session.expect(self._control("POST", "/tus", headers), 201)
+        url = urlsplit(response.headers["Location"]).path
+        self.backoff.succeeded()
+        if self.size:
+            self._remember(url)
+        return url
 
     # -- chunks ---------------------------------------------------------------------------
 
@@ -207,15 +211,9 @@ class TusUpload:
         """One PATCH; on a failure the server's offset says where to go on."""
         length = min(self.chunk, self.size - offset)
         chunk_sha, after = hashlib.sha256(), whole.copy()
-        f.seek(offset)
-        left = length
-        while left:
-            block = f.read(min(BLOCK, left))
-            if not block:
-                raise CliError("the file shrank while it was being uploaded")
+        for block in blocks(f, offset, length):
             chunk_sha.update(block)
             after.update(block)
-            left -= len(block)
         headers = {
             **TUS,
             "Upload-Offset": str(offset),
@@ -258,13 +256,7 @@ class TusUpload:
             raise CliError(message)
 
     def _body(self, f: IO[bytes], offset: int, length: int, sent: list[int]) -> Iterator[bytes]:
-        f.seek(offset)
-        left = length
-        while left:
-            block = f.read(min(BLOCK, left))
-            if not block:
-                raise CliError("the file shrank while it was being uploaded")
-            left -= len(block)
+        for block in blocks(f, offset, length):
             sent[0] += len(block)
             self.progress.advance(len(block))
             yield block
