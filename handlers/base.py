@@ -120,6 +120,17 @@ class BaseHandler(tornado.web.RequestHandler):
     _body_busy = False
     _body_seen = 0.0
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A handler supports the methods it implements (unless it names them itself), so
+        Tornado answers any other with 405 and its Allow header before ``prepare()``
+        authenticates, checks protocol headers or reads a byte (RFC 9110 15.5.5)."""
+        super().__init_subclass__(**kwargs)
+        if "SUPPORTED_METHODS" not in cls.__dict__:
+            base = tornado.web.RequestHandler
+            cls.SUPPORTED_METHODS = tuple(
+                m for m in base.SUPPORTED_METHODS if getattr(cls, m.lower()) is not getattr(base, m.lower())
+            )
+
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
         self.audit_actor = "-"
@@ -264,12 +275,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def allowed_methods(self) -> list[str]:
         """The methods this handler implements (RFC 9110: a 405 lists them in Allow)."""
-        base = tornado.web.RequestHandler
-        return [
-            m
-            for m in self.SUPPORTED_METHODS
-            if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)
-        ]
+        return list(self.SUPPORTED_METHODS)
 
     def auth_challenge(self, exc: AuthError) -> str:
         # RFC 6750 3.1: no error code when the request carried no credentials at all.
@@ -304,6 +310,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
 class NotFoundHandler(BaseHandler):
     """Unknown routes answer JSON 404 like every other error."""
+
+    SUPPORTED_METHODS = tornado.web.RequestHandler.SUPPORTED_METHODS  # all: 404 in prepare()
 
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404, "Not found")

@@ -159,9 +159,6 @@ def server_username(w: World) -> str:
 # here and each request is aimed at the live server by the test.
 schema = schemathesis.openapi.from_dict(json.loads(json.dumps(DOCUMENT)))
 schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True)
-# Known gap, not checked: a 405 carries no Allow header (RFC 9110 15.5.6 requires one); the fix
-# belongs in handlers/base.py's write_error.
-schema.config.checks.update(excluded_check_names=["unsupported_method", "allow_header_conformance"])
 # tus answers a missing Tus-Resumable with 412 (tus 1.0.0), not 400.
 schema.config.checks.missing_required_header.expected_statuses = ["400", "401", "412"]
 # An invalid request can be refused for its size (413), a tus protocol header (412), a tus
@@ -319,10 +316,30 @@ def test_early_error_says_connection_close(
         conn.close()
 
 
-# Found by the schemathesis run (its unsupported_method check, excluded above): a 405 does not
-# list the allowed methods in Allow, which RFC 9110 15.5.6 requires. The fix belongs in
-# handlers/base.py write_error (each handler's implemented methods are known there).
-def test_method_not_allowed_names_the_allowed_methods(server: Server, token: str) -> None:
-    resp = server.request("PATCH", "/files", token=token)
-    assert resp.status == 405
-    assert "GET" in (resp.headers.get("Allow") or "")
+# Found by the schemathesis run (its unsupported_method check): a 405 must list the allowed
+# methods in Allow (RFC 9110 15.5.6), and come before anything the handler's prepare() checks:
+# PUT /tus answered 412 (no Tus-Resumable) and PUT /files/<name>/links 401 (no token).
+@pytest.mark.parametrize(
+    ("method", "path", "allowed", "token_given"),
+    [
+        ("PATCH", "/files", "GET", True),
+        ("PUT", "/tus", "POST, OPTIONS", False),
+        ("PUT", "/tus", "POST, OPTIONS", True),
+        ("DELETE", "/upload", "POST", False),
+        ("GET", "/upload/a.bin", "PUT", False),
+        ("PUT", "/files/a.bin/links", "POST", False),
+        ("POST", "/health", "GET", False),
+    ],
+)
+def test_method_not_allowed_is_405_with_allow_before_any_other_check(
+    server: Server, token: str, method: str, path: str, allowed: str, token_given: bool
+) -> None:
+    resp = server.request(method, path, token=token if token_given else None)
+    assert (resp.status, resp.json()) == (405, {"message": "Method not allowed", "status": 405})
+    assert resp.headers.get("Allow") == allowed
+
+
+def test_an_unknown_route_is_404_for_every_method(server: Server) -> None:
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        resp = server.request(method, "/no/such/route")
+        assert (resp.status, resp.json()) == (404, {"message": "Not found", "status": 404}), method
