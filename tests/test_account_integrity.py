@@ -6,6 +6,7 @@ import uuid
 
 import bcrypt
 
+from tests.dbedit import Edits
 from tests.server import Server
 
 PASSWORD = "correct horse battery"
@@ -23,7 +24,7 @@ def login_status(server: Server, name: str, password: str) -> tuple[int, bytes]:
 
 
 def edit(server: Server, sql: str, params: tuple[object, ...]) -> None:
-    with sqlite3.connect(server.db_path) as con:
+    with sqlite3.connect(server.db_path, factory=Edits) as con:
         con.execute(sql, params)
 
 
@@ -41,7 +42,7 @@ def test_password_hash_swapped_into_a_row_does_not_log_in(server: Server) -> Non
 
 def test_hash_copied_from_another_account_does_not_log_in(server: Server) -> None:
     attacker, victim = register(server, "attacker password"), register(server)
-    with sqlite3.connect(server.db_path) as con:
+    with sqlite3.connect(server.db_path, factory=Edits) as con:
         (attacker_hash,) = con.execute(
             "SELECT password_hash FROM users WHERE username = ?", (attacker,)
         ).fetchone()

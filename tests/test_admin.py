@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.dbedit import Edits
 from tests.server import Server
 from vault.tls import ensure_certificate
 
@@ -60,7 +61,7 @@ def test_verify_names_exactly_the_damaged_files(fresh_server: Server) -> None:
     clean = server.admin("verify")
     assert clean.returncode == 0, clean.stderr
     assert b"2 files checked, 0 damaged" in clean.stdout
-    with sqlite3.connect(server.db_path) as con:
+    with sqlite3.connect(server.db_path, factory=Edits) as con:
         (file_id,) = con.execute("SELECT file_id FROM files WHERE name = 'bad.bin' AND state = 1").fetchone()
         (blob,) = con.execute(
             "SELECT data FROM segments WHERE file_id = ? AND idx = 1", (file_id,)

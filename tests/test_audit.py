@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from storage.sqlite import SQLiteStore
+from tests.dbedit import Edits
 from tests.server import ROOT, Server
 from vault.audit import LOST_ACTION, AuditLog, ChainCheck, verify_chain
 from vault.keys import Keyring
@@ -166,7 +167,7 @@ def test_the_live_log_verifies_and_admin_commands_are_audited(fresh_server: Serv
     assert done.stdout.startswith("audit log intact: 2 entries; last mac ")
     rows = audit_rows(server)
     assert rows[-1] == ("admin", "audit-verify", "", "done")
-    with sqlite3.connect(server.db_path) as con:
+    with sqlite3.connect(server.db_path, factory=Edits) as con:
         con.execute("UPDATE audit SET outcome = '500' WHERE seq = 1")
     done = subprocess.run([*command, "audit-verify"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1

@@ -38,7 +38,19 @@ def read_response(sock: ssl.SSLSocket, timeout: float = 10.0) -> tuple[int, dict
 
 
 def partial_put(server: Server, token: str, name: str) -> ssl.SSLSocket:
-    return start_upload(server, token, "PUT", f"/upload/{name}", {"Content-Length": "1000"}, b"x" * 10)
+    """An upload whose prepare() has run (it holds its slot) and whose body has begun. Tornado
+    sends "100 Continue" only once prepare() is done: that answer is the event waited for."""
+    headers = {"Content-Length": "1000", "Expect": "100-continue"}
+    sock = start_upload(server, token, "PUT", f"/upload/{name}", headers, b"")
+    sock.settimeout(30)
+    interim = b""
+    while b"\r\n\r\n" not in interim:
+        chunk = sock.recv(1)
+        assert chunk, f"closed before 100 Continue: {interim!r}"
+        interim += chunk
+    assert interim.startswith(b"HTTP/1.1 100 "), interim
+    sock.sendall(b"x" * 10)
+    return sock
 
 
 def test_upload_slots_count_and_release() -> None:
@@ -61,7 +73,6 @@ def test_uploads_per_user_429_and_slots_free(fresh_server: Server) -> None:
     username, token = server.new_user()
     _, other = server.new_user()
     first, second = partial_put(server, token, "a.bin"), partial_put(server, token, "b.bin")
-    time.sleep(0.3)  # both are past prepare()
     resp = server.put_file(token, "c.bin", b"data")
     assert resp.status == 429, resp.body
     assert resp.json()["message"] == "Too many uploads in progress: at most 2 at once"
@@ -89,14 +100,12 @@ def test_uploads_per_user_429_and_slots_free(fresh_server: Server) -> None:
     assert server.put_file(token, "c.bin", b"data").status == 201
     # One disconnects mid-upload: its slot frees too, and nothing of it is stored.
     third = partial_put(server, token, "d.bin")
-    time.sleep(0.3)
     assert server.put_file(token, "e.bin", b"data").status == 429
     cut(second)
     cut(third)
     # The count is back to zero: two uploads may run at once again.
     wait_for(lambda: server.put_file(token, "f.bin", b"data").status == 201, "a slot after disconnects")
     again = [partial_put(server, token, f"g{i}.bin") for i in range(2)]
-    time.sleep(0.3)
     assert server.put_file(token, "h.bin", b"data").status == 429
     for sock in again:
         cut(sock)

@@ -20,6 +20,7 @@ import html
 import json
 import random
 import re
+import shutil
 import sqlite3
 import subprocess
 import threading
@@ -34,6 +35,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from tests.dbedit import Edits
 from tests.server import Response, Server
 from vault.keys import load_keyring
 from vault.sharing import Sharing
@@ -62,6 +64,8 @@ LINK_COLUMNS = (
     "key_id",
     "tag",
 )
+ACCESS_LINE = re.compile(r"tornado\.access: (\d{3} [A-Z]+ \S+) \(")
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="the curl binary is not installed")
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
 Account = tuple[str, str]  # (username, token)
@@ -155,7 +159,7 @@ def error(status: int, message: str) -> dict[str, Any]:
 @contextmanager
 def database(server: Server) -> Iterator[sqlite3.Connection]:
     """The server's database, opened beside it (WAL); changes are committed on exit."""
-    with closing(sqlite3.connect(server.db_path, timeout=10)) as conn:
+    with closing(sqlite3.connect(server.db_path, timeout=10, factory=Edits)) as conn:
         with conn:
             yield conn
 
@@ -544,21 +548,34 @@ def test_database_holds_only_the_sha256_of_a_link_token(server: Server, alice: A
 
 def test_link_token_is_not_written_to_the_server_log(server: Server, alice: Account) -> None:
     """The token is the whole secret of a link and the database keeps only its hash; the access
-    log must not keep it in clear either."""
+    log must not keep it in clear either. The requests must be in the log (redacted), or its
+    absence would prove nothing."""
     name = unique("log.txt")
     upload(server, alice[1], name, b"logged?")
     token = link_token(new_link(server, alice[1], name))
+    unknown = "Z" * 22  # the shape of a token, of no link: a guess is a secret too
+    start = len(server.output())
     assert fetch(server, token).status == 200
     assert fetch(server, token, "HEAD").status == 200
+    assert fetch(server, token, query="?dl=1", Accept=BROWSER_ACCEPT).status == 200
+    assert fetch(server, unknown).status == 404
     # Requests are logged in order by the one event loop: once a later marker is in the log,
     # the link's requests have been logged too.
     marker = "/marker-" + uuid.uuid4().hex
     assert server.request("GET", marker).status == 404
     deadline = time.monotonic() + 10
-    while marker not in server.output():
+    while marker not in server.output()[start:]:
         assert time.monotonic() < deadline, "the access log never showed the marker request"
         time.sleep(0.05)
-    leaked = [line for line in server.output().splitlines() if token in line]
+    logged = server.output()[start:].splitlines()
+    access = [m.group(1) for m in map(ACCESS_LINE.search, logged) if m and " /s/" in m.group(1)]
+    assert access == [
+        "200 GET /s/[secret]",
+        "200 HEAD /s/[secret]",
+        "200 GET /s/[secret]",
+        "404 GET /s/[secret]",
+    ], logged
+    leaked = [line for line in logged if token in line or unknown in line]
     assert not leaked, f"link token written to the log: {leaked}"
 
 
@@ -637,6 +654,7 @@ def test_link_requests_that_are_not_json_objects_or_for_missing_files_are_refuse
 # --------------------------------------------------------------------------- links: downloads
 
 
+@needs_curl
 def test_curl_OJ_saves_a_linked_file_under_its_name(server: Server, alice: Account, tmp_path: Path) -> None:  # noqa: N802
     name, data = unique("quarterly report.bin"), blob(200 * KiB, 4)
     upload(server, alice[1], name, data)
@@ -832,6 +850,7 @@ def test_expired_link_is_410(server: Server, alice: Account) -> None:
     assert b"soon gone" not in resp.body
 
 
+@needs_curl
 def test_password_link_wants_basic_auth_and_the_right_password(server: Server, alice: Account) -> None:
     name, data = unique("locked.bin"), blob(50 * KiB, 10)
     upload(server, alice[1], name, data)

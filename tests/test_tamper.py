@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests import incore
+from tests.dbedit import Edits
 from tests.incore import MASTER_KEY, keyring
 from vault import format as sfs
 from vault.errors import FileNotFound, IntegrityError, NotFound
@@ -96,7 +97,7 @@ def assert_fails(db: Path, prefix_len: int = 0, **kwargs: Any) -> None:
 @contextlib.contextmanager
 def tamper(db: Path) -> Iterator[sqlite3.Connection]:
     """A plain sqlite3 connection to the vault's database, committed and closed on exit."""
-    with contextlib.closing(sqlite3.connect(db)) as con:
+    with contextlib.closing(sqlite3.connect(db, factory=Edits)) as con:
         with con:
             yield con
 
@@ -222,8 +223,9 @@ def test_download_with_last_segment_dropped_and_size_rewritten_fails(db: Path, s
     assert_fails(db, prefix_len=0)
 
 
-def test_appended_segment_is_never_served(db: Path) -> None:
-    """N is authenticated: an extra row after the last segment is not read at all."""
+def test_appended_segment_is_never_served(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """N is authenticated: an extra row after the last segment is not read at all (every row
+    the store hands the reader is counted)."""
     with tamper(db) as con:
         fid = file_id_of(con)
         last = segment(con, fid, N - 1)
@@ -235,7 +237,29 @@ def test_appended_segment_is_never_served(db: Path) -> None:
             "INSERT INTO segments (file_id, idx, tag, data) VALUES (?, ?, ?, ?)",
             (fid, N + 1, first[-32:], first),
         )
-    assert read(db) == (DATA, None)
+    tags_read: list[int] = []
+    segments_read: list[int] = []
+
+    async def counted(svc: FileService) -> tuple[bytes, BaseException | None]:
+        read_tags, read_segments = svc.store.read_tags, svc.store.read_segments
+
+        async def counting_tags(file_id: bytes, count: int) -> list[tuple[int, bytes]]:
+            rows = await read_tags(file_id, count)
+            tags_read.extend(index for index, _ in rows)
+            return rows
+
+        async def counting_segments(file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
+            rows = await read_segments(file_id, first, count)
+            segments_read.extend(index for index, _ in rows)
+            return rows
+
+        monkeypatch.setattr(svc.store, "read_tags", counting_tags)
+        monkeypatch.setattr(svc.store, "read_segments", counting_segments)
+        return await _read(svc, OWNER, NAME)
+
+    assert run(db, counted) == (DATA, None)
+    assert sorted(segments_read) == list(range(N))  # each of the N segments once, the extra rows never
+    assert set(tags_read) <= set(range(N))
 
 
 def test_appended_segment_with_rewritten_size_fails(db: Path) -> None:

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.dbedit import Edits
 from tests.server import Server
 from tests.test_api import (
     BOUNDARY,
@@ -108,7 +109,7 @@ def file_ids(server: Server, owner: int, name: str) -> list[bytes]:
 
 def execute(server: Server, sql: str, params: tuple[object, ...] | dict[str, object] = ()) -> int:
     """Write to the database beside the running server, as an attacker with file access could."""
-    with closing(sqlite3.connect(server.db_path, timeout=10)) as db:
+    with closing(sqlite3.connect(server.db_path, timeout=10, factory=Edits)) as db:
         cursor = db.execute(sql, params)
         db.commit()
         return cursor.rowcount
@@ -116,7 +117,7 @@ def execute(server: Server, sql: str, params: tuple[object, ...] | dict[str, obj
 
 def flip_byte(server: Server, file_id: bytes, idx: int, offset: int = 100) -> None:
     """Flip one bit of one stored segment, writing beside the running server."""
-    with closing(sqlite3.connect(server.db_path, timeout=10)) as db:
+    with closing(sqlite3.connect(server.db_path, timeout=10, factory=Edits)) as db:
         (blob,) = db.execute(
             "SELECT data FROM segments WHERE file_id = ? AND idx = ?", (file_id, idx)
         ).fetchone()

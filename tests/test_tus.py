@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from tusclient import client as tus
 
+from tests.dbedit import Edits
 from tests.server import Response, Server
 
 S = 1024 * 1024  # the server's default segment size
@@ -776,7 +777,7 @@ def test_expired_upload_is_404_and_purged_at_start_up(fresh_server: Server) -> N
     (file_id,) = query(server, "SELECT file_id FROM files WHERE tus_id = ?", (tus_id,))[0]
     assert query(server, "SELECT COUNT(*) FROM segments WHERE file_id = ?", (file_id,))[0][0] == 1
 
-    with closing(sqlite3.connect(server.db_path, timeout=10)) as db, db:
+    with closing(sqlite3.connect(server.db_path, timeout=10, factory=Edits)) as db, db:
         db.execute("UPDATE files SET expires = ? WHERE tus_id = ?", (time.time() - 60, tus_id))
     assert send(server, "HEAD", path, token).status == 404
     assert_error(patch(server, token, path, S + 99, b"late"), 404)
