@@ -17,7 +17,7 @@ import tornado.web
 from handlers.base import BaseHandler, body_activity
 from handlers.ranges import if_range_holds, none_match, parse_range
 from vault.auth import Identity
-from vault.errors import InputError, IntegrityError, MalformedUpload, TooLarge
+from vault.errors import InputError, IntegrityError, MalformedUpload
 from vault.files import Download, FileInfo, Upload
 from vault.multipart import MultipartParser, PartData, PartEnd, PartStart, boundary_from_content_type
 from vault.names import check_filename
@@ -75,23 +75,15 @@ class UploadHandler(BaseHandler):
         self._failed = False
         self.identity: Identity = await self.authenticated()
         self.check_request()
-        limit = (await self.files.limits(self.identity.user_id)).max_file_size
         declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > limit + self.slack:
-            raise TooLarge(f"File too large: the limit is {limit} bytes")
-        room = await self.files.room(self.identity.user_id)
-        if (
-            declared is not None
-            and declared.isdigit()
-            and room is not None
-            and int(declared) > room + self.slack
-        ):
-            raise TooLarge(f"Quota exceeded: {room} bytes of your quota are left")
+        length = int(declared) if declared is not None and declared.isascii() and declared.isdigit() else None
+        self.upload = await self.files.begin_upload(self.identity.user_id, length, slack=self.slack)
+        limit = self.upload.max_size
+        assert limit is not None
         # Tornado's own cap (a bare 400) sits one chunk above ours, so ours answers first: 413.
         self.connection.set_max_body_size(limit + self.slack + CHUNK_ALLOWANCE)
         self.digest = expected_digest(self.request.headers)
         self.take_upload_slot(self.identity.user_id)
-        self.upload = self.files.begin_upload(self.identity.user_id, limit)
         self.watch_body()
 
     def check_request(self) -> None:

@@ -1,6 +1,7 @@
 """Quotas and per-user limits: enforced before and while streaming, nothing stored past them."""
 
 import base64
+import concurrent.futures
 import http.client
 from collections.abc import Iterator
 
@@ -133,6 +134,27 @@ def test_resumable_upload_longer_than_the_room_left_is_413(quota_server: Server)
     )
     assert resp.status == 413
     assert resp.json()["message"].startswith("Quota exceeded")
+
+
+def test_parallel_resumable_creations_over_https_never_exceed_the_quota(quota_server: Server) -> None:
+    _, token = quota_server.new_user()
+
+    def create(number: int) -> int:
+        return quota_server.request(
+            "POST",
+            "/tus",
+            headers={
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": str(QUOTA // 3),
+                "Upload-Metadata": "filename " + base64.b64encode(f"p{number}.bin".encode()).decode(),
+            },
+            token=token,
+        ).status
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(create, range(12)))
+    assert sorted(statuses) == [201] * 3 + [413] * 9
+    assert me(quota_server, token)["usage"] == 3 * (QUOTA // 3)
 
 
 def test_admin_overrides_a_users_limits_and_none_restores_the_default(quota_server: Server) -> None:

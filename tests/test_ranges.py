@@ -480,7 +480,7 @@ def _read_ranges(tmp_path: Path, ranges: list[tuple[int, int]]) -> list[tuple[by
 
     async def main() -> list[tuple[bytes, list[int]]]:
         async with incore.core(tmp_path / "vault.db", segment_size=SEG, max_file_size=1 << 24) as core:
-            upload = core.files.begin_upload(1)
+            upload = await core.files.begin_upload(1, None)
             for at in range(0, len(SEG_DATA), 10_000):
                 await upload.write(SEG_DATA[at : at + 10_000])
             await upload.finish("segments.bin")

@@ -48,7 +48,7 @@ def run(db: Path, fn: Callable[[FileService], Any], ring: Keyring | None = None)
 
 
 async def _upload(svc: FileService, owner: int, name: str, data: bytes) -> None:
-    upload = svc.begin_upload(owner)
+    upload = await svc.begin_upload(owner, None)
     for start in range(0, len(data), 1000):  # chunks that do not line up with segments
         await upload.write(data[start : start + 1000])
     await upload.finish(name)
@@ -437,7 +437,7 @@ def test_unfinished_upload_is_never_served_and_is_purged(tmp_path: Path) -> None
     db = tmp_path / "vault.db"
 
     async def stage(svc: FileService) -> None:
-        upload = svc.begin_upload(OWNER)
+        upload = await svc.begin_upload(OWNER, None)
         await upload.write(DATA)
         await asyncio.gather(*upload._inflight)  # every sealed segment reached the store
 

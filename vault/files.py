@@ -20,6 +20,7 @@ from vault import format as sfs
 from vault.errors import FileNotFound, IntegrityError
 from vault.keys import Keyring
 from vault.names import check_filename
+from vault.quota import Quotas
 from vault.records import FileInfo, Limits, ResumeState, Usage
 from vault.resumable import Resumables, ResumedUpload
 from vault.store import Store, StoredFile
@@ -55,9 +56,8 @@ class FileService:
         self.pipeline_depth = pipeline_depth
         self._crypto = crypto
         self._hasher = hasher
+        self.quotas = Quotas(store, default_quota=default_quota, max_file_size=max_file_size)
         self.resumables = Resumables(self, resumable_ttl)
-        self.default_quota = default_quota  # 0: none
-        self._writing: collections.Counter[int] = collections.Counter()  # owner -> bytes in one-shot uploads
         # One bound for all uploads together: a sealed segment waiting for the database holds
         # two segment-sized buffers, so memory stays flat however many clients upload at once.
         self.slots = asyncio.Semaphore(segments_in_flight)
@@ -71,23 +71,13 @@ class FileService:
     def hash(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return asyncio.get_running_loop().run_in_executor(self._hasher, fn, *args)
 
-    async def limits(self, owner: int) -> Limits:
-        quota, max_file_size = await self.store.get_limits(owner)
-        quota = self.default_quota if quota is None else quota
-        return Limits(self.max_file_size if max_file_size is None else max_file_size, quota or None)
-
     async def usage(self, owner: int) -> Usage:
-        used, files = await self.store.usage(owner)
-        return Usage(used + self._writing[owner], files, await self.limits(owner))
+        return await self.quotas.usage(owner)
 
-    async def room(self, owner: int) -> int | None:
-        """Bytes the owner may still store (None: no quota). Uploads under way count."""
-        usage = await self.usage(owner)
-        return None if usage.limits.quota is None else max(usage.limits.quota - usage.used, 0)
-
-    def begin_upload(self, owner: int, max_size: int | None = None) -> "Upload":
-        limit = self.max_file_size if max_size is None else min(max_size, self.max_file_size)
-        return Upload(self, owner, limit)
+    async def begin_upload(self, owner: int, length: int | None, *, slack: int = 0) -> "Upload":
+        """Admit a one-shot upload of ``length`` bytes (None: not known yet) against the
+        owner's limits, or raise TooLarge (vault/quota.py), before any of it is read."""
+        return Upload(self, await self.quotas.admit(owner, length, slack=slack))
 
     async def list(self, owner: int) -> list[FileInfo]:
         """The caller's files whose headers verify; a tampered row is left out (and logged)."""
@@ -103,6 +93,7 @@ class FileService:
     async def delete(self, owner: int, name: str) -> None:
         if not await self.store.delete_file(owner, check_filename(name)):
             raise FileNotFound()
+        self.quotas.changed(owner)
         await self.purge()
 
     async def purge(self, staged_too: bool = False) -> int:

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from vault import format as sfs
-from vault.errors import IntegrityError, NotFound, OffsetMismatch, TooLarge
+from vault.errors import IntegrityError, NotFound, OffsetMismatch
 from vault.names import check_filename
 from vault.records import FileInfo, ResumeState
 from vault.store import Resumable
@@ -41,16 +41,20 @@ class Resumables:
         """Register a resumable upload of ``length`` bytes; its key is wrapped at once so the
         upload survives a restart."""
         name = check_filename(name)
-        limits = await self.files.limits(owner)
-        if length > limits.max_file_size:
-            raise TooLarge(f"File too large: the limit is {limits.max_file_size} bytes")
-        room = await self.files.room(owner)
-        if room is not None and length > room:
-            raise TooLarge(f"Quota exceeded: {room} bytes of your quota are left")
+        reservation = await self.files.quotas.admit(owner, length)
+        try:
+            upload = self._new(owner, name, length, metadata)
+            await self.files.store.create_resumable(upload)  # from now on the store counts it
+            reservation.settle()
+        finally:
+            reservation.release()
+        return upload
+
+    def _new(self, owner: int, name: str, length: int, metadata: str) -> Resumable:
         file_id, file_key, now = sfs.new_file_id(), sfs.new_file_key(), time.time()
         primary, tus_id = self.files.keyring.primary, secrets.token_urlsafe(RESUMABLE_ID_BYTES)
         ticket = sfs.UploadTicket(self.files.seg_size, file_id, owner, length, now, tus_id, name)
-        upload = Resumable(
+        return Resumable(
             tus_id=tus_id,
             file_id=file_id,
             owner=owner,
@@ -66,8 +70,6 @@ class Resumables:
             created=now,
             tag=sfs.upload_tag(sfs.derive_file_keys(file_key, file_id), ticket),
         )
-        await self.files.store.create_resumable(upload)
-        return upload
 
     async def get(self, owner: int, tus_id: str) -> Resumable:
         upload = await self.files.store.get_resumable(owner, tus_id)
@@ -114,7 +116,7 @@ class Resumables:
             self._busy.discard(tus_id)
             self.files.release(upload.file_id)
             raise
-        return ResumedUpload(self, upload, Upload(self.files, owner, self.files.max_file_size, state))
+        return ResumedUpload(self, upload, Upload(self.files, self.files.quotas.unmetered(owner), state))
 
     async def _resume_state(self, upload: Resumable) -> ResumeState:
         file_key, keys = self._upload_keys(upload)
@@ -167,6 +169,7 @@ class Resumables:
         try:
             self._hashes.pop(tus_id, None)
             await self.files.store.discard_file(upload.file_id)
+            self.files.quotas.changed(owner)
         finally:
             self._busy.discard(tus_id)
 

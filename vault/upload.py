@@ -8,8 +8,9 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from vault import format as sfs
-from vault.errors import DigestMismatch, InputError, TooLarge
+from vault.errors import DigestMismatch, InputError
 from vault.names import check_filename
+from vault.quota import Reservation
 from vault.records import FileInfo, ResumeState
 from vault.store import StoredFile
 
@@ -25,11 +26,12 @@ class Upload:
     """
 
     def __init__(
-        self, service: "FileService", owner: int, max_size: int, resume: ResumeState | None = None
+        self, service: "FileService", reservation: Reservation, resume: ResumeState | None = None
     ) -> None:
         self._svc = service
-        self.owner = owner
-        self.max_size = max_size
+        self._reservation = reservation
+        self.owner = reservation.owner
+        self.max_size = reservation.max_size
         self.file_id = resume.file_id if resume else sfs.new_file_id()
         self._file_key = resume.file_key if resume else sfs.new_file_key()
         self._keys = sfs.derive_file_keys(self._file_key, self.file_id)
@@ -44,8 +46,6 @@ class Upload:
         self._hashed: Awaitable[None] | None = None
         self._inflight: collections.deque[asyncio.Future[None]] = collections.deque()
         self._staged = resume is not None
-        self._quota_base: int | None = None
-        self._counted = 0
         self._closed = False
         self._committed = False
         self._lock = asyncio.Lock()  # write, finish and abort never interleave
@@ -57,16 +57,12 @@ class Upload:
     async def _write(self, data: bytes | memoryview) -> None:
         if self._closed:
             raise RuntimeError("upload already finished or aborted")
-        if self.size + len(data) > self.max_size:
-            raise TooLarge(f"File too large: the limit is {self.max_size} bytes")
         if self.length is not None and self.size + len(data) > self.length:
             raise InputError("The body goes beyond the declared Upload-Length")
+        await self._reservation.charge(len(data))
         if not self._staged:
             await self._svc.store.stage_file(self.file_id, self.owner, time.time())
             self._staged = True
-            if self.length is None:  # a resumable upload reserved its whole length when created
-                self._quota_base = await self._quota_base_now()
-        self._count_quota(len(data))
         self.size += len(data)
         view = memoryview(data)
         while view:
@@ -78,31 +74,6 @@ class Upload:
             view = view[room:]
         if self.length is not None and len(self._segment) == self._seg_size and self.size < self.length:
             await self._emit(final=False)  # the declared length says more follows
-
-    async def _quota_base_now(self) -> int | None:
-        """The owner's quota less what is stored; one-shot uploads under way share the rest."""
-        limits = await self._svc.limits(self.owner)
-        if limits.quota is None:
-            return None
-        stored, _ = await self._svc.store.usage(self.owner)
-        return limits.quota - stored
-
-    def _count_quota(self, nbytes: int) -> None:
-        if self._quota_base is None:
-            return
-        writing = self._svc._writing
-        if writing[self.owner] + nbytes > self._quota_base:
-            left = max(self._quota_base - writing[self.owner] + self._counted, 0)
-            raise TooLarge(f"Quota exceeded: this upload could use {left} more bytes of your quota")
-        writing[self.owner] += nbytes
-        self._counted += nbytes
-
-    def _uncount_quota(self) -> None:
-        writing = self._svc._writing
-        writing[self.owner] -= self._counted
-        if writing[self.owner] <= 0:
-            del writing[self.owner]
-        self._counted = 0
 
     async def _emit(self, final: bool) -> None:
         segment, self._segment = self._segment, bytearray()
@@ -198,7 +169,7 @@ class Upload:
         )
         await self._svc.store.commit_file(stored)
         self._committed = True
-        self._uncount_quota()
+        self._reservation.settle()
         return FileInfo.of(stored)
 
     async def abort(self) -> None:
@@ -209,7 +180,7 @@ class Upload:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
             self._inflight.clear()
-            self._uncount_quota()
+            self._reservation.release()
             if self._staged and not self._committed:
                 self._staged = False
                 await self._svc.store.discard_file(self.file_id)
