@@ -4,7 +4,7 @@ import logging
 
 import tornado.web
 
-from handlers import auth, files, openapi, sharing, tus
+from handlers import auth, files, openapi, pages, sharing, tus, web
 from handlers.base import Context, NotFoundHandler, safe_path
 
 access_log = logging.getLogger("tornado.access")
@@ -22,7 +22,15 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(ctx: Context) -> tornado.web.Application:
-    table = [*auth.routes(), *files.routes(), *sharing.routes(), *tus.routes(), *openapi.routes()]
+    table = [
+        *auth.routes(),
+        *files.routes(),
+        *sharing.routes(),
+        *tus.routes(),
+        *openapi.routes(),
+        *pages.routes(),
+        *web.routes(),
+    ]
     return tornado.web.Application(
         [(pattern, handler, {"ctx": ctx}) for pattern, handler in table],
         default_handler_class=NotFoundHandler,

@@ -6,7 +6,9 @@ import base64
 from typing import Any
 
 from handlers.base import BaseHandler
+from handlers.sharing import MAX_FORM_BYTES
 from handlers.tus import CHECKSUM_ALGORITHMS, TUS_EXTENSIONS, TUS_VERSION
+from handlers.web import CSRF_HEADER, DOWNLOAD_COOKIE, MAX_QR_TEXT, REFRESH_COOKIE
 from vault.auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS
 from vault.format import MAX_NAME_BYTES
 from vault.sharing import MAX_DOWNLOADS, MAX_EXPIRY
@@ -68,6 +70,7 @@ def errors(*codes: int) -> Schema:
 ERROR_NAMES = {
     400: "BadRequest",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "NotFound",
     409: "Conflict",
     410: "Gone",
@@ -91,6 +94,10 @@ ERROR_RESPONSES: Schema = {
         ' "Token expired: log in again"), or wrong credentials.',
         schema("Error"),
         {"WWW-Authenticate": header("`Bearer` (RFC 6750); `Basic` on public links.")},
+    ),
+    "Forbidden": reply(
+        f"A web session request without `{CSRF_HEADER}: 1`, or from another origin (CSRF).",
+        schema("Error"),
     ),
     "NotFound": reply(
         "No such resource visible to the caller (another user's file looks exactly like a missing one).",
@@ -224,6 +231,20 @@ SCHEMAS: Schema = {
         {"message": {"type": "string"}, **TOKEN_PAIR},
         extra=True,  # more fields may come, as in Token
     ),
+    "WebSession": obj(
+        ["token", "expires_in", "username"],
+        {
+            "token": TOKEN_PAIR["token"],
+            "expires_in": TOKEN_PAIR["expires_in"],
+            "username": {"type": "string"},
+            "message": {"type": "string"},
+        },
+    ),
+    "QRRequest": {
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": {"type": "string", "minLength": 1, "maxLength": MAX_QR_TEXT}},
+    },
     "FileInfo": obj(list(FILE_INFO), FILE_INFO),
     "Uploaded": obj(["message", *FILE_INFO], {"message": {"type": "string"}, **FILE_INFO}),
     "FileList": obj(["files"], {"files": {"type": "array", "items": schema("FileInfo")}}),
@@ -790,6 +811,220 @@ PATHS: Schema = {
                 "204": {"description": "Removed.", "headers": tus_headers("Tus-Resumable")},
                 **tus_errors(401, 404, 409, 412),
             },
+        },
+    },
+}
+
+# The web app (handlers/pages.py, handlers/web.py): its page, its assets, the browser session
+# (refresh token in a cookie), cookie-authenticated downloads, QR codes, the link page's form.
+WEB_HEADER: Schema = {
+    "name": CSRF_HEADER,
+    "in": "header",
+    "required": True,
+    "description": "Always `1`: a header another site cannot send without CORS (CSRF).",
+    "schema": {"type": "string", "const": "1"},
+}
+
+
+def cookie(name: str, description: str, required: bool) -> Schema:
+    return {
+        "name": name,
+        "in": "cookie",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+REFRESH_PARAM = cookie(REFRESH_COOKIE, "The refresh token (httpOnly, set by the session routes).", True)
+DOWNLOAD_PARAM = cookie(DOWNLOAD_COOKIE, "A copy of the access token (httpOnly, path /web/dl).", True)
+SESSION_COOKIES = {
+    "Set-Cookie": header("The refresh and download cookies (httpOnly, Secure, SameSite=Strict).")
+}
+HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def page(description: str) -> Schema:
+    return {"description": description, "content": HTML}
+
+
+def web_session(
+    summary: str, description: str, body: Schema | None, *codes: int, bearer: bool = False
+) -> Schema:
+    op: Schema = {
+        "summary": summary,
+        "description": description,
+        "parameters": [WEB_HEADER],
+        "responses": {
+            "200": reply("A session for the page", schema("WebSession"), SESSION_COOKIES),
+            **errors(*codes),
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": json_body(body)}
+    return op if bearer else {**op, **PUBLIC}
+
+
+STATIC_PARAMS: list[Schema] = [
+    {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"},
+    },
+    {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+    },
+]
+WEB_PATHS: Schema = {
+    "/": {
+        "get": {"summary": "The web app", **PUBLIC, "responses": {"200": page("The app's page")}},
+        "head": {
+            "summary": "The web app (headers only)",
+            **PUBLIC,
+            "responses": {"200": {"description": "OK"}},
+        },
+    },
+    "/static/{version}/{name}": {
+        "get": {
+            "summary": "A web app asset (cached for a year under the current version)",
+            **PUBLIC,
+            "parameters": STATIC_PARAMS,
+            "responses": {
+                "200": {"description": "The asset", "content": {"*/*": {"schema": {}}}},
+                **errors(404),
+            },
+        },
+        "head": {
+            "summary": "A web app asset (headers only)",
+            **PUBLIC,
+            "parameters": STATIC_PARAMS,
+            "responses": {"200": {"description": "The asset's headers"}, **errors(404)},
+        },
+    },
+    "/web/session": {
+        "post": web_session(
+            "Sign in from the web app",
+            "As `/login`, throttled alike; the refresh token goes only in an httpOnly cookie.",
+            schema("Login"),
+            400,
+            401,
+            403,
+            413,
+            429,
+            503,
+        )
+    },
+    "/web/session/refresh": {
+        "post": {
+            **web_session(
+                "Renew the web app's session",
+                "The refresh cookie for a new pair (it rotates); a refused cookie is cleared (401).",
+                None,
+                401,
+                403,
+                413,
+            ),
+            "parameters": [WEB_HEADER, REFRESH_PARAM],
+        }
+    },
+    "/web/session/end": {
+        "post": {
+            "summary": "Sign the web app out",
+            "description": "Ends the refresh cookie's session, if any, and clears the cookies.",
+            **PUBLIC,
+            "parameters": [WEB_HEADER, {**REFRESH_PARAM, "required": False}],
+            "responses": {"200": reply("Signed out", schema("Message"), SESSION_COOKIES), **errors(403, 413)},
+        }
+    },
+    "/web/session/password": {
+        "post": web_session(
+            "Change your password from the web app",
+            "As `/password`; every other session ends and this one gets new cookies.",
+            schema("PasswordChange"),
+            400,
+            401,
+            403,
+            413,
+            429,
+            503,
+            bearer=True,
+        )
+    },
+    "/web/dl/files/{filename}": {
+        "get": {
+            **download("Download your file (web app)", [FILENAME, DOWNLOAD_PARAM], False, errors(401)),
+            **PUBLIC,
+        },
+        "head": {
+            **download("Download your file (web app)", [FILENAME, DOWNLOAD_PARAM], True, errors(401)),
+            **PUBLIC,
+        },
+    },
+    "/web/dl/shared/{owner}/{filename}": {
+        "get": {
+            **download(
+                "Download a file shared with you (web app)",
+                [OWNER, FILENAME, DOWNLOAD_PARAM],
+                False,
+                errors(401),
+            ),
+            **PUBLIC,
+        },
+        "head": {
+            **download(
+                "Download a file shared with you (web app)",
+                [OWNER, FILENAME, DOWNLOAD_PARAM],
+                True,
+                errors(401),
+            ),
+            **PUBLIC,
+        },
+    },
+    "/web/qr": {
+        "post": {
+            "summary": "A QR code of a text (a link's URL), as SVG",
+            "requestBody": {"required": True, "content": json_body(schema("QRRequest"))},
+            "responses": {
+                "200": {
+                    "description": "The QR code",
+                    "content": {"image/svg+xml": {"schema": {"type": "string"}}},
+                },
+                **errors(400, 401, 413),
+            },
+        }
+    },
+}
+PATHS.update(WEB_PATHS)
+PATHS["/s/{token}"]["get"]["responses"]["403"] = page("A browser's page: the password was wrong")
+PATHS["/s/{token}"]["post"] = {
+    "summary": "The public link page's form: open it with a password, or download (`dl`)",
+    **PUBLIC,
+    "parameters": [LINK_TOKEN],
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"password": {"type": "string"}, "dl": {"type": "string"}},
+                }
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "The page with the file's details, or with `dl` the file"
+            f" (a form of at most {MAX_FORM_BYTES} bytes).",
+            "content": {**HTML, **ANY_BYTES},
+        },
+        **{str(code): page("The page, saying what went wrong") for code in (403, 410, 413, 429)},
+        "404": {
+            "description": "The page saying so; a malformed token gets the server's JSON 404",
+            "content": {**HTML, **json_body(schema("Error"))},
         },
     },
 }

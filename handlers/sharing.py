@@ -4,15 +4,19 @@ import asyncio
 import base64
 import binascii
 import datetime
-import html
+import urllib.parse
 from typing import Any
 
-from handlers.base import BaseHandler, JSONBodyHandler
-from handlers.files import FileSender, file_json
-from vault.errors import AuthError
-from vault.sharing import LinkInfo, Reservation
+import tornado.web
 
-LANDING_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+from handlers.base import BaseHandler, JSONBodyHandler, status_for
+from handlers.files import FileSender, file_json
+from handlers.pages import PageHeaders, human_size, render
+from vault.errors import AuthError, TooLarge, VaultError
+from vault.sharing import LinkInfo, Reservation
+from vault.store import Link
+
+MAX_FORM_BYTES = 4096  # the landing page's password form
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -115,15 +119,31 @@ class LinkRevokeHandler(BaseHandler):
         self.write_json(200, {"message": "Link revoked", "id": link_id})
 
 
-class PublicLinkHandler(FileSender):
+@tornado.web.stream_request_body
+class PublicLinkHandler(PageHeaders, FileSender):
     """``GET``/``HEAD /s/<token>``: no account needed. curl gets the file; a browser or a
-    link-preview bot (``Accept: text/html``) gets a small page, which costs no download; its
-    button adds ``?dl=1``. A password comes as HTTP Basic (``curl -u :PASSWORD``)."""
+    link-preview bot (``Accept: text/html``) gets a page, which costs no download: the file's
+    name, size, expiry and SHA-256 and a button that adds ``?dl=1``. A password comes as HTTP
+    Basic (``curl -u :PASSWORD``) or, from the page, as ``POST /s/<token>`` (a form:
+    ``password``, and ``dl`` to download), so a browser never shows its Basic-auth dialog."""
 
-    AUDITED = {"GET": "link-download"}
+    AUDITED = {"GET": "link-download", "POST": "link-download"}
 
     reservation: Reservation | None = None
     charge_whole = False  # an empty file: one budget byte per download
+    page = False  # errors are answered as a page (a browser asked)
+
+    def prepare(self) -> None:
+        limit = MAX_FORM_BYTES if self.request.method == "POST" else 0
+        declared = self.request.headers.get("Content-Length", "0")
+        self.page = self.request.method == "POST" or "text/html" in self.request.headers.get("Accept", "")
+        if not declared.isdigit() or int(declared) > limit:
+            raise TooLarge(f"Request body too large: at most {limit} bytes")
+        self.connection.set_max_body_size(limit)
+        self._form = bytearray()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._form += chunk
 
     def auth_challenge(self, exc: AuthError) -> str:
         return 'Basic realm="vault link", charset="UTF-8"'
@@ -139,22 +159,29 @@ class PublicLinkHandler(FileSender):
         return decoded.partition(":")[2]
 
     async def get(self, token: str) -> None:
-        wants_page = (
-            "text/html" in self.request.headers.get("Accept", "") and self.get_argument("dl", None) is None
-        )
-        link, download = await self.sharing.open_link(token, self._password())
-        self.audit_actor = f"link {link.id}"
-        if wants_page:
-            download.close()
-            self._landing_page(download.info.name, download.size)
+        if self.page and self.get_argument("dl", None) is None:
+            await self._landing_page(token, None)
             return
-        self.link = link
-        await self.send_file(download, send_body=True)
+        await self._download(token, self._password())
+
+    async def post(self, token: str) -> None:
+        form = urllib.parse.parse_qs(self._form.decode("utf-8", "replace"))  # unknown fields: ignored
+        password = form.get("password", [""])[0]
+        if "dl" in form:
+            await self._download(token, password)
+        else:
+            await self._landing_page(token, password)
 
     async def head(self, token: str) -> None:
         link, download = await self.sharing.open_link(token, self._password())
         self.link = link
         await self.send_file(download, send_body=False)
+
+    async def _download(self, token: str, password: str | None) -> None:
+        link, download = await self.sharing.open_link(token, password)
+        self.audit_actor = f"link {link.id}"
+        self.link = link
+        await self.send_file(download, send_body=True)
 
     def before_body(self, nbytes: int, size: int) -> None:
         self.charge_whole = size == 0 and self.request.method == "GET"
@@ -181,17 +208,64 @@ class PublicLinkHandler(FileSender):
             reservation, self.reservation = self.reservation, None
             asyncio.ensure_future(reservation.close())
 
-    def _landing_page(self, name: str, size: int) -> None:
-        self.set_header("Content-Type", "text/html; charset=UTF-8")
-        self.set_header("Content-Security-Policy", LANDING_CSP)
-        self.set_header("X-Robots-Tag", "noindex")
-        title = html.escape(name)
-        self.finish(
-            "<!doctype html><html><head><meta charset=utf-8><meta name=robots content=noindex>"
-            f"<title>{title}</title></head><body style='font-family:sans-serif;margin:3em'>"
-            f"<h1>{title}</h1><p>{size:,} bytes, shared with vault.</p>"
-            "<p><a href='?dl=1' download>Download</a></p></body></html>\n"
-        )
+    async def _landing_page(self, token: str, password: str | None) -> None:
+        try:
+            link, download = await self.sharing.open_link(token, password)
+        except AuthError:
+            if password:
+                raise
+            self.write_page(200, link_page(locked=True))
+            return
+        download.close()
+        self.audit_actor = f"link {link.id}"
+        self.write_page(200, link_page(link, download.info, password=password or ""))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if not self.page or not isinstance(exc, VaultError):
+            super().write_error(status_code, **kwargs)
+            return
+        if isinstance(exc, AuthError):  # a wrong password: the form again (403: no Basic dialog)
+            self.write_page(403, link_page(locked=True, message="Wrong password: try again."))
+            return
+        retry = getattr(exc, "retry_after", None)
+        if retry is not None:
+            self.set_header("Retry-After", str(retry))
+        self.write_page(status_for(exc), link_page(message=exc.message))
+
+
+def readable(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def link_page(
+    link: Link | None = None,
+    info: Any = None,
+    *,
+    password: str = "",
+    locked: bool = False,
+    message: str = "",
+) -> str:
+    """The landing page: the file (``link`` and ``info``), the password form (``locked``), or
+    only ``message``; the template shows the parts that have content."""
+    shown = info is not None
+    return render(
+        "link",
+        title=info.name if shown else "A file shared with vault",
+        message=message,
+        name=info.name if shown else "",
+        size=human_size(info.size) if shown else "",
+        bytes=f"{info.size:,} bytes" if shown else "",
+        expires=readable(link.expires) if shown and link is not None else "",
+        sha256=info.sha256 if shown else "",
+        password=password,
+        info_class="" if shown else "hidden",
+        get_class="" if shown and not password else "hidden",
+        post_class="" if shown and password else "hidden",
+        form_class="" if locked else "hidden",
+    )
 
 
 def routes() -> list[tuple[str, type]]:

@@ -12,6 +12,7 @@ and conditional headers against a real file, generated tus bodies against a real
 
 import base64
 import http.client
+import http.cookiejar
 import json
 import re
 import ssl
@@ -36,6 +37,8 @@ from schemathesis.specs.openapi.checks import (
 from handlers import make_app
 from handlers.base import Context
 from handlers.openapi import DOCUMENT
+from handlers.pages import assets
+from handlers.web import CSRF_HEADER, DOWNLOAD_COOKIE, REFRESH_COOKIE
 from tests.server import Server
 
 MAX_EXAMPLES = 25
@@ -53,7 +56,7 @@ NO_POSITIVE_ACCEPTANCE = {"POST /upload", "PUT /upload/{filename}", "POST /tus"}
 TUS = {"Tus-Resumable": "1.0.0"}
 # Operations that end the caller's sessions (once described) run with a throwaway account's
 # token, so the rest of the run keeps a valid one (each replay below checks that it does).
-SESSION_ENDING = {"POST /logout", "POST /logout/all", "POST /password"}
+SESSION_ENDING = {"POST /logout", "POST /logout/all", "POST /password", "POST /web/session/password"}
 
 schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
@@ -100,12 +103,22 @@ class World:
         assert resp.status == 200, resp.body
         return str(resp.json()["refresh_token"])
 
+    def web_refresh_cookie(self) -> str:
+        """A fresh web session's refresh cookie, of a throwaway account."""
+        name, _ = self.server.new_user()
+        body = {"username": name, "password": "correct horse battery"}
+        resp = self.session.post(self.server.url + "/web/session", json=body, headers={CSRF_HEADER: "1"})
+        assert resp.status_code == 200, resp.text
+        return str(resp.cookies[REFRESH_COOKIE])
+
     def target(self, label: str) -> dict[str, str] | None:
         """Path parameters naming a real resource for this operation (made afresh where the
         operation destroys it), or None where the operation has no path parameters."""
         method, path = label.split(" ", 1)
-        if path.startswith("/shared/"):
+        if path.startswith(("/shared/", "/web/dl/shared/")):
             return {"owner": self.other, "filename": "b.txt"}
+        if path.startswith("/static/"):
+            return {"version": assets().version, "name": "app.js"}
         if path == "/files/{filename}":
             self.put("victim.txt", b"delete me")
             return {"filename": "victim.txt"}
@@ -130,6 +143,8 @@ def world(server: Server) -> World:
     session = requests.Session()
     session.verify = str(server.cert)
     session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify; loopback needs no proxy
+    # Keep no cookie: the web session routes set some, and each request names its own.
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     # A fresh connection per request: after an error answered before the body was read, the
     # server closes the connection without saying so (test_early_error_says_connection_close).
     session.headers["Connection"] = "close"
@@ -160,7 +175,8 @@ def server_username(w: World) -> str:
 schema = schemathesis.openapi.from_dict(json.loads(json.dumps(DOCUMENT)))
 schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True)
 # tus answers a missing Tus-Resumable with 412 (tus 1.0.0), not 400.
-schema.config.checks.missing_required_header.expected_statuses = ["400", "401", "412"]
+# The web app's session routes answer a missing X-Vault-Web header with 403 (CSRF).
+schema.config.checks.missing_required_header.expected_statuses = ["400", "401", "403", "412"]
 # An invalid request can be refused for its size (413), a tus protocol header (412), a tus
 # checksum (460) or a range (416) before anything else looks at it.
 schema.config.checks.negative_data_rejection.expected_statuses = [
@@ -201,6 +217,11 @@ def test_api_conforms_to_its_document(case: Any, world: World) -> None:
         body = case.body if isinstance(case.body, dict) else {}
         case.body = {**body, "refresh_token": world.refresh_token()}
         world.saw(label, case.call_and_validate(**call, checks=CONFORMANCE))
+    if label == "POST /web/session/refresh":  # and with a real refresh cookie
+        case.cookies = {**(case.cookies or {}), REFRESH_COOKIE: world.web_refresh_cookie()}
+        world.saw(label, case.call_and_validate(**call, checks=CONFORMANCE))
+    if "/web/dl/" in label:  # the download cookie is the access token
+        case.cookies = {**(case.cookies or {}), DOWNLOAD_COOKIE: token}
     target = world.target(label)
     if target is None or case.method.lower() not in DOCUMENT["paths"][case.path]:
         return  # nothing to aim at, or a probe with an undeclared method
