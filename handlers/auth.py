@@ -42,6 +42,10 @@ class LoginHandler(PasswordCheckHandler):
     AUDITED = {"POST": "login"}
 
     async def post(self) -> None:
+        self.write_json(200, pair_json(await self.log_in()))
+
+    async def log_in(self) -> TokenPair:
+        """The body's credentials, under the throttle, for a new session (web.py's too)."""
         body = self.json_body()
         username = body.get("username")
         account = username if isinstance(username, str) else ""
@@ -55,7 +59,7 @@ class LoginHandler(PasswordCheckHandler):
             self.audit_actor = user.username if user else UNKNOWN_ACCOUNT
             raise
         self.audit_actor = account[:64]
-        self.write_json(200, pair_json(pair))
+        return pair
 
 
 class RefreshHandler(JSONBodyHandler):
@@ -94,13 +98,16 @@ class PasswordHandler(PasswordCheckHandler):
     AUDITED = {"POST": "password-change"}
 
     async def post(self) -> None:
+        self.write_json(200, {"message": "Password changed", **pair_json(await self.change())})
+
+    async def change(self) -> TokenPair:
+        """Check and change the password (web.py's route too); the new session's pair."""
         identity = await self.authenticated()
         body = self.json_body()
         with self.throttle.attempt(identity.username, self.client_address()):
-            pair = await self.auth.change_password(
+            return await self.auth.change_password(
                 identity, body.get("old_password"), body.get("new_password")
             )
-        self.write_json(200, {"message": "Password changed", **pair_json(pair)})
 
 
 class HealthHandler(BaseHandler):

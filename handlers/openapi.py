@@ -879,6 +879,7 @@ STATIC_PARAMS: list[Schema] = [
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
     },
 ]
+PASSWORD_ERRORS = (400, 401, 403, 413, 429, 503)  # a password checked under the login throttle
 WEB_PATHS: Schema = {
     "/": {
         "get": {"summary": "The web app", **PUBLIC, "responses": {"200": page("The app's page")}},
@@ -910,12 +911,7 @@ WEB_PATHS: Schema = {
             "Sign in from the web app",
             "As `/login`, throttled alike; the refresh token goes only in an httpOnly cookie.",
             schema("Login"),
-            400,
-            401,
-            403,
-            413,
-            429,
-            503,
+            *PASSWORD_ERRORS,
         )
     },
     "/web/session/refresh": {
@@ -945,12 +941,7 @@ WEB_PATHS: Schema = {
             "Change your password from the web app",
             "As `/password`; every other session ends and this one gets new cookies.",
             schema("PasswordChange"),
-            400,
-            401,
-            403,
-            413,
-            429,
-            503,
+            *PASSWORD_ERRORS,
             bearer=True,
         )
     },

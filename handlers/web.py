@@ -16,7 +16,7 @@ from typing import Any
 import segno
 import tornado.web
 
-from handlers.auth import PasswordCheckHandler
+from handlers.auth import LoginHandler, PasswordCheckHandler, PasswordHandler
 from handlers.base import BaseHandler, JSONBodyHandler
 from handlers.files import DownloadHandler
 from handlers.pages import PageHeaders
@@ -58,19 +58,11 @@ class SessionHandler(PasswordCheckHandler, PageHeaders):
             self.clear_cookie(name, path=path, secure=True, httponly=True, samesite="Strict")
 
 
-class SignInHandler(SessionHandler):
+class SignInHandler(SessionHandler, LoginHandler):
     """``POST /web/session`` {"username", "password"}: /login for a browser (throttled alike)."""
 
-    AUDITED = {"POST": "login"}
-
     async def post(self) -> None:
-        body = self.json_body()
-        username = body.get("username")
-        account = username if isinstance(username, str) else ""
-        self.audit_actor = account[:64] or "-"
-        with self.throttle.attempt(account, self.client_address()):
-            pair = await self.auth.login(username, body.get("password"))
-        self.start_session(pair)
+        self.start_session(await self.log_in())
 
 
 class RenewHandler(SessionHandler):
@@ -107,20 +99,12 @@ class SignOutHandler(SessionHandler):
         self.write_json(200, {"message": "Signed out"})
 
 
-class WebPasswordHandler(SessionHandler):
+class WebPasswordHandler(SessionHandler, PasswordHandler):
     """``POST /web/session/password`` {"old_password", "new_password"}: /password for a browser;
     every other session ends and this one continues with new cookies."""
 
-    AUDITED = {"POST": "password-change"}
-
     async def post(self) -> None:
-        identity = await self.authenticated()
-        body = self.json_body()
-        with self.throttle.attempt(identity.username, self.client_address()):
-            pair = await self.auth.change_password(
-                identity, body.get("old_password"), body.get("new_password")
-            )
-        self.start_session(pair, message="Password changed")
+        self.start_session(await self.change(), message="Password changed")
 
 
 class CookieAuth(BaseHandler):
