@@ -27,6 +27,7 @@ from vault.config import Settings, load_settings, unknown_variables
 from vault.core import Core, open_core
 from vault.errors import ConfigError, InvalidField
 from vault.keys import add_primary_key
+from vault.memory import tune_malloc
 from vault.throttle import LoginThrottle
 from vault.tls import ensure_certificate, server_context
 
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vault: warning: {name} is not a vault setting (see README, Configuration)", file=sys.stderr)
     os.umask(0o077)  # the database, its WAL and generated secrets: readable by the owner only
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_malloc(settings.segment_size, os.environ)  # before the threads start: vault/memory.py
     try:
         asyncio.run(serve(settings))
     except ConfigError as exc:

@@ -845,7 +845,7 @@ def report(
     bench: BenchServer,
     final_hwm: int,
     load_before: Sequence[float],
-    baseline: str | None,
+    baselines: Sequence[str],
 ) -> str:
     runs = len(single.runs)
     out = [
@@ -863,7 +863,7 @@ def report(
         single_stream_table(single),
         "",
     ]
-    if baseline:
+    for baseline in baselines:
         out += baseline_lines(single, baseline)
     if concurrent is not None:
         c = concurrent
@@ -910,7 +910,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline",
         type=Path,
-        help="another vault source tree (e.g. `git archive main | tar -x -C DIR`) measured in the same runs",
+        action="append",
+        default=[],
+        help="another vault source tree (e.g. `git archive main | tar -x -C DIR`) measured in the same"
+        " runs, labelled with its directory's name (repeatable)",
     )
     parser.add_argument(
         "--env",
@@ -929,8 +932,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             check_seg_size(args.segment_size)
         except ValueError as exc:
             parser.error(f"--segment-size: {exc}")
-    if args.baseline is not None and not (args.baseline / "run.py").is_file():
-        parser.error(f"--baseline: no run.py in {args.baseline}")
+    for tree in args.baseline:
+        if not (tree / "run.py").is_file():
+            parser.error(f"--baseline: no run.py in {tree}")
+    if (
+        len({tree.resolve().name for tree in args.baseline} | {"vault", "copyparty"})
+        != len(args.baseline) + 2
+    ):
+        parser.error("--baseline: give each tree a directory name of its own (not vault or copyparty)")
     if any("=" not in item for item in args.env):
         parser.error("--env takes NAME=VALUE")
     if shutil.which("curl") is None:
@@ -968,9 +977,10 @@ def run_all(args: argparse.Namespace, root: Path) -> None:
         bench = BenchServer(root / "server", args.segment_size, extra_env)
         stack.enter_context(bench)
         targets: list[Target] = [bench]
-        if args.baseline is not None:
-            before = BenchServer(root / "baseline", args.segment_size, label="before", root=args.baseline)
-            targets.append(stack.enter_context(before))
+        baselines = [tree.resolve().name for tree in args.baseline]
+        for label, tree in zip(baselines, args.baseline, strict=True):
+            other = BenchServer(root / f"baseline-{label}", args.segment_size, label=label, root=tree)
+            targets.append(stack.enter_context(other))
         if not args.no_peer:
             peer = Copyparty(
                 root / "copyparty", bench.server.cert, bench.server.workdir / "certs" / "key.pem"
@@ -988,8 +998,7 @@ def run_all(args: argparse.Namespace, root: Path) -> None:
             _stderr(f"{args.concurrent} concurrent uploads ...")
             concurrent = run_concurrent(bench, csrc, scratch, args.concurrent)
         final_hwm = bench.stats.hwm()
-        baseline = "before" if args.baseline is not None else None
-        print(report(src, single, concurrent, bench, final_hwm, load_before, baseline), flush=True)
+        print(report(src, single, concurrent, bench, final_hwm, load_before, baselines), flush=True)
         if args.json:
             data = {
                 "config": {
@@ -998,7 +1007,7 @@ def run_all(args: argparse.Namespace, root: Path) -> None:
                     "segment_size": bench.segment_size,
                     "concurrent": None if args.skip_concurrent else args.concurrent,
                     "concurrent_size": args.concurrent_size,
-                    "baseline": str(args.baseline) if args.baseline else None,
+                    "baselines": [str(tree) for tree in args.baseline],
                     "env": extra_env,
                     "cpu_count": os.cpu_count(),
                     "loadavg_before": load_before,
