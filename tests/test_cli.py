@@ -547,3 +547,15 @@ def test_every_command_has_help_with_examples_and_usage_errors_exit_2(cli: Cli) 
 def test_not_logged_in(cli: Cli) -> None:
     done = cli.run("ls")
     assert done.returncode == 1 and "vault login" in done.stderr
+
+
+def test_bash_completion_completes_commands_and_options(cli: Cli) -> None:
+    script = cli.ok("completion", "bash").stdout
+    probe = (
+        script
+        + "COMP_WORDS=(vault pu); COMP_CWORD=1; _vault; echo ${COMPREPLY[@]}\n"
+        + "COMP_WORDS=(vault link f --ex); COMP_CWORD=3; _vault; echo ${COMPREPLY[@]}\n"
+    )
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.split("\n")[:2] == ["put", "--expires"], done.stderr
+    assert cli.ok("completion", "zsh").stdout.startswith("autoload -U +X bashcompinit")

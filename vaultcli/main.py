@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from vaultcli import download, upload
+from vaultcli import completion, download, upload
 from vaultcli.client import Session, make_http, path_of, server_message, transport_message, version
 from vaultcli.config import Credentials, Store
 from vaultcli.errors import EXIT_INTERRUPTED, CliError, LoginNeeded, UsageError
@@ -416,6 +416,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "upload and print a public link in one go",
         "vault send big.iso\n  vault send photo.jpg --expires 1h --qr",
     ),
+    "completion": (
+        "print a shell completion script",
+        "vault completion bash > ~/.local/share/bash-completion/completions/vault\n"
+        "  echo 'eval \"$(vault completion zsh)\"' >> ~/.zshrc",
+    ),
 }
 
 
@@ -482,6 +487,7 @@ def parser() -> argparse.ArgumentParser:
     _link_options(p["link"])
     _link_options(p["send"])
     p["revoke"].add_argument("ids", nargs="+", metavar="ID")
+    p["completion"].add_argument("shell", choices=["bash", "zsh"])
     return top
 
 
@@ -495,7 +501,9 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Session], None]] = {
 def run(args: argparse.Namespace) -> None:
     check_usage(args)
     store = Store()
-    if args.command == "login":
+    if args.command == "completion":
+        print(completion.script(parser(), args.shell), end="")
+    elif args.command == "login":
         cmd_login(args, store)
     elif args.command == "logout":
         cmd_logout(args, store)

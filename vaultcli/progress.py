@@ -18,7 +18,7 @@ class Progress:
             self.total_bar = self._bar("total", total, position=0)
         self.bar: Any = None
 
-    def _bar(self, label: str, size: int | None, position: int, initial: int = 0) -> Any:
+    def _bar(self, label: str, size: int | None, position: int, initial: int = 0, leave: bool = True) -> Any:
         return tqdm(
             total=size,
             initial=initial,
@@ -27,7 +27,7 @@ class Progress:
             unit_scale=True,
             unit_divisor=1024,
             position=position,
-            leave=True,
+            leave=leave,
             dynamic_ncols=True,
             file=sys.stderr,
             miniters=1,
@@ -38,9 +38,8 @@ class Progress:
         """A bar for the next file; ``initial`` is what an earlier run already moved."""
         self.finish()
         if self.enabled:
-            self.bar = self._bar(
-                label, size, position=1 if self.total_bar is not None else 0, initial=initial
-            )
+            several = self.total_bar is not None  # then a finished file's bar gives way to the next
+            self.bar = self._bar(label, size, position=int(several), initial=initial, leave=not several)
         self.advance_total(initial)
 
     def advance(self, nbytes: int) -> None:
