@@ -31,9 +31,11 @@ class Relay:
     """A TCP relay on a free loopback port that forwards to the server at ``rate`` bytes/s
     (0: as fast as it can) and counts the bytes each way."""
 
-    def __init__(self, port: int, rate: int = 8 * MiB) -> None:
+    def __init__(self, port: int, rate: int = 8 * MiB, connect: bool = False) -> None:
         self.target = port
         self.rate = rate
+        self.connect = connect  # act as an HTTP CONNECT proxy: the client names the target
+        self.tunnels: list[bytes] = []
         self.counts = {"up": 0, "down": 0}
         self.changed = threading.Condition()
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -51,6 +53,12 @@ class Relay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.connect:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += client.recv(4096)
+                self.tunnels.append(request.split(b"\r\n")[0])
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             upstream = socket.create_connection(("127.0.0.1", self.target))
             self.sockets += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream, "up"), daemon=True).start()
@@ -559,3 +567,13 @@ def test_bash_completion_completes_commands_and_options(cli: Cli) -> None:
     done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60, check=False)
     assert done.stdout.split("\n")[:2] == ["put", "--expires"], done.stderr
     assert cli.ok("completion", "zsh").stdout.startswith("autoload -U +X bashcompinit")
+
+
+def test_proxy_variables_are_honoured(server: Server, cli: Cli, alice: tuple[str, str]) -> None:
+    proxy = Relay(server.port, rate=0, connect=True)
+    try:
+        done = cli.run("ls", env={"HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}"})
+        assert done.returncode == 0, done.stderr
+        assert proxy.tunnels and proxy.tunnels[0] == f"CONNECT 127.0.0.1:{server.port} HTTP/1.1".encode()
+    finally:
+        proxy.close()
