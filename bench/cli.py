@@ -6,8 +6,8 @@ Each run uploads the file with ``curl -T`` (``PUT /upload/``) and with ``vault p
 per-chunk sha256, final digest check), then downloads it with ``curl -o FILE`` and ``vault get
 -o FILE`` (streamed, SHA-256 checked against Repr-Digest); the order of curl and vault
 alternates between runs. Times are wall-clock around each whole command (so the client's
-start-up, token renewal and final check count against it); the client's CPU time and peak RSS
-(``ru_maxrss``) come from ``wait4`` of that one process, the server's CPU from /proc. Reported:
+start-up, token renewal and final check count against it); the client's CPU time comes from
+``wait4`` of that one process, its peak RSS (VmHWM) and the server's CPU from /proc. Reported:
 median MB/s of each, the ratio vault/curl per run (median, min-max), CPU-s/GB of client and
 server, the client's peak RSS.
 """
@@ -21,11 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.transfer import GB, MB, MiB, ProcStats, make_test_file, parse_size, sha256_file
+from bench.transfer import GB, MB, BenchError, MiB, ProcStats, make_test_file, parse_size, sha256_file
 from tests.server import ROOT, Server
 
 PASSWORD = "bench password 1"  # noqa: S105 (a throwaway account on a throwaway server)
@@ -49,20 +50,40 @@ class Run:
         return cpu / (self.size / GB)
 
 
+class PeakRss(threading.Thread):
+    """The client's VmHWM, read every 20 ms until it exits. ``ru_maxrss`` from wait4 would
+    also count the benchmark's own image copied at fork, before exec."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.stats, self.peak, self.done = ProcStats(pid), 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            try:
+                self.peak = max(self.peak, self.stats.hwm())
+            except (OSError, BenchError):
+                pass  # not exec'd yet, or gone
+
+
 def timed(argv: list[str], env: dict[str, str], server: ProcStats, size: int, client: str, kind: str) -> Run:
-    """Run one command to completion; its own CPU and peak RSS from wait4."""
+    """Run one command to completion; its own CPU from wait4, its peak RSS from /proc."""
     cpu0 = server.cpu_seconds()
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rss = PeakRss(proc.pid)
+    rss.start()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
+    rss.done.set()
+    rss.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.stderr is not None
     err = proc.stderr.read().decode(errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:4])}... failed ({proc.returncode}): {err}")
     return Run(
-        client, kind, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024,
+        client, kind, seconds, usage.ru_utime + usage.ru_stime, rss.peak,
         server.cpu_seconds() - cpu0, size,
     )  # fmt: skip
 

@@ -79,14 +79,19 @@ class Store:
             return None  # unreadable or corrupt: treated as absent
         return data if isinstance(data, dict) else None
 
-    def _write(self, path: Path, data: dict[str, Any]) -> None:
+    def _write(self, path: Path, data: dict[str, Any], durable: bool = True) -> None:
+        """Atomically; ``durable`` also waits for the disk (the session's tokens: a rotated
+        refresh token lost in a crash means logging in again). Transfer state does not wait:
+        an fsync there can stall behind the gigabytes a download just wrote, and losing it
+        only means starting that transfer again."""
         _private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as out:  # mkstemp creates it 0600
                 json.dump(data, out, indent=1)
                 out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -119,4 +124,4 @@ class Store:
         with self.locked():
             state = self.load_transfers()
             yield state
-            self._write(self.state_dir / TRANSFERS, asdict(state))
+            self._write(self.state_dir / TRANSFERS, asdict(state), durable=False)
