@@ -106,7 +106,7 @@ async def settle(grace: float) -> None:
 
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[SQLiteStore]:
-    store = await SQLiteStore.open(settings.db_path)
+    store = await SQLiteStore.open(settings.db_path, settings.busy_timeout)
     try:
         yield store
     finally:

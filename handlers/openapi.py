@@ -126,7 +126,8 @@ ERROR_RESPONSES: Schema = {
     ),
     "IntegrityFailure": reply("Stored data failed its integrity check (never says which).", schema("Error")),
     "Busy": reply(
-        "Too many password hashes queued: retry shortly.",
+        "Too many password hashes queued, or (any write) the database stayed locked by another"
+        " process past `busy_timeout`: retry shortly.",
         schema("Error"),
         {"Retry-After": header("Seconds to wait.", {"type": "integer", "minimum": 0}, required=False)},
     ),

@@ -11,15 +11,15 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from vault.errors import IntegrityError, OffsetMismatch, UserExists
+from vault.errors import IntegrityError, OffsetMismatch, StorageBusy, UserExists, VaultError
 from vault.format import Header
 from vault.store import AuditEntry, Grant, Link, RefreshToken, Resumable, StoredFile, User
 
@@ -32,8 +32,11 @@ _PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
     "PRAGMA secure_delete = FAST",
-    "PRAGMA busy_timeout = 10000",
 )
+DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's lock (and for ours)
+BUSY_SLACK_MS = 250  # a write that queued longer than this for our own lock waits less in SQLite
+# SQLite's primary result codes (the low byte of an extended code) that are not bugs of ours
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 _FILE_COLUMNS = (
     "file_id, owner, name, version, suite, seg_size, size, seg_count, sha256,"
     " key_id, wrapped_key, header_tag, created, seg_root"
@@ -146,16 +149,42 @@ async def _prune_refresh(db: aiosqlite.Connection, user_id: int, before: float) 
     await db.execute("DELETE FROM refresh_tokens WHERE user_id = ? AND expires < ?", (user_id, before))
 
 
+def _domain_error(exc: sqlite3.Error) -> VaultError | None:
+    """The domain error for an SQLite failure that is a state of the database, not a bug: the
+    one place these are mapped (handlers/ maps the domain errors to statuses)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (SQLITE_BUSY, SQLITE_LOCKED):
+        return StorageBusy()
+    return None
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        error = _domain_error(exc)
+        if error is None:
+            raise
+        log.warning("database: %s", exc)
+        raise error from None
+
+
 class SQLiteStore:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, busy_timeout: float
+    ) -> None:
         self._writer = writer
         self._reader = reader
         self._lock = asyncio.Lock()
+        self._busy_timeout = busy_timeout
+        self._busy_ms = int(busy_timeout * 1000)  # the writer's busy_timeout now
 
     @classmethod
-    async def open(cls, path: Path) -> "SQLiteStore":
+    async def open(cls, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> "SQLiteStore":
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await aiosqlite.connect(path, isolation_level=None)
+        await writer.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         await writer.execute("PRAGMA page_size = 65536")  # effective only for a new database
         for pragma in _PRAGMAS:
             await writer.execute(pragma)
@@ -168,24 +197,56 @@ class SQLiteStore:
         await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         reader = await aiosqlite.connect(path, isolation_level=None)
         reader.text_factory = _lenient_text
+        await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         for pragma in _PRAGMAS:
             await reader.execute(pragma)
-        return cls(writer, reader)
+        return cls(writer, reader, busy_timeout)
 
     async def close(self) -> None:
         await self._reader.close()
         await self._writer.close()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+    async def _locked(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer, to this task alone. Waiting for it here and then for another process's
+        lock in SQLite share one budget, ``busy_timeout``: past it the write is StorageBusy
+        (503), never a wait of twice the timeout."""
+        deadline = time.monotonic() + self._busy_timeout
+        if self._lock.locked():
             try:
+                async with asyncio.timeout(self._busy_timeout):
+                    await self._lock.acquire()
+            except TimeoutError:
+                log.warning("database: a write queued %.1f s for the writer", self._busy_timeout)
+                raise StorageBusy() from None
+        else:
+            await self._lock.acquire()  # free: no timer for the common case
+        try:
+            with _translated():
+                await self._budget(deadline)
                 yield self._writer
+        finally:
+            self._lock.release()
+
+    async def _budget(self, deadline: float) -> None:
+        """Give SQLite's busy wait only what is left of the write's budget (a PRAGMA only when
+        that changed noticeably: without queueing, never)."""
+        left = max(int((deadline - time.monotonic()) * 1000), 1)
+        if abs(left - self._busy_ms) > BUSY_SLACK_MS:
+            await self._writer.execute(f"PRAGMA busy_timeout = {left}")
+            self._busy_ms = left
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._locked() as db:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    await db.execute("ROLLBACK")
                 raise
-            await self._writer.execute("COMMIT")
+            await db.execute("COMMIT")
 
     async def _all(self, sql: str, params: tuple[object, ...]) -> list[Any]:
         """Run a read in one hop on the reader's thread (execute and fetch together), so no
@@ -194,7 +255,8 @@ class SQLiteStore:
         instead of every commit acknowledged before it began. A row that cannot even be
         decoded is an IntegrityError."""
         try:
-            return list(await self._reader.execute_fetchall(sql, params))
+            with _translated():
+                return list(await self._reader.execute_fetchall(sql, params))
         except (sqlite3.DataError, sqlite3.OperationalError) as exc:
             log.error("reading the database failed: %s", exc)
             # its traceback holds the failed cursor, which would keep the statement (and so
@@ -207,8 +269,8 @@ class SQLiteStore:
         return rows[0] if rows else None
 
     async def _write(self, sql: str, params: tuple[object, ...]) -> int:
-        async with self._lock:
-            cursor = await self._writer.execute(sql, params)
+        async with self._locked() as db:
+            cursor = await db.execute(sql, params)
             return cursor.rowcount
 
     async def create_user(self, user: User) -> None:
@@ -350,8 +412,8 @@ class SQLiteStore:
         if changed != 1:
             return 0
         while True:
-            async with self._lock:
-                cursor = await self._writer.execute(
+            async with self._locked() as db:
+                cursor = await db.execute(
                     "DELETE FROM segments WHERE rowid IN"
                     " (SELECT rowid FROM segments WHERE file_id = ? LIMIT ?)",
                     (file_id, PURGE_BATCH),

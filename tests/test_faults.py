@@ -6,6 +6,7 @@ reflects it, whatever else the server is reading at the time.
 
 import asyncio
 import hashlib
+import json
 import sqlite3
 import threading
 import time
@@ -141,3 +142,84 @@ def test_a_write_from_an_old_offset_never_replaces_a_saved_segment(tmp_path: Pat
     with closing(sqlite3.connect(db)) as conn:
         rows = conn.execute("SELECT idx, data FROM segments ORDER BY idx").fetchall()
     assert rows == [(0, b"saved"), (1, b"saved"), (2, b"the partial one"), (3, b"beyond")]
+
+
+# --------------------------------------------------------------------------- busy and partial failures
+
+
+@contextmanager
+def outside_write_lock(server: Server) -> Iterator[sqlite3.Connection]:
+    """Another process's write transaction on the server's database (say, sqlite3 or a backup)."""
+    with closing(sqlite3.connect(server.db_path, isolation_level=None, timeout=30)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        finally:
+            db.execute("ROLLBACK")
+
+
+def assert_json_error(status: int, body: bytes, expected: int) -> None:
+    assert status == expected, (status, body[:300])
+    answer = json.loads(body)
+    assert set(answer) == {"message", "status"} and answer["status"] == expected, answer
+
+
+def test_a_database_locked_past_busy_timeout_answers_503_and_reads_go_on(fresh_server: Server) -> None:
+    server = fresh_server
+    server.env["VAULT_BUSY_TIMEOUT"] = "1"
+    server.start()
+    _, token = server.new_user()
+    assert server.put_file(token, "old.txt", b"old").status == 201
+    with outside_write_lock(server):
+        resp = server.put_file(token, "new.txt", b"new")
+        assert_json_error(resp.status, resp.body, 503)
+        assert resp.headers["Retry-After"].isdigit()
+        assert server.request("GET", "/download/old.txt", token=token).body == b"old"
+        assert [f["filename"] for f in listing(server, token).values()] == ["old.txt"]
+    assert server.put_file(token, "new.txt", b"new").status == 201
+    assert server.request("GET", "/download/new.txt", token=token).body == b"new"
+
+
+def test_writes_queued_behind_a_locked_database_wait_one_busy_timeout_not_two(fresh_server: Server) -> None:
+    """Waiting in the server's own queue for the writer and then in SQLite for the outside lock
+    share one budget. Before: the second of two writes waited for the first (one timeout), then
+    again itself, at least twice the timeout in all; the bound leaves a quarter for slowness."""
+    timeout = 2.0
+    server = fresh_server
+    server.env["VAULT_BUSY_TIMEOUT"] = str(int(timeout))
+    server.start()
+    _, token = server.new_user()
+    took: list[tuple[int, float]] = []
+
+    def upload(name: str) -> None:
+        started = time.monotonic()
+        status = server.put_file(token, name, b"x").status
+        took.append((status, time.monotonic() - started))
+
+    with outside_write_lock(server):
+        threads = [threading.Thread(target=upload, args=(f"{i}.txt",)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [status for status, _ in took] == [503] * 3
+    assert max(seconds for _, seconds in took) < 1.75 * timeout, took
+
+
+def test_a_delete_that_committed_answers_200_even_if_the_purge_after_it_fails(fresh_server: Server) -> None:
+    server = fresh_server.start()
+    _, token = server.new_user()
+    assert server.put_file(token, "a.bin", payload(3 * MiB)).status == 201
+    with closing(sqlite3.connect(server.db_path, isolation_level=None)) as db:
+        # a fault injected in the real database: removing segments fails (as on a broken disk)
+        db.execute("CREATE TRIGGER fail_purge BEFORE DELETE ON segments BEGIN SELECT RAISE(ABORT, 'x'); END")
+        resp = server.request("DELETE", "/files/a.bin", token=token)
+        assert resp.status == 200, resp.body
+        assert listing(server, token) == {}
+        db.execute("DROP TRIGGER fail_purge")
+    # the next purge (after any upload) finishes the job
+    assert server.put_file(token, "b.txt", b"b").status == 201
+    assert server.request("DELETE", "/files/b.txt", token=token).status == 200
+    with closing(sqlite3.connect(server.db_path)) as db:
+        assert db.execute("SELECT COUNT(*) FROM segments").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM files").fetchone() == (0,)

@@ -28,6 +28,7 @@ VaultError
 ├── TooLarge                a body or file is over its configured limit
 ├── RangeNotSatisfiable     the requested byte range lies outside the file
 ├── Busy                    the server is at a configured limit; retry later
+│   └── StorageBusy         the database stayed locked (by another process) past busy_timeout
 └── IntegrityError          stored data failed authentication (never says which check)
 """
 
@@ -207,6 +208,12 @@ class Busy(VaultError):
     """The server is at a configured limit right now; the client should retry shortly."""
 
     message = "Server busy: retry shortly"
+
+
+class StorageBusy(Busy):
+    """The database stayed locked (by another process) for the whole ``busy_timeout``."""
+
+    message = "The database is busy: retry shortly"
 
 
 class IntegrityError(VaultError):

@@ -94,7 +94,10 @@ class FileService:
         if not await self.store.delete_file(owner, check_filename(name)):
             raise FileNotFound()
         self.quotas.changed(owner)
-        await self.purge()
+        try:  # the delete is committed: a purge that fails now only leaves work for the next
+            await self.purge()
+        except Exception:
+            log.exception("purge after a delete failed; the next one will retry")
 
     async def purge(self, staged_too: bool = False) -> int:
         """Remove replaced and deleted files, expired resumable uploads and (at start-up) uploads
