@@ -19,7 +19,7 @@ import tornado.ioloop
 import tornado.netutil
 
 from handlers import make_app
-from handlers.base import Context
+from handlers.base import Context, InFlight
 from storage.sqlite import SQLiteStore
 from vault.admin import Admin
 from vault.audit import WRITER_TASK
@@ -42,7 +42,7 @@ BODY_CHUNK = 256 * 1024
 # buffers zeroed 16 bytes per byte received. The body still reaches the handler in BODY_CHUNKs.
 TLS_READ_SIZE = 16 * 1024
 PURGE_INTERVAL = 300  # seconds between sweeps for expired resumable uploads
-SHUTDOWN_GRACE = 10  # seconds to finish saving interrupted uploads at shutdown
+SHUTDOWN_GRACE = 10  # seconds to finish saving interrupted uploads once connections are closed
 SMALL_BODY_LIMIT = 64 * 1024
 LOCK_FILE = "vault.lock"
 
@@ -138,7 +138,8 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
         max_backoff=settings.login_max_backoff,
         trusted_proxies=settings.trusted_proxies,
     )
-    app = make_app(Context(core, throttle))
+    ctx = Context(core, throttle)
+    app = make_app(ctx)
     server = tornado.httpserver.HTTPServer(
         app,
         ssl_options=ssl_context,
@@ -161,19 +162,37 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
         plain.listen(settings.plain_http_port, "127.0.0.1")
         log.warning("plain HTTP for benchmarks on http://127.0.0.1:%d", settings.plain_http_port)
     print(f"vault listening on https://{settings.host}:{port} (data in {settings.data_dir})", flush=True)
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda: hurry.set() if stop.is_set() else stop.set())
     loop.add_signal_handler(signal.SIGHUP, reload_certificate, settings, ssl_context)
     await stop.wait()
-    log.info("shutting down")
     purger.stop()
-    server.stop()
-    if plain is not None:
-        plain.stop()
-    await server.close_all_connections()
+    servers = [server] if plain is None else [server, plain]
+    await drain(servers, ctx.requests, settings.shutdown_grace, hurry)
     await settle(SHUTDOWN_GRACE)
+
+
+async def drain(
+    servers: list[tornado.httpserver.HTTPServer], requests: InFlight, grace: float, hurry: asyncio.Event
+) -> None:
+    """A graceful stop: accept no more connections, answer the requests in flight (a request
+    arriving on a kept-alive connection meanwhile is answered, then its connection closed) for
+    up to ``grace`` seconds or until a second signal, then close every connection (interrupted
+    resumable uploads keep what they saved)."""
+    for server in servers:
+        server.stop()
+        server.conn_params.no_keep_alive = True
+    log.info("shutting down: %d request(s) in flight, waiting up to %s s", requests.count, grace)
+    waits = [asyncio.ensure_future(requests.idle()), asyncio.ensure_future(hurry.wait())]
+    await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if requests.count:
+        log.warning("shutting down: cutting off %d request(s) still in flight", requests.count)
+    for server in servers:
+        await server.close_all_connections()
 
 
 def parse_size(text: str) -> int | None:

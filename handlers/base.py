@@ -1,11 +1,12 @@
 """The base handler: collaborators, JSON responses, the one error mapping, and Bearer auth."""
 
+import asyncio
 import functools
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -73,13 +74,39 @@ def status_for(exc: VaultError) -> int:
     return 500
 
 
+class InFlight:
+    """The requests being answered now, so a graceful stop can wait until none is left. A
+    request counts from its handler's start until its response is sent or its connection
+    closes, whichever comes first."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no request is in flight."""
+        await self._idle.wait()
+
+
 @dataclass(frozen=True)
 class Context:
     """What every handler receives through ``initialize``: the core (vault/core.py) plus the
-    parts that only HTTP needs (the login throttle, which also reads X-Forwarded-For)."""
+    parts that only HTTP needs (the login throttle, which also reads X-Forwarded-For, and the
+    requests in flight, for a graceful stop)."""
 
     core: Core
     throttle: LoginThrottle
+    requests: InFlight = field(default_factory=InFlight)
 
 
 def safe_path(path: str) -> str:
@@ -116,6 +143,7 @@ class BaseHandler(tornado.web.RequestHandler):
     AUDITED: dict[str, str] = {}
 
     _upload_slot: int | None = None
+    _in_flight = False
     _body_timer: object | None = None
     _body_busy = False
     _body_seen = 0.0
@@ -134,6 +162,20 @@ class BaseHandler(tornado.web.RequestHandler):
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
         self.audit_actor = "-"
+        ctx.requests.enter()
+        self._in_flight = True
+
+    def _left(self, *_: object) -> None:
+        """The request is over for a graceful stop (exactly once)."""
+        if self._in_flight:
+            self._in_flight = False
+            self.ctx.requests.leave()
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> "asyncio.Future[None]":
+        """Count the request as over once its response is sent, not when it is only queued."""
+        future = super().finish(chunk)
+        future.add_done_callback(self._left)
+        return future
 
     def take_upload_slot(self, user_id: int) -> None:
         """Count this request among the user's uploads in progress (429 beyond the limit)
@@ -178,6 +220,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def on_connection_close(self) -> None:
         super().on_connection_close()
         self._end_request()
+        self._left()
 
     @property
     def core(self) -> Core:

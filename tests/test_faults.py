@@ -6,13 +6,17 @@ reflects it, whatever else the server is reading at the time.
 
 import asyncio
 import hashlib
+import http.client
 import json
+import signal
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -223,3 +227,67 @@ def test_a_delete_that_committed_answers_200_even_if_the_purge_after_it_fails(fr
     with closing(sqlite3.connect(server.db_path)) as db:
         assert db.execute("SELECT COUNT(*) FROM segments").fetchone() == (0,)
         assert db.execute("SELECT COUNT(*) FROM files").fetchone() == (0,)
+
+
+# --------------------------------------------------------------------------- graceful stop
+
+
+def slow_download(server: Server, token: str, name: str) -> tuple[http.client.HTTPSConnection, Any]:
+    """A download whose client reads slowly: a small receive window keeps the server writing."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    raw.settimeout(60)
+    raw.connect(("127.0.0.1", server.port))
+    conn = server.connection()
+    conn.sock = server.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    conn.request("GET", "/download/" + name, headers={"Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    return conn, resp
+
+
+def wait_for_log(server: Server, text: str) -> None:
+    deadline = time.monotonic() + 30
+    while text not in server.output():
+        assert server.process is not None and server.process.poll() is None, server.output()[-2000:]
+        assert time.monotonic() < deadline, f"no {text!r} in the log"
+        time.sleep(0.02)
+
+
+def test_sigterm_lets_a_download_in_flight_finish_and_accepts_no_new_connection(fresh_server: Server) -> None:
+    server = fresh_server.start()
+    _, token = server.new_user()
+    data = payload(16 * MiB, seed=3)
+    assert server.put_file(token, "big.bin", data).status == 201
+    conn, resp = slow_download(server, token, "big.bin")
+    try:
+        first = resp.read(MiB)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        wait_for_log(server, "shutting down: 1 request(s) in flight")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=10).close()
+        rest = resp.read()
+    finally:
+        conn.close()
+    assert hashlib.sha256(first + rest).digest() == hashlib.sha256(data).digest()
+    assert server.process.wait(timeout=30) == 0
+    assert "cutting off" not in server.output()
+
+
+def test_sigterm_cuts_what_is_still_running_after_the_grace_period(fresh_server: Server) -> None:
+    server = fresh_server
+    server.env["VAULT_SHUTDOWN_GRACE"] = "1"
+    server.start()
+    _, token = server.new_user()
+    assert server.put_file(token, "big.bin", payload(16 * MiB)).status == 201
+    conn, resp = slow_download(server, token, "big.bin")  # and then reads nothing
+    try:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        assert "cutting off 1 request(s) still in flight" in server.output()
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+    finally:
+        conn.close()

@@ -75,6 +75,9 @@ class Settings:
     busy_timeout: int = _setting(
         10, "Seconds a write waits for the database's lock (held by another process) before 503."
     )
+    shutdown_grace: int = _setting(
+        30, "Seconds SIGTERM lets requests in flight finish (no new connections) before closing them."
+    )
     public_url: str = _setting(
         "", "Base URL in public links, e.g. https://files.example.org (default: from the request's Host)."
     )
@@ -133,6 +136,7 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "body_timeout", 1, 86400)
     _check_range(values, "uploads_per_user", 1, 10_000)
     _check_range(values, "busy_timeout", 1, 3600)
+    _check_range(values, "shutdown_grace", 0, 86400)
     _check_range(values, "login_free_attempts", 1, 1_000_000)
     _check_range(values, "login_max_backoff", 1, 86400)
     parse_networks(values["trusted_proxies"])
