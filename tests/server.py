@@ -71,6 +71,9 @@ class Server:
             # Every test logs in from 127.0.0.1 and some fail on purpose: throttling is tested
             # on servers of its own (tests/test_throttle.py).
             "VAULT_LOGIN_FREE_ATTEMPTS": "1000000",
+            # A test that ends with a request still open (a stalled body) must not make the
+            # stop wait the whole default grace period (tests/test_faults.py tests the grace).
+            "VAULT_SHUTDOWN_GRACE": "3",
             **self.env,
         }
         start_at = self.log_path.stat().st_size if self.log_path.exists() else 0

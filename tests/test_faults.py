@@ -255,7 +255,9 @@ def wait_for_log(server: Server, text: str) -> None:
 
 
 def test_sigterm_lets_a_download_in_flight_finish_and_accepts_no_new_connection(fresh_server: Server) -> None:
-    server = fresh_server.start()
+    server = fresh_server
+    server.env["VAULT_SHUTDOWN_GRACE"] = "120"
+    server.start()
     _, token = server.new_user()
     data = payload(16 * MiB, seed=3)
     assert server.put_file(token, "big.bin", data).status == 201

@@ -740,8 +740,10 @@ def test_patch_cut_off_mid_body_leaves_no_request_hanging_until_shutdown(fresh_s
 
 
 def test_server_stopped_during_a_patch_keeps_what_arrived(fresh_server: Server) -> None:
-    """SIGTERM while a PATCH is mid-body: shutdown lets the interrupted request save what it
-    received before the database closes, so the offset survives the restart."""
+    """SIGTERM while a PATCH is mid-body: once the grace period is over, shutdown lets the
+    interrupted request save what it received before the database closes, so the offset
+    survives the restart."""
+    fresh_server.env["VAULT_SHUTDOWN_GRACE"] = "1"
     server = fresh_server.start()
     username, token = server.new_user()
     data = payload(4 * S)
