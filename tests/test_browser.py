@@ -182,13 +182,21 @@ def test_register_upload_download_filter_delete_and_stay_signed_in(
     row = page.locator("#file-rows tr", has_text=src.name)
     assert row.locator("td").nth(1).text_content() == "3.0 MiB"
     assert row.locator("td").first.text_content() == src.name  # as text, not HTML
-    assert "used (2 files" in page.text_content("#usage-text")
+    assert "used (2 files" in page.text_content("#usage-text")  # from /me
     shot(page, "web-files.png")
 
     with page.expect_download() as download:
         row.get_by_role("link", name=f"Download {src.name}").click()
     assert download.value.suggested_filename == src.name
     assert Path(download.value.path()).read_bytes() == data
+
+    drop = page.evaluate_handle(
+        """() => { const dt = new DataTransfer();
+          dt.items.add(new File(["dropped bytes"], "dropped.txt")); return dt; }"""
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": drop})  # drag and drop
+    wait_state(page, "dropped.txt", "done")
+    page.locator("#file-rows tr", has_text="dropped.txt").wait_for()
 
     page.fill("#filter", "notes")
     assert page.locator("#file-rows tr").count() == 1
@@ -203,6 +211,7 @@ def test_register_upload_download_filter_delete_and_stay_signed_in(
     page.locator("#file-rows tr", has_text="notes.txt").wait_for(state="detached")
     token = app_server.request("POST", "/login", {"username": name, "password": PASSWORD}).json()["token"]
     assert app_server.request("GET", "/download/notes.txt", token=token).status == 404
+    assert stored(app_server, token, "dropped.txt") == b"dropped bytes"
     assert stored(app_server, token, urllib.parse.quote(src.name)) == data
 
 
