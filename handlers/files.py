@@ -17,10 +17,12 @@ import tornado.web
 from handlers.base import BaseHandler, body_activity
 from handlers.ranges import if_range_holds, none_match, parse_range
 from vault.auth import Identity
+from vault.download import Download
 from vault.errors import InputError, IntegrityError, MalformedUpload
-from vault.files import Download, FileInfo, Upload
 from vault.multipart import MultipartParser, PartData, PartEnd, PartStart, boundary_from_content_type
 from vault.names import check_filename
+from vault.records import FileInfo
+from vault.upload import Upload
 
 CHUNK_ALLOWANCE = 1024 * 1024
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body

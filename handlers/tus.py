@@ -27,7 +27,7 @@ from vault.errors import (
     PreconditionFailed,
     UnsupportedMediaType,
 )
-from vault.files import ResumedUpload
+from vault.resumable import ResumedUpload
 from vault.store import Resumable
 
 log = logging.getLogger(__name__)

@@ -2,31 +2,27 @@
 appended to by one request at a time (docs/FORMAT.md, "Resumable uploads")."""
 
 import hashlib
-import hmac
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING
 
 from vault import format as sfs
 from vault.errors import IntegrityError, NotFound, OffsetMismatch
 from vault.names import check_filename
+from vault.pipeline import Pipeline
 from vault.records import FileInfo, ResumeState
 from vault.store import Resumable
 from vault.upload import Upload
-
-if TYPE_CHECKING:
-    from vault.files import FileService
 
 log = logging.getLogger(__name__)
 RESUMABLE_ID_BYTES = 16
 
 
 class Resumables:
-    """The resumable side of a FileService: create, look up (verified), resume, terminate."""
+    """Resumable uploads: create, look up (verified), resume, terminate."""
 
-    def __init__(self, files: "FileService", ttl: int) -> None:
-        self.files = files
+    def __init__(self, pipe: Pipeline, ttl: int) -> None:
+        self._pipe = pipe
         self.ttl = ttl
         self._busy: set[str] = set()  # uploads a request is writing to right now
         # tus_id -> (offset, SHA-256 of the segments before it, last used): saves re-reading them
@@ -41,10 +37,10 @@ class Resumables:
         """Register a resumable upload of ``length`` bytes; its key is wrapped at once so the
         upload survives a restart."""
         name = check_filename(name)
-        reservation = await self.files.quotas.admit(owner, length)
+        reservation = await self._pipe.quotas.admit(owner, length)
         try:
             upload = self._new(owner, name, length, metadata)
-            await self.files.store.create_resumable(upload)  # from now on the store counts it
+            await self._pipe.store.create_resumable(upload)  # from now on the store counts it
             reservation.settle()
         finally:
             reservation.release()
@@ -52,8 +48,8 @@ class Resumables:
 
     def _new(self, owner: int, name: str, length: int, metadata: str) -> Resumable:
         file_id, file_key, now = sfs.new_file_id(), sfs.new_file_key(), time.time()
-        primary, tus_id = self.files.keyring.primary, secrets.token_urlsafe(RESUMABLE_ID_BYTES)
-        ticket = sfs.UploadTicket(self.files.seg_size, file_id, owner, length, now, tus_id, name)
+        primary, tus_id = self._pipe.keyring.primary, secrets.token_urlsafe(RESUMABLE_ID_BYTES)
+        ticket = sfs.UploadTicket(self._pipe.seg_size, file_id, owner, length, now, tus_id, name)
         return Resumable(
             tus_id=tus_id,
             file_id=file_id,
@@ -61,9 +57,9 @@ class Resumables:
             name=name,
             length=length,
             offset=0,
-            seg_size=self.files.seg_size,
+            seg_size=self._pipe.seg_size,
             key_id=primary,
-            wrapped_key=sfs.wrap_file_key(self.files.keyring.keks[primary], primary, file_id, file_key),
+            wrapped_key=sfs.wrap_file_key(self._pipe.keyring.keks[primary], primary, file_id, file_key),
             tail=None,
             expires=now + self.ttl,
             metadata=metadata,
@@ -72,7 +68,7 @@ class Resumables:
         )
 
     async def get(self, owner: int, tus_id: str) -> Resumable:
-        upload = await self.files.store.get_resumable(owner, tus_id)
+        upload = await self._pipe.store.get_resumable(owner, tus_id)
         if upload is None or upload.expires < time.time():
             raise NotFound("Upload not found")
         self._upload_keys(upload)
@@ -80,7 +76,7 @@ class Resumables:
 
     def _upload_keys(self, upload: Resumable) -> tuple[bytes, sfs.KeyPair]:
         """Unwrap a resumable upload's key and check its tag: (file key, derived keys)."""
-        kek = self.files.keyring.kek(upload.key_id)
+        kek = self._pipe.keyring.kek(upload.key_id)
         try:
             if kek is None:
                 raise IntegrityError()
@@ -109,18 +105,42 @@ class Resumables:
         if offset != upload.offset:
             raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
         self._busy.add(tus_id)
-        self.files.pin(upload.file_id)
+        self._pipe.pins.pin(upload.file_id)
         try:
             state = await self._resume_state(upload)
         except BaseException:
-            self._busy.discard(tus_id)
-            self.files.release(upload.file_id)
+            self.end(upload)
             raise
-        return ResumedUpload(self, upload, Upload(self.files, self.files.quotas.unmetered(owner), state))
+        return ResumedUpload(self, upload, Upload(self._pipe, self._pipe.quotas.unmetered(owner), state))
+
+    def end(self, upload: Resumable) -> None:
+        """A request stopped writing to ``upload``; pair with each successful ``resume``."""
+        self._busy.discard(upload.tus_id)
+        self._pipe.pins.release(upload.file_id)
+
+    def completed(self, upload: Resumable) -> None:
+        """``upload`` became a file: nothing to resume any more."""
+        self._hashes.pop(upload.tus_id, None)
+
+    async def keep_progress(self, upload: Resumable, state: ResumeState) -> int:
+        """Store the progress of ``upload`` up to ``state`` (its partial segment sealed), so a
+        later request, or a restarted server, goes on from there; returns the new offset."""
+        keys = sfs.derive_file_keys(state.file_key, state.file_id)
+        root = sfs.segment_root(state.tags)
+        tail = await self._pipe.crypto(
+            sfs.seal_tail, keys, state.file_id, state.seg_size, state.offset, root, state.tail
+        )
+        expires = time.time() + self.ttl
+        if not await self._pipe.store.save_progress(
+            upload.file_id, upload.offset, state.offset, tail, expires
+        ):
+            raise OffsetMismatch()
+        self._hashes[upload.tus_id] = (state.offset, state.sha, time.time())
+        return state.offset
 
     async def _resume_state(self, upload: Resumable) -> ResumeState:
         file_key, keys = self._upload_keys(upload)
-        tags = await self.files.segment_tags(upload.file_id, upload.offset // upload.seg_size)
+        tags = await self._pipe.segment_tags(upload.file_id, upload.offset // upload.seg_size)
         tail = b""
         if upload.tail is not None:
             root = sfs.segment_root(tags)
@@ -140,25 +160,12 @@ class Resumables:
         """After a restart the running SHA-256 is gone: hash the stored full segments once."""
         sha = hashlib.sha256()
         for index in range(upload.offset // upload.seg_size):
-            rows = await self.files.store.read_segments(upload.file_id, index, 1)
             tag = tags[index * sfs.TAG_LEN : (index + 1) * sfs.TAG_LEN]
-            if (
-                len(rows) != 1
-                or rows[0][0] != index
-                or not hmac.compare_digest(rows[0][1][-sfs.TAG_LEN :], tag)
-            ):
-                raise IntegrityError()
-            plaintext = await self.files.crypto(
-                sfs.open_segment,
-                keys,
-                upload.file_id,
-                upload.seg_size,
-                index,
-                False,
-                upload.seg_size,
-                rows[0][1],
+            seg_size = upload.seg_size
+            plaintext = await self._pipe.open_segment(
+                keys, upload.file_id, seg_size, index, seg_size, False, tag
             )
-            await self.files.hash(sha.update, plaintext)
+            await self._pipe.hash(sha.update, plaintext)
         return sha
 
     async def terminate(self, owner: int, tus_id: str) -> None:
@@ -168,8 +175,8 @@ class Resumables:
         self._busy.add(tus_id)  # no PATCH may start while its segments are being deleted
         try:
             self._hashes.pop(tus_id, None)
-            await self.files.store.discard_file(upload.file_id)
-            self.files.quotas.changed(owner)
+            await self._pipe.store.discard_file(upload.file_id)
+            self._pipe.quotas.changed(owner)
         finally:
             self._busy.discard(tus_id)
 
@@ -179,7 +186,7 @@ class ResumedUpload:
     completes the file when the last byte arrived) or ``discard``."""
 
     def __init__(self, service: Resumables, resumable: Resumable, upload: Upload) -> None:
-        self._svc = service
+        self._uploads = service
         self.resumable = resumable
         self._upload = upload
         self._done = False
@@ -200,25 +207,15 @@ class ResumedUpload:
         """Make what arrived durable and return the new offset; commit the file if complete."""
         if self._done:
             raise RuntimeError("resumed upload already saved or discarded")
-        svc, r = self._svc, self.resumable
+        resumable = self.resumable
         try:
-            if self._upload.size == r.length:
-                self.info = await self._upload.finish(r.name)
-                svc._hashes.pop(r.tus_id, None)
-                return r.length
-            state = await self._upload.checkpoint()
-            tail = await svc.files.crypto(sfs.seal_tail, *self._tail_args(state))
-            expires = time.time() + svc.ttl
-            if not await svc.files.store.save_progress(r.file_id, r.offset, state.offset, tail, expires):
-                raise OffsetMismatch()
-            svc._hashes[r.tus_id] = (state.offset, state.sha, time.time())
-            return state.offset
+            if self._upload.size == resumable.length:
+                self.info = await self._upload.finish(resumable.name)
+                self._uploads.completed(resumable)
+                return resumable.length
+            return await self._uploads.keep_progress(resumable, await self._upload.checkpoint())
         finally:
             self._close()
-
-    def _tail_args(self, state: ResumeState) -> tuple[sfs.KeyPair, bytes, int, int, bytes, bytes]:
-        keys = sfs.derive_file_keys(state.file_key, state.file_id)
-        return keys, state.file_id, state.seg_size, state.offset, sfs.segment_root(state.tags), state.tail
 
     async def discard(self) -> None:
         """Forget what this request sent: the stored offset stays where it was."""
@@ -231,5 +228,4 @@ class ResumedUpload:
     def _close(self) -> None:
         if not self._done:
             self._done = True
-            self._svc._busy.discard(self.resumable.tus_id)
-            self._svc.files.release(self.resumable.file_id)
+            self._uploads.end(self.resumable)

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from vault.auth import Authenticator, Identity, check_password
+from vault.download import Download
 from vault.errors import (
     FileNotFound,
     Gone,
@@ -32,9 +33,10 @@ from vault.errors import (
     NotFound,
     TooManyAttempts,
 )
-from vault.files import Download, FileInfo, FileService
+from vault.files import FileService
 from vault.keys import Keyring, row_tag
 from vault.names import check_filename
+from vault.records import FileInfo
 from vault.store import Grant, Link, Store
 
 log = logging.getLogger(__name__)

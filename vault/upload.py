@@ -5,17 +5,14 @@ import collections
 import hashlib
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
 
 from vault import format as sfs
 from vault.errors import DigestMismatch, InputError
 from vault.names import check_filename
+from vault.pipeline import Pipeline
 from vault.quota import Reservation
 from vault.records import FileInfo, ResumeState
 from vault.store import StoredFile
-
-if TYPE_CHECKING:
-    from vault.files import FileService
 
 
 class Upload:
@@ -25,17 +22,15 @@ class Upload:
     further byte shows it is not the last. A resumed upload knows its length in advance.
     """
 
-    def __init__(
-        self, service: "FileService", reservation: Reservation, resume: ResumeState | None = None
-    ) -> None:
-        self._svc = service
+    def __init__(self, pipe: Pipeline, reservation: Reservation, resume: ResumeState | None = None) -> None:
+        self._pipe = pipe
         self._reservation = reservation
         self.owner = reservation.owner
         self.max_size = reservation.max_size
         self.file_id = resume.file_id if resume else sfs.new_file_id()
         self._file_key = resume.file_key if resume else sfs.new_file_key()
         self._keys = sfs.derive_file_keys(self._file_key, self.file_id)
-        self._seg_size = resume.seg_size if resume else service.seg_size
+        self._seg_size = resume.seg_size if resume else pipe.seg_size
         self.length = resume.length if resume else None
         self._segment = bytearray(resume.tail) if resume else bytearray()
         self.size = resume.offset if resume else 0
@@ -61,7 +56,7 @@ class Upload:
             raise InputError("The body goes beyond the declared Upload-Length")
         await self._reservation.charge(len(data))
         if not self._staged:
-            await self._svc.store.stage_file(self.file_id, self.owner, time.time())
+            await self._pipe.store.stage_file(self.file_id, self.owner, time.time())
             self._staged = True
         self.size += len(data)
         view = memoryview(data)
@@ -78,11 +73,11 @@ class Upload:
     async def _emit(self, final: bool) -> None:
         segment, self._segment = self._segment, bytearray()
         index, self._index = self._index, self._index + 1
-        self._hashed = self._svc.hash(self._sha.update, segment)
-        await self._limit_inflight(self._svc.pipeline_depth)
-        await self._svc.slots.acquire()
+        self._hashed = self._pipe.hash(self._sha.update, segment)
+        await self._limit_inflight(self._pipe.pipeline_depth)
+        await self._pipe.slots.acquire()
         task = asyncio.ensure_future(self._store_segment(index, final, segment))
-        task.add_done_callback(lambda _: self._svc.slots.release())
+        task.add_done_callback(lambda _: self._pipe.slots.release())
         self._inflight.append(task)
 
     async def _limit_inflight(self, limit: int) -> None:
@@ -117,11 +112,11 @@ class Upload:
         return self._prefix_tags + b"".join(self._tags[i] for i in range(first, self._index))
 
     async def _store_segment(self, index: int, final: bool, segment: bytearray) -> None:
-        blob = await self._svc.crypto(
+        blob = await self._pipe.crypto(
             sfs.seal_segment, self._keys, self.file_id, self._seg_size, index, final, segment
         )
         tag = bytes(blob[-sfs.TAG_LEN :])
-        await self._svc.store.put_segment(self.file_id, index, tag, blob)
+        await self._pipe.store.put_segment(self.file_id, index, tag, blob)
         self._tags[index] = tag
 
     async def finish(self, name: str, expected_sha256: bytes | None = None) -> FileInfo:
@@ -130,12 +125,12 @@ class Upload:
             if self._closed:
                 raise RuntimeError("upload already finished or aborted")
             info = await self._finish(check_filename(name), expected_sha256)
-        self._svc.schedule_purge()  # a replaced version goes in the background, not before the reply
+        self._pipe.committed()  # a replaced version goes in the background, not before the reply
         return info
 
     async def _finish(self, name: str, expected_sha256: bytes | None) -> FileInfo:
         if not self._staged:
-            await self._svc.store.stage_file(self.file_id, self.owner, time.time())
+            await self._pipe.store.stage_file(self.file_id, self.owner, time.time())
             self._staged = True
         if self.length is not None and self.size != self.length:
             raise InputError("The upload is not complete")
@@ -158,7 +153,7 @@ class Upload:
             created=time.time(),
             seg_root=sfs.segment_root(self._all_tags()),
         )
-        keyring = self._svc.keyring
+        keyring = self._pipe.keyring
         stored = StoredFile(
             header=header,
             key_id=keyring.primary,
@@ -167,7 +162,7 @@ class Upload:
             ),
             header_tag=sfs.header_tag(self._keys, header),
         )
-        await self._svc.store.commit_file(stored)
+        await self._pipe.store.commit_file(stored)
         self._committed = True
         self._reservation.settle()
         return FileInfo.of(stored)
@@ -183,4 +178,4 @@ class Upload:
             self._reservation.release()
             if self._staged and not self._committed:
                 self._staged = False
-                await self._svc.store.discard_file(self.file_id)
+                await self._pipe.store.discard_file(self.file_id)

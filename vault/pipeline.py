@@ -1,0 +1,103 @@
+"""What every piece of the file pipeline shares, passed down to each as one parameter object
+(the way tornado hands ``HTTP1ConnectionParameters`` to each connection): the store, the
+keyring, the crypto and hashing pools, the segment limits, the pins and the quotas. Upload,
+Download and Resumables take a :class:`Pipeline` and never reach back into FileService.
+"""
+
+import asyncio
+import collections
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from vault import format as sfs
+from vault.errors import IntegrityError
+from vault.keys import Keyring
+from vault.quota import Quotas
+from vault.store import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Pins:
+    """Files a transfer still reads or writes: purging leaves them alone. Counted, so each
+    ``pin`` pairs with exactly one ``release``."""
+
+    def __init__(self) -> None:
+        self._count: collections.Counter[bytes] = collections.Counter()
+
+    def pin(self, file_id: bytes) -> None:
+        self._count[file_id] += 1
+
+    def release(self, file_id: bytes) -> None:
+        self._count[file_id] -= 1
+        if self._count[file_id] <= 0:
+            del self._count[file_id]
+
+    def __contains__(self, file_id: object) -> bool:
+        return file_id in self._count
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._count)
+
+    def __len__(self) -> int:
+        return len(self._count)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    store: Store
+    keyring: Keyring
+    crypto_pool: Executor
+    hash_pool: Executor  # one thread: each file's SHA-256 is fed in order
+    seg_size: int  # for new files
+    max_file_size: int  # the configured default; users may have their own (Quotas)
+    pipeline_depth: int  # segments in flight per transfer
+    # One bound for all uploads together: a sealed segment waiting for the database holds
+    # two segment-sized buffers, so memory stays flat however many clients upload at once.
+    slots: asyncio.Semaphore
+    pins: Pins
+    quotas: Quotas
+    committed: Callable[[], None]  # called after each commit (a replaced version is purged)
+
+    def crypto(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(self.crypto_pool, fn, *args)
+
+    def hash(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(self.hash_pool, fn, *args)
+
+    async def segment_tags(self, file_id: bytes, count: int) -> bytes:
+        """The tags of segments 0..count-1, concatenated; a gap or a stray row is an error."""
+        rows = await self.store.read_tags(file_id, count)
+        if len(rows) != count or any(i != n or len(t) != sfs.TAG_LEN for n, (i, t) in enumerate(rows)):
+            log.error("file %s: segments missing", file_id.hex())
+            raise IntegrityError()
+        return b"".join(tag for _, tag in rows)
+
+    async def open_segment(
+        self,
+        keys: sfs.KeyPair,
+        file_id: bytes,
+        seg_size: int,
+        index: int,
+        length: int,
+        final: bool,
+        tag: bytes,
+    ) -> bytes:
+        """Read segment ``index``, check it is the one whose ``tag`` was committed, verify and
+        decrypt it (``length`` plaintext bytes)."""
+        rows = await self.store.read_segments(file_id, index, 1)
+        if len(rows) != 1 or rows[0][0] != index or not hmac.compare_digest(rows[0][1][-sfs.TAG_LEN :], tag):
+            log.error("file %s: segment %d is missing or not the one committed", file_id.hex(), index)
+            raise IntegrityError()
+        try:
+            return await self.crypto(
+                sfs.open_segment, keys, file_id, seg_size, index, final, length, rows[0][1]
+            )
+        except IntegrityError:
+            log.error("file %s: segment %d failed verification", file_id.hex(), index)
+            raise
