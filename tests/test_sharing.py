@@ -38,7 +38,7 @@ import pytest
 from tests.dbedit import Edits
 from tests.server import Response, Server
 from vault.keys import load_keyring
-from vault.sharing import Sharing
+from vault.rows import LINK
 from vault.store import Link
 
 KiB = 1024
@@ -184,8 +184,7 @@ def resign_link(server: Server, link_id: str, **changes: Any) -> None:
     (computed by the product's own code, so the field list is not duplicated here)."""
     values = {**link_row(server, link_id), **changes}
     keyring = load_keyring(server.data_dir, {})
-    signer = Sharing(cast(Any, None), cast(Any, None), keyring, cast(Any, None))
-    tag = signer._link_tag(Link(**values))
+    tag = LINK.tag(keyring, Link(**values))
     sets = ", ".join(f"{column} = ?" for column in changes)
     with database(server) as conn:
         sql = f"UPDATE links SET {sets}, tag = ? WHERE id = ?"  # noqa: S608 (column names from this file)

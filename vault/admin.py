@@ -6,20 +6,16 @@ given only the data directory.
 """
 
 import argparse
-import dataclasses
-import hmac
 import sys
 from collections.abc import Callable
 from typing import BinaryIO, TextIO
 
 from vault import format as sfs
 from vault.audit import LOST_ACTION, rechain, verify_chain
-from vault.auth import user_tag
 from vault.core import Core
 from vault.errors import ConfigError, FileNotFound, IntegrityError, NotFound, VaultError
-from vault.keys import Keyring, remove_key, row_tag
-from vault.sharing import link_tag
-from vault.tokens import refresh_tag
+from vault.keys import Keyring, remove_key
+from vault.rows import rotate
 
 
 class Admin:
@@ -167,19 +163,9 @@ class Admin:
                 file_id, key_id, primary, sfs.wrap_file_key(kek, primary, file_id, file_key)
             )
             self.progress.write(f"\rre-wrapped {number}/{len(rows)} file keys")
-        for user in await self.store.all_users():
-            tag = user_tag(keyring, primary, user.id, user.username, user.password_hash, user.token_epoch)
-            await self.store.update_user(dataclasses.replace(user, key_id=primary, tag=tag))
-        for grant in await self.store.all_grants():
-            tag = row_tag(keyring, primary, b"grant", grant.owner, grant.name, grant.grantee)
-            await self.store.put_grant(dataclasses.replace(grant, key_id=primary, tag=tag))
-        for link in await self.store.all_links():
-            relinked = dataclasses.replace(link, key_id=primary)
-            await self.store.set_link_tag(link.id, primary, link_tag(keyring, relinked))
-        for token in await self.store.all_refresh():
-            if hmac.compare_digest(refresh_tag(keyring, token), token.tag):  # a forged one stays refused
-                retagged = dataclasses.replace(token, key_id=primary)
-                await self.store.set_refresh_tag(token.id, primary, refresh_tag(keyring, retagged))
+        for label, (_, refused) in (await rotate(self.store, keyring)).items():
+            if refused:
+                self.out.write(f"SKIPPED {refused} {label} rows that fail their integrity check\n")
         chain = await rechain(self.store, keyring)
         self.progress.write("\n")
         if chain.broken is not None:

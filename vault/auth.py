@@ -10,7 +10,6 @@ reset-password`` beside a running server) takes effect within that time.
 """
 
 import asyncio
-import hmac
 import logging
 import re
 import secrets
@@ -26,14 +25,14 @@ import jwt
 from vault.errors import (
     Busy,
     ExpiredToken,
-    IntegrityError,
     InvalidCredentials,
     InvalidField,
     InvalidToken,
     NotFound,
     RevokedToken,
 )
-from vault.keys import Keyring, row_tag
+from vault.keys import Keyring
+from vault.rows import USER
 from vault.store import Store, User
 from vault.tokens import RefreshTokens, check_refresh_field
 
@@ -113,16 +112,6 @@ USER_ID_BITS = 62
 MAX_PENDING_HASHES = 64  # about 16 s of bcrypt at cost 12 on 2 threads
 
 
-def user_tag(
-    keyring: Keyring, key_id: int, user_id: int, username: str, password_hash: bytes, token_epoch: int = 0
-) -> bytes:
-    """HMAC over an account row, so that editing it (say, a password hash swapped in by someone
-    who can write the database, or a token epoch set back) is detected before it is used. The
-    epoch is appended only once raised, so rows written before it existed still verify."""
-    fields: tuple[int | str | bytes, ...] = (key_id, user_id, username, password_hash)
-    return row_tag(keyring, key_id, b"user", *fields, *((token_epoch,) if token_epoch else ()))
-
-
 class Authenticator:
     """Registers users, checks passwords and issues and verifies tokens."""
 
@@ -170,9 +159,8 @@ class Authenticator:
         name = check_username(username)
         raw = check_password(password)
         hashed = await self._run(bcrypt.hashpw, raw, bcrypt.gensalt(self._rounds))
-        user_id, key_id = secrets.randbits(USER_ID_BITS) + 1, self._keyring.primary
-        tag = user_tag(self._keyring, key_id, user_id, name, hashed)
-        await self._store.create_user(User(user_id, name, hashed, key_id, tag))
+        user_id = secrets.randbits(USER_ID_BITS) + 1
+        await self._store.create_user(USER.seal(self._keyring, User(user_id, name, hashed, 0, b"")))
 
     async def reset_password(self, username: str, password: object) -> None:
         """Set a new password (an administrator's command); every token of the user dies."""
@@ -282,13 +270,7 @@ class Authenticator:
         )
 
     def _authentic(self, user: User) -> bool:
-        try:
-            expected = user_tag(
-                self._keyring, user.key_id, user.id, user.username, user.password_hash, user.token_epoch
-            )
-        except IntegrityError:
-            return False
-        return hmac.compare_digest(expected, user.tag)
+        return USER.authentic(self._keyring, user)
 
     # ------------------------------------------------------------------ sessions and epochs
 
@@ -301,9 +283,7 @@ class Authenticator:
     def _bumped(self, user: User, password_hash: bytes | None = None) -> User:
         """The row with the next token epoch (and a new password hash), tagged."""
         hashed = user.password_hash if password_hash is None else password_hash
-        epoch, key_id = user.token_epoch + 1, self._keyring.primary
-        tag = user_tag(self._keyring, key_id, user.id, user.username, hashed, epoch)
-        return User(user.id, user.username, hashed, key_id, tag, epoch)
+        return USER.seal(self._keyring, User(user.id, user.username, hashed, 0, b"", user.token_epoch + 1))
 
     async def _end_sessions(self, user: User, password_hash: bytes | None = None) -> User | None:
         """Raise the epoch (every access token dies), then revoke every refresh family; None,

@@ -15,7 +15,6 @@ request (one server process per data directory).
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import math
 import secrets
@@ -27,16 +26,16 @@ from vault.download import Download
 from vault.errors import (
     FileNotFound,
     Gone,
-    IntegrityError,
     InvalidCredentials,
     InvalidField,
     NotFound,
     TooManyAttempts,
 )
 from vault.files import FileService
-from vault.keys import Keyring, row_tag
+from vault.keys import Keyring
 from vault.names import check_filename
 from vault.records import FileInfo
+from vault.rows import GRANT, LINK
 from vault.store import Grant, Link, Store
 
 log = logging.getLogger(__name__)
@@ -53,14 +52,6 @@ PREVIEW_ALLOWANCE = 64 * 1024
 def link_budget(max_downloads: int, size: int) -> int:
     """Bytes a link may send in all: whole copies plus a preview allowance (module docstring)."""
     return max_downloads * max(size, 1) + min(PREVIEW_ALLOWANCE, size // 2)
-
-
-def link_tag(keyring: Keyring, link: Link) -> bytes:
-    """The row tag of a link, under its own key id (everything but the counters)."""
-    return row_tag(
-        keyring, link.key_id, b"link", link.id, link.token_hash, link.owner, link.name,
-        link.created, link.expires, link.password_hash, link.max_downloads,
-    )  # fmt: skip
 
 
 def token_hash(token: str) -> bytes:
@@ -128,16 +119,8 @@ class Sharing:
 
     # ------------------------------------------------------------------ grants
 
-    def _grant_tag(self, key_id: int, owner: int, name: str, grantee: int) -> bytes:
-        return row_tag(self._keyring, key_id, b"grant", owner, name, grantee)
-
     def _grant_ok(self, grant: Grant) -> bool:
-        try:
-            ok = hmac.compare_digest(
-                grant.tag, self._grant_tag(grant.key_id, grant.owner, grant.name, grant.grantee)
-            )
-        except IntegrityError:
-            ok = False
+        ok = GRANT.authentic(self._keyring, grant)
         if not ok:
             log.error("grant of %r by %d failed its integrity check", grant.name, grant.owner)
         return ok
@@ -158,9 +141,8 @@ class Sharing:
             raise NotFound("User not found")
         if grantee.id == owner.user_id:
             raise InvalidField("You cannot share a file with yourself")
-        key_id = self._keyring.primary
-        tag = self._grant_tag(key_id, owner.user_id, name, grantee.id)
-        await self._store.put_grant(Grant(owner.user_id, name, grantee.id, time.time(), key_id, tag))
+        grant = GRANT.seal(self._keyring, Grant(owner.user_id, name, grantee.id, time.time(), 0, b""))
+        await self._store.put_grant(grant)
         return name, grantee.username
 
     async def revoke(self, owner: Identity, name: str, username: str) -> tuple[str, str]:
@@ -203,14 +185,8 @@ class Sharing:
 
     # ------------------------------------------------------------------ links
 
-    def _link_tag(self, link: Link) -> bytes:
-        return link_tag(self._keyring, link)
-
     def _link_ok(self, link: Link) -> bool:
-        try:
-            ok = hmac.compare_digest(link.tag, self._link_tag(link))
-        except IntegrityError:
-            ok = False
+        ok = LINK.authentic(self._keyring, link)
         if not ok:
             log.error("link %s failed its integrity check", link.id)
         return ok
@@ -244,9 +220,9 @@ class Sharing:
         token = secrets.token_urlsafe(LINK_TOKEN_BYTES)
         draft = Link(
             secrets.token_urlsafe(LINK_ID_BYTES), token_hash(token), owner.user_id, name, now, expires,
-            password_hash, max_downloads, 0, 0, 0.0, self._keyring.primary, b"",
+            password_hash, max_downloads, 0, 0, 0.0, 0, b"",
         )  # fmt: skip
-        link = Link(**{**draft.__dict__, "tag": self._link_tag(draft)})
+        link = LINK.seal(self._keyring, draft)
         await self._store.put_link(link)
         stored = await self._store.get_file(owner.user_id, name)
         return LinkInfo.of(link, stored.header.size if stored else 0, 0), token

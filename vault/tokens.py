@@ -16,14 +16,14 @@ key makes the row fail its check (docs/FORMAT.md, Accounts).
 
 import dataclasses
 import hashlib
-import hmac
 import logging
 import secrets
 import time
 from collections.abc import Callable
 
-from vault.errors import ExpiredToken, IntegrityError, InvalidField, InvalidToken, RevokedToken
-from vault.keys import Keyring, row_tag
+from vault.errors import ExpiredToken, InvalidField, InvalidToken, RevokedToken
+from vault.keys import Keyring
+from vault.rows import REFRESH
 from vault.store import RefreshToken, Store
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,6 @@ REVOKED_PRUNE_AT = 10_000  # remembered families before expired ones are swept
 def refresh_id(token: str) -> bytes:
     """The stored id of a refresh token: its SHA-256 (the token has 256 bits: no salt needed)."""
     return hashlib.sha256(token.encode("utf-8", "replace")).digest()
-
-
-def refresh_tag(keyring: Keyring, t: RefreshToken) -> bytes:
-    return row_tag(
-        keyring, t.key_id, b"refresh", t.id, t.user_id, t.family, t.epoch, t.created, t.expires,
-        t.used, t.revoked,
-    )  # fmt: skip
 
 
 def check_refresh_field(token: object) -> str:
@@ -74,15 +67,10 @@ class RefreshTokens:
 
     def _sealed(self, token: RefreshToken) -> RefreshToken:
         """The row under the primary key, with its tag computed over every column."""
-        rekeyed = dataclasses.replace(token, key_id=self._keyring.primary)
-        return dataclasses.replace(rekeyed, tag=refresh_tag(self._keyring, rekeyed))
+        return REFRESH.seal(self._keyring, token)
 
     def _authentic(self, token: RefreshToken) -> bool:
-        try:
-            expected = refresh_tag(self._keyring, token)
-        except IntegrityError:  # tagged under a master key no longer in the ring
-            return False
-        return hmac.compare_digest(expected, token.tag)
+        return REFRESH.authentic(self._keyring, token)
 
     def _new(self, user_id: int, family: str, epoch: int, now: float) -> tuple[str, RefreshToken]:
         token = secrets.token_urlsafe(REFRESH_BYTES)
