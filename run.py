@@ -23,7 +23,7 @@ from handlers.base import Context, InFlight
 from storage.sqlite import SQLiteStore
 from vault.admin import Admin
 from vault.audit import WRITER_TASK
-from vault.config import Settings, load_settings, unknown_variables
+from vault.config import Settings, load_settings, parse_size, unknown_variables
 from vault.core import Core, open_core
 from vault.errors import ConfigError, InvalidField
 from vault.keys import add_primary_key
@@ -195,16 +195,14 @@ async def drain(
         await server.close_all_connections()
 
 
-def parse_size(text: str) -> int | None:
-    """``none`` (the configured default), a byte count, or a number with K, M, G or T (binary)."""
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text == "NONE":
+def size_or_none(text: str) -> int | None:
+    """``none`` (the configured default) or a size (vault.config.parse_size)."""
+    if text.strip().lower() == "none":
         return None
-    factor = 1024 ** ("KMGT".index(text[-1]) + 1) if text and text[-1] in "KMGT" else 1
-    number = text[:-1] if factor > 1 else text
-    if not number.isdigit():
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use bytes, 10G, 500M or none)")
-    return int(number) * factor
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_admin_args(argv: list[str]) -> argparse.Namespace:
@@ -221,8 +219,8 @@ def parse_admin_args(argv: list[str]) -> argparse.Namespace:
         "set-limits", help="set a user's quota and largest file ('none': the default)"
     )
     limits.add_argument("username")
-    limits.add_argument("--quota", type=parse_size, help="bytes the user may store, e.g. 50G, or none")
-    limits.add_argument("--max-file-size", type=parse_size, help="largest file, e.g. 4G, or none")
+    limits.add_argument("--quota", type=size_or_none, help="bytes the user may store, e.g. 50G, or none")
+    limits.add_argument("--max-file-size", type=size_or_none, help="largest file, e.g. 4G, or none")
     commands.add_parser("show", help="a user's usage and limits").add_argument("username")
     commands.add_parser("verify", help="check every file's MACs offline; list the damaged ones")
     commands.add_parser("audit-verify", help="check the audit log's chain; name the first broken entry")

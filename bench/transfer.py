@@ -35,6 +35,7 @@ from types import FrameType, TracebackType
 from typing import Any, Self
 
 from tests.server import Server
+from vault import config
 from vault.format import DEFAULT_SEG_SIZE, check_seg_size
 
 MiB = 1024 * 1024
@@ -47,21 +48,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PUT_NAME = "bench.bin"
 MULTIPART_NAME = "bench-multipart.bin"
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kib": 1024,
-    "m": MiB,
-    "mib": MiB,
-    "g": 1024 * MiB,
-    "gib": 1024 * MiB,
-    "kb": 1000,
-    "mb": MB,
-    "gb": GB,
-}
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
-
 
 class BenchError(Exception):
     """A transfer failed or returned the wrong bytes."""
@@ -69,11 +55,10 @@ class BenchError(Exception):
 
 def parse_size(text: str) -> int:
     """``1GiB``, ``128MiB``, ``64M`` (binary), ``100MB`` (decimal) or a plain byte count."""
-    match = _SIZE_RE.fullmatch(text)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}: use e.g. 1GiB, 128MiB, 100MB or 65536")
-    return int(float(match.group(1)) * _UNITS[unit])
+    try:
+        return config.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def mib(n: float) -> float:

@@ -9,6 +9,7 @@ from handlers.base import BaseHandler
 from handlers.sharing import MAX_FORM_BYTES
 from handlers.tus import CHECKSUM_ALGORITHMS, TUS_EXTENSIONS, TUS_VERSION
 from handlers.web import CSRF_HEADER, DOWNLOAD_COOKIE, MAX_QR_TEXT, REFRESH_COOKIE
+from vault import __version__
 from vault.auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS
 from vault.format import MAX_NAME_BYTES
 from vault.sharing import MAX_DOWNLOADS, MAX_EXPIRY
@@ -1025,7 +1026,7 @@ DOCUMENT: Schema = {
     "openapi": "3.1.0",
     "info": {
         "title": "vault",
-        "version": "1",
+        "version": __version__,
         "description": 'Encrypted file server. Every error is `{"message", "status"}` with that HTTP status;'
         " protected operations need `Authorization: Bearer <token>` from `POST /login`.",
     },

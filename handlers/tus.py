@@ -27,8 +27,8 @@ from vault.errors import (
     PreconditionFailed,
     UnsupportedMediaType,
 )
+from vault.records import UploadState
 from vault.resumable import ResumedUpload
-from vault.store import Resumable
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class TusHandler(BaseHandler):
             log.exception("saving an interrupted resumable upload failed")
             await session.discard()
 
-    def upload_headers(self, upload: Resumable, offset: int) -> None:
+    def upload_headers(self, upload: UploadState, offset: int) -> None:
         self.set_header("Upload-Offset", str(offset))
         self.set_header("Upload-Expires", email.utils.formatdate(upload.expires, usegmt=True))
 
@@ -246,7 +246,7 @@ class TusUploadHandler(TusHandler):
         self.identity = await self.authenticated()
         if self.request.method == "PATCH":
             offset = parse_length(self.request.headers.get("Upload-Offset"), "Upload-Offset")
-            upload = await self.files.resumables.get(self.identity.user_id, self.path_args[0])
+            upload = await self.files.resumables.state(self.identity.user_id, self.path_args[0])
             if offset != upload.offset:
                 raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
             self.expect_body(upload.length - offset)
@@ -259,7 +259,7 @@ class TusUploadHandler(TusHandler):
             self.connection.set_max_body_size(0)
 
     async def head(self, tus_id: str) -> None:
-        upload = await self.files.resumables.get(self.identity.user_id, tus_id)
+        upload = await self.files.resumables.state(self.identity.user_id, tus_id)
         self.upload_headers(upload, upload.offset)
         self.set_header("Upload-Length", str(upload.length))
         if upload.metadata:
@@ -271,7 +271,7 @@ class TusUploadHandler(TusHandler):
         if self._failed or self.session is None:
             return
         offset = await self.save_body()
-        self.upload_headers(self.session.resumable, offset)
+        self.upload_headers(self.session.state, offset)
         self.set_status(204)
         self.finish()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vault.config import Settings, load_settings
+from vault.config import Settings, load_settings, parse_size
 from vault.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,3 +269,28 @@ def test_documented_settings_exist() -> None:
     rows = readme_settings_table()
     assert rows, "no configuration table found in README.md"
     assert set(rows) - fields == set(), "README.md documents settings that do not exist"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("0", 0),
+        ("65536", 65536),
+        ("64K", 64 * 1024),
+        ("64kib", 64 * 1024),
+        ("10G", 10 * 1024**3),
+        ("2T", 2 * 1024**4),
+        ("100MB", 100_000_000),
+        ("1.5GiB", 1536 * 1024**2),
+        (" 7 b ", 7),
+        ("123456789012345678901", 123456789012345678901),
+    ],
+)
+def test_parse_size_reads_binary_and_decimal_units(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "10X", "-1", "1e9", "G", "１０"])
+def test_parse_size_refuses_what_is_not_a_size(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size(text)

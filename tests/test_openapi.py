@@ -16,8 +16,10 @@ import http.cookiejar
 import json
 import re
 import ssl
+import tomllib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import jsonschema_rs
@@ -34,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+import vault
 from handlers import make_app
 from handlers.base import Context
 from handlers.openapi import DOCUMENT
@@ -276,6 +279,11 @@ def test_document_is_served_without_auth_and_valid(server: Server) -> None:
     schemathesis.openapi.from_dict(served).validate()  # the OpenAPI 3.1 meta-schema
 
 
+def test_document_version_is_the_package_version() -> None:
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert DOCUMENT["info"]["version"] == vault.__version__ == project["project"]["version"]
+
+
 # Routes their author describes in handlers/openapi.py (issue 6, tokens); drop each from here
 # as it is described. The test fails either way: a new route left out, or a stale entry here.
 NOT_YET_DESCRIBED: set[str] = set()
@@ -297,11 +305,10 @@ def test_every_route_is_described() -> None:
 
 # Found by the schemathesis run: an error answered before the request body was read (in
 # prepare(): a bad name, an unknown upload, a body over max_json_size) makes Tornado close the
-# connection after the reply, but the reply does not say "Connection: close" (Tornado decides
-# only after the headers are out). A keep-alive client (requests, tuspy) then sends its next
-# request on a dead connection and gets "Remote end closed connection without response". The
-# fix belongs with the one error mapping (handlers/base.py write_error): send Connection: close
-# when the body has not been read. Strict, so fixing it turns these into failures to un-mark.
+# connection after the reply, and the reply did not say "Connection: close" (Tornado decides
+# only after the headers are out), so a keep-alive client (requests, tuspy) sent its next
+# request on a dead connection. handlers/base.py write_error now says Connection: close when
+# the body has not been read; these check that the client is told, or the connection works.
 @pytest.mark.parametrize(
     ("method", "path", "headers", "size"),
     [

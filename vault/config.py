@@ -4,7 +4,9 @@ against the directory of the config file. Validation raises ConfigError naming t
 """
 
 import dataclasses
+import decimal
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,20 @@ from vault.format import DEFAULT_SEG_SIZE, check_seg_size
 from vault.throttle import parse_networks
 
 GiB = 1024**3
+_SIZE_UNITS = {"": 1, "b": 1}
+for _power, _letter in enumerate("kmgt", 1):
+    _SIZE_UNITS |= {_letter: 1024**_power, _letter + "ib": 1024**_power, _letter + "b": 1000**_power}
+_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", re.ASCII)
+
+
+def parse_size(text: str) -> int:
+    """A byte count: ``65536``, ``64K`` or ``64KiB`` (binary: K, M, G, T alone or with iB),
+    ``100MB`` (decimal: kB, MB, GB, TB), ``1.5GiB``; ValueError otherwise."""
+    match = _SIZE_RE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (use bytes, 64K, 500MiB, 100MB or 10G)")
+    return int(decimal.Decimal(match.group(1)) * _SIZE_UNITS[unit])
 
 
 def _setting(default: Any, help: str) -> Any:

@@ -3,7 +3,7 @@
 import hashlib
 from dataclasses import dataclass
 
-from vault.store import StoredFile
+from vault.store import Resumable, StoredFile
 
 
 @dataclass(frozen=True)
@@ -48,3 +48,20 @@ class ResumeState:
     tail: bytes
     sha: "hashlib._Hash"
     tags: bytes  # of the full segments before the offset, in index order
+
+
+@dataclass(frozen=True)
+class UploadState:
+    """What the owner of a resumable upload may see of it: no wrapped key, no tag."""
+
+    tus_id: str
+    owner: int
+    name: str
+    length: int
+    offset: int
+    expires: float
+    metadata: str
+
+    @classmethod
+    def of(cls, row: Resumable) -> "UploadState":
+        return cls(row.tus_id, row.owner, row.name, row.length, row.offset, row.expires, row.metadata)

@@ -10,7 +10,7 @@ from vault import format as sfs
 from vault.errors import IntegrityError, NotFound, OffsetMismatch
 from vault.names import check_filename
 from vault.pipeline import Pipeline
-from vault.records import FileInfo, ResumeState
+from vault.records import FileInfo, ResumeState, UploadState
 from vault.store import Resumable
 from vault.upload import Upload
 
@@ -33,7 +33,7 @@ class Resumables:
         for tus_id in [t for t, (_, _, used) in self._hashes.items() if used < now - self.ttl]:
             del self._hashes[tus_id]
 
-    async def create(self, owner: int, name: str, length: int, metadata: str) -> Resumable:
+    async def create(self, owner: int, name: str, length: int, metadata: str) -> UploadState:
         """Register a resumable upload of ``length`` bytes; its key is wrapped at once so the
         upload survives a restart."""
         name = check_filename(name)
@@ -44,7 +44,7 @@ class Resumables:
             reservation.settle()
         finally:
             reservation.release()
-        return upload
+        return UploadState.of(upload)
 
     def _new(self, owner: int, name: str, length: int, metadata: str) -> Resumable:
         file_id, file_key, now = sfs.new_file_id(), sfs.new_file_key(), time.time()
@@ -66,6 +66,10 @@ class Resumables:
             created=now,
             tag=sfs.upload_tag(sfs.derive_file_keys(file_key, file_id), ticket),
         )
+
+    async def state(self, owner: int, tus_id: str) -> UploadState:
+        """Where the owner's upload stands (verified)."""
+        return UploadState.of(await self.get(owner, tus_id))
 
     async def get(self, owner: int, tus_id: str) -> Resumable:
         upload = await self._pipe.store.get_resumable(owner, tus_id)
@@ -195,6 +199,10 @@ class ResumedUpload:
     @property
     def offset(self) -> int:
         return self._upload.size
+
+    @property
+    def state(self) -> UploadState:
+        return UploadState.of(self.resumable)
 
     @property
     def done(self) -> bool:
