@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from vault.keys import Keyring, row_tag
-from vault.store import AuditEntry, Store
+from vault.store import AuditEntry, AuditStore
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def entry_mac(keyring: Keyring, previous: bytes, entry: AuditEntry) -> bytes:
 
 
 class AuditLog:
-    def __init__(self, store: Store, keyring: Keyring) -> None:
+    def __init__(self, store: AuditStore, keyring: Keyring) -> None:
         self._store, self._keyring = store, keyring
         self._queue: asyncio.Queue[tuple[float, str, str, str, str, str]] = asyncio.Queue(QUEUE_LIMIT)
         self._writer: asyncio.Task[None] | None = None
@@ -115,7 +115,7 @@ class ChainCheck:
     lost: int
 
 
-async def _walk(store: Store, keyring: Keyring, batch: int) -> AsyncIterator[tuple[AuditEntry, bool]]:
+async def _walk(store: AuditStore, keyring: Keyring, batch: int) -> AsyncIterator[tuple[AuditEntry, bool]]:
     """Each entry from the first with whether it verifies, up to and including the first
     that does not."""
     previous, expected = GENESIS, 1
@@ -136,7 +136,7 @@ async def _walk(store: Store, keyring: Keyring, batch: int) -> AsyncIterator[tup
             previous, expected = entry.mac, expected + 1
 
 
-async def verify_chain(store: Store, keyring: Keyring, batch: int = 1000) -> ChainCheck:
+async def verify_chain(store: AuditStore, keyring: Keyring, batch: int = 1000) -> ChainCheck:
     """Walk the chain from the first entry. A gap in seq, an edited field or a reordered entry
     all break it at that entry; entries the server failed to write show as ``lost``."""
     checked, lost, previous = 0, 0, GENESIS
@@ -149,7 +149,7 @@ async def verify_chain(store: Store, keyring: Keyring, batch: int = 1000) -> Cha
     return ChainCheck(checked, None, previous, lost)
 
 
-async def rechain(store: Store, keyring: Keyring, batch: int = 1000) -> ChainCheck:
+async def rechain(store: AuditStore, keyring: Keyring, batch: int = 1000) -> ChainCheck:
     """After a new primary master key (server stopped): re-MAC every entry that verifies under
     the primary key, so the old key can be retired. A broken entry and those after it keep
     their old key (and so keep that key in use). The chain's last mac changes."""

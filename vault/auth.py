@@ -33,7 +33,7 @@ from vault.errors import (
 )
 from vault.keys import Keyring
 from vault.rows import USER
-from vault.store import Store, User
+from vault.store import AccountStore, User
 from vault.tokens import RefreshTokens, check_refresh_field
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -117,7 +117,7 @@ class Authenticator:
 
     def __init__(
         self,
-        store: Store,
+        store: AccountStore,
         secret: bytes,
         keyring: Keyring,
         *,

@@ -24,7 +24,7 @@ from vault.pipeline import Pins, Pipeline
 from vault.quota import Quotas
 from vault.records import FileInfo, Usage
 from vault.resumable import Resumables
-from vault.store import Store, StoredFile
+from vault.store import FileStore, StoredFile
 from vault.upload import Upload
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ OPEN_ATTEMPTS = 3
 class FileService:
     def __init__(
         self,
-        store: Store,
+        store: FileStore,
         keyring: Keyring,
         *,
         seg_size: int,

@@ -17,7 +17,7 @@ from vault import format as sfs
 from vault.errors import IntegrityError
 from vault.keys import Keyring
 from vault.quota import Quotas
-from vault.store import Store
+from vault.store import FileStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,7 +50,7 @@ class Pins:
 
 @dataclass(frozen=True)
 class Pipeline:
-    store: Store
+    store: FileStore
     keyring: Keyring
     crypto_pool: Executor
     hash_pool: Executor  # one thread: each file's SHA-256 is fed in order

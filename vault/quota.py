@@ -18,13 +18,13 @@ import logging
 
 from vault.errors import TooLarge
 from vault.records import Limits, Usage
-from vault.store import Store
+from vault.store import FileStore
 
 log = logging.getLogger(__name__)
 
 
 class Quotas:
-    def __init__(self, store: Store, *, default_quota: int, max_file_size: int) -> None:
+    def __init__(self, store: FileStore, *, default_quota: int, max_file_size: int) -> None:
         self._store = store
         self.default_quota = default_quota  # 0: none
         self.max_file_size = max_file_size

@@ -36,7 +36,7 @@ from vault.keys import Keyring
 from vault.names import check_filename
 from vault.records import FileInfo
 from vault.rows import GRANT, LINK
-from vault.store import Grant, Link, Store
+from vault.store import Grant, Link, SharingStore
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,9 @@ class Reservation:
 
 
 class Sharing:
-    def __init__(self, store: Store, files: FileService, keyring: Keyring, auth: Authenticator) -> None:
+    def __init__(
+        self, store: SharingStore, files: FileService, keyring: Keyring, auth: Authenticator
+    ) -> None:
         self._store, self._files, self._keyring, self._auth = store, files, keyring, auth
         self._usage: dict[str, _Usage] = {}
         self._password_locks: dict[str, asyncio.Lock] = {}

@@ -120,7 +120,59 @@ class RefreshToken:
     tag: bytes
 
 
-class Store(Protocol):
+class FileStore(Protocol):
+    """Files and their segments, resumable uploads, and what each user stores and may store
+    (FileService, Quotas and the upload/download pipeline)."""
+
+    async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
+        """Reserve a STAGED row for an upload in progress."""
+
+    async def put_segment(self, file_id: bytes, index: int, tag: bytes, blob: bytes | bytearray) -> None:
+        """Insert a segment, replacing one at the same index (a resumed upload rewrites)."""
+
+    async def read_tags(self, file_id: bytes, count: int) -> list[tuple[int, bytes]]:
+        """(index, tag) of the segments with index < count that exist, in index order."""
+
+    async def commit_file(self, stored: StoredFile) -> None:
+        """In one transaction: mark the owner's LIVE file of that name DELETED and make this
+        STAGED row LIVE with its header. Readers see the old version or the new, never neither."""
+
+    async def discard_file(self, file_id: bytes) -> None:
+        """Drop a STAGED file and its segments."""
+
+    async def get_file(self, owner: int, name: str) -> StoredFile | None: ...
+
+    async def list_files(self, owner: int) -> list[StoredFile]: ...
+
+    async def delete_file(self, owner: int, name: str) -> bool:
+        """Mark the LIVE file DELETED and drop its grants and links; True if there was one."""
+
+    async def read_segments(self, file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
+        """(index, blob) pairs for indices first..first+count-1 that exist, in index order."""
+
+    async def create_resumable(self, upload: Resumable) -> None: ...
+
+    async def get_resumable(self, owner: int, tus_id: str) -> Resumable | None: ...
+
+    async def save_progress(
+        self, file_id: bytes, old_offset: int, new_offset: int, tail: bytes, expires: float
+    ) -> bool:
+        """Move a resumable upload's offset forward if it is still at old_offset."""
+
+    async def purge(self, keep: Collection[bytes], staged_too: bool = False, now: float = 0.0) -> int:
+        """Remove DELETED files, resumable uploads that expired before ``now``, and (if asked)
+        other STAGED files, none of them in ``keep``; return how many."""
+
+    async def usage(self, owner: int) -> tuple[int, int]:
+        """(bytes, files): LIVE files plus the declared length of resumable uploads under way."""
+
+    async def get_limits(self, user_id: int) -> tuple[int | None, int | None]:
+        """The user's (quota, max_file_size) overrides; None where the default applies."""
+
+
+class AccountStore(Protocol):
+    """Accounts, their limits and refresh tokens (Authenticator, RefreshTokens, admin)."""
+
     async def create_user(self, user: User) -> None:
         """Insert a user; raise UserExists if the name is taken."""
 
@@ -133,6 +185,8 @@ class Store(Protocol):
 
     async def replace_user(self, old: User, new: User) -> bool:
         """Like update_user, but only if the row still has ``old``'s tag (compare-and-set)."""
+
+    async def set_limits(self, username: str, quota: int | None, max_file_size: int | None) -> bool: ...
 
     async def add_refresh(self, token: RefreshToken, prune_before: float) -> None:
         """Insert a refresh token; drop the user's tokens that expired before ``prune_before``."""
@@ -155,45 +209,11 @@ class Store(Protocol):
     async def revoked_families(self, since: float) -> list[tuple[str, float]]:
         """(family, when) of the families revoked at ``since`` or later."""
 
-    async def all_refresh(self) -> list[RefreshToken]:
-        """Every refresh-token row (for re-tagging under a new master key)."""
 
-    async def set_refresh_tag(self, token_id: bytes, key_id: int, tag: bytes) -> None: ...
+class SharingStore(Protocol):
+    """Grants and public links (Sharing), which also looks up the live file they name."""
 
-    async def all_files(self) -> list[StoredFile]:
-        """Every LIVE file of every owner (for offline verification)."""
-
-    async def wrapped_keys(self) -> list[tuple[bytes, int, bytes]]:
-        """(file_id, key_id, wrapped_key) of every LIVE file and resumable upload."""
-
-    async def set_wrapped_key(self, file_id: bytes, old_key_id: int, key_id: int, wrapped: bytes) -> bool: ...
-
-    async def all_users(self) -> list[User]: ...
-
-    async def all_grants(self) -> list[Grant]: ...
-
-    async def all_links(self) -> list[Link]: ...
-
-    async def set_link_tag(self, link_id: str, key_id: int, tag: bytes) -> None: ...
-
-    async def key_ids_in_use(self) -> set[int]: ...
-
-    async def append_audit(self, build: Callable[[int, bytes], AuditEntry]) -> AuditEntry:
-        """In one write transaction: ``build(next seq, mac of the last entry)`` and insert it."""
-
-    async def set_audit_mac(self, seq: int, key_id: int, mac: bytes) -> None:
-        """Re-chain one entry under another master key (key rotation, server stopped)."""
-
-    async def audit_entries(self, after: int, limit: int) -> list[AuditEntry]:
-        """Entries with seq > after, in seq order, at most ``limit``."""
-
-    async def get_limits(self, user_id: int) -> tuple[int | None, int | None]:
-        """The user's (quota, max_file_size) overrides; None where the default applies."""
-
-    async def set_limits(self, username: str, quota: int | None, max_file_size: int | None) -> bool: ...
-
-    async def usage(self, owner: int) -> tuple[int, int]:
-        """(bytes, files): LIVE files plus the declared length of resumable uploads under way."""
+    async def get_file(self, owner: int, name: str) -> StoredFile | None: ...
 
     async def put_grant(self, grant: Grant) -> None:
         """Insert or replace the grant for (owner, name, grantee)."""
@@ -222,43 +242,45 @@ class Store(Protocol):
 
     async def set_link_failures(self, link_id: str, failures: int, locked_until: float) -> None: ...
 
-    async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
-        """Reserve a STAGED row for an upload in progress."""
 
-    async def put_segment(self, file_id: bytes, index: int, tag: bytes, blob: bytes | bytearray) -> None:
-        """Insert a segment, replacing one at the same index (a resumed upload rewrites)."""
+class AuditStore(Protocol):
+    """The audit log (AuditLog)."""
 
-    async def read_tags(self, file_id: bytes, count: int) -> list[tuple[int, bytes]]:
-        """(index, tag) of the segments with index < count that exist, in index order."""
+    async def append_audit(self, build: Callable[[int, bytes], AuditEntry]) -> AuditEntry:
+        """In one write transaction: ``build(next seq, mac of the last entry)`` and insert it."""
 
-    async def create_resumable(self, upload: Resumable) -> None: ...
+    async def set_audit_mac(self, seq: int, key_id: int, mac: bytes) -> None:
+        """Re-chain one entry under another master key (key rotation, server stopped)."""
 
-    async def get_resumable(self, owner: int, tus_id: str) -> Resumable | None: ...
+    async def audit_entries(self, after: int, limit: int) -> list[AuditEntry]:
+        """Entries with seq > after, in seq order, at most ``limit``."""
 
-    async def save_progress(
-        self, file_id: bytes, old_offset: int, new_offset: int, tail: bytes, expires: float
-    ) -> bool:
-        """Move a resumable upload's offset forward if it is still at old_offset."""
 
-    async def commit_file(self, stored: StoredFile) -> None:
-        """In one transaction: mark the owner's LIVE file of that name DELETED and make this
-        STAGED row LIVE with its header. Readers see the old version or the new, never neither."""
+class Store(FileStore, AccountStore, SharingStore, AuditStore, Protocol):
+    """Every role, as one database serves them (storage/sqlite.py), plus what key rotation,
+    offline verification and shutdown need (admin, vault/rows.py)."""
 
-    async def discard_file(self, file_id: bytes) -> None:
-        """Drop a STAGED file and its segments."""
+    async def all_users(self) -> list[User]: ...
 
-    async def get_file(self, owner: int, name: str) -> StoredFile | None: ...
+    async def all_grants(self) -> list[Grant]: ...
 
-    async def list_files(self, owner: int) -> list[StoredFile]: ...
+    async def all_links(self) -> list[Link]: ...
 
-    async def delete_file(self, owner: int, name: str) -> bool:
-        """Mark the LIVE file DELETED and drop its grants and links; True if there was one."""
+    async def all_refresh(self) -> list[RefreshToken]:
+        """Every refresh-token row (for re-tagging under a new master key)."""
 
-    async def read_segments(self, file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
-        """(index, blob) pairs for indices first..first+count-1 that exist, in index order."""
+    async def set_link_tag(self, link_id: str, key_id: int, tag: bytes) -> None: ...
 
-    async def purge(self, keep: Collection[bytes], staged_too: bool = False, now: float = 0.0) -> int:
-        """Remove DELETED files, resumable uploads that expired before ``now``, and (if asked)
-        other STAGED files, none of them in ``keep``; return how many."""
+    async def set_refresh_tag(self, token_id: bytes, key_id: int, tag: bytes) -> None: ...
+
+    async def all_files(self) -> list[StoredFile]:
+        """Every LIVE file of every owner (for offline verification)."""
+
+    async def wrapped_keys(self) -> list[tuple[bytes, int, bytes]]:
+        """(file_id, key_id, wrapped_key) of every LIVE file and resumable upload."""
+
+    async def set_wrapped_key(self, file_id: bytes, old_key_id: int, key_id: int, wrapped: bytes) -> bool: ...
+
+    async def key_ids_in_use(self) -> set[int]: ...
 
     async def close(self) -> None: ...

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from vault.errors import ExpiredToken, InvalidField, InvalidToken, RevokedToken
 from vault.keys import Keyring
 from vault.rows import REFRESH
-from vault.store import RefreshToken, Store
+from vault.store import AccountStore, RefreshToken
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class RefreshTokens:
 
     def __init__(
         self,
-        store: Store,
+        store: AccountStore,
         keyring: Keyring,
         *,
         ttl: int,
