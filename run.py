@@ -20,6 +20,7 @@ import tornado.netutil
 
 from handlers import make_app
 from handlers.base import Context, InFlight
+from handlers.redact import redact_logs
 from storage.sqlite import SQLiteStore
 from vault.admin import Admin
 from vault.audit import WRITER_TASK
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the database, its WAL and generated secrets: readable by the owner only
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_malloc(settings.segment_size, os.environ)  # before the threads start: vault/memory.py
+    redact_logs()  # link secrets masked in every line, not only the access log
     try:
         asyncio.run(serve(settings))
     except ConfigError as exc:

@@ -5,7 +5,8 @@ import logging
 import tornado.web
 
 from handlers import auth, files, openapi, pages, sharing, tus, web
-from handlers.base import Context, NotFoundHandler, safe_path
+from handlers.base import Context, NotFoundHandler
+from handlers.redact import safe_path
 
 access_log = logging.getLogger("tornado.access")
 

@@ -4,7 +4,6 @@ import asyncio
 import functools
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -14,6 +13,8 @@ import tornado.ioloop
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 
+from handlers.headers import declared_length
+from handlers.redact import safe_path
 from vault.auth import Access, Authenticator, Identity
 from vault.config import Settings
 from vault.core import Core
@@ -63,6 +64,7 @@ STATUS: dict[type[VaultError], int] = {
     IntegrityError: 500,
     ConfigError: 500,
 }
+NOT_UTF8 = "[not UTF-8]"  # the audit target of a request whose path did not decode
 REASONS = {405: "Method not allowed", 404: "Not found", 400: "Bad request", 413: "Request body too large"}
 
 
@@ -107,14 +109,6 @@ class Context:
     core: Core
     throttle: LoginThrottle
     requests: InFlight = field(default_factory=InFlight)
-
-
-def safe_path(path: str) -> str:
-    """A request path fit for logs: the secret of a public link (after /s/) is never written."""
-    return _LINK_SECRET.sub("/s/[secret]", path)
-
-
-_LINK_SECRET = re.compile(r"^/s/[^/?]+")
 
 
 H = TypeVar("H", bound="BaseHandler")
@@ -277,7 +271,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self._end_request()
         action = self.AUDITED.get(self.request.method or "")
         if action:
-            target = "/".join(self.path_args) if self.path_args else ""
+            # No path_args: Tornado refused to decode them (400 before prepare()).
+            path_args = getattr(self, "path_args", None)
+            target = "/".join(path_args) if path_args else "" if path_args is not None else NOT_UTF8
             if self.request.path.startswith("/s/"):
                 target = "[link secret]"
             address = self.ctx.throttle.client_address(
@@ -336,7 +332,12 @@ class BaseHandler(tornado.web.RequestHandler):
             status = status_for(value)
             level = logging.ERROR if status >= 500 else logging.DEBUG  # the access log has the 4xx
             log.log(
-                level, "%s %s -> %d %s", self.request.method, self.request.path, status, type(value).__name__
+                level,
+                "%s %s -> %d %s",
+                self.request.method,
+                safe_path(self.request.path),
+                status,
+                type(value).__name__,
             )
         else:
             super().log_exception(typ, value, tb)
@@ -346,7 +347,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(exc, VaultError):
             self.log_exception(type(exc), exc, None)
         else:
-            log.error("%s %s failed", self.request.method, self.request.path, exc_info=exc)
+            log.error("%s %s failed", self.request.method, safe_path(self.request.path), exc_info=exc)
         if not self._finished and not self._headers_written:
             self.send_error(500, exc_info=(type(exc), exc, exc.__traceback__))
 
@@ -366,8 +367,8 @@ class JSONBodyHandler(BaseHandler):
 
     def prepare(self) -> None:
         limit = self.config.max_json_size
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        declared = declared_length(self.request.headers)
+        if declared is not None and declared > limit:
             raise TooLarge(f"Request body too large: JSON bodies are limited to {limit} bytes")
         self.connection.set_max_body_size(limit)
         self._body = bytearray()
@@ -385,4 +386,8 @@ class JSONBodyHandler(BaseHandler):
             raise InvalidJSON("Malformed JSON: the body must be a JSON object") from None
         if not isinstance(body, dict):
             raise InvalidJSON()
+        try:  # "\ud800" parses to a lone surrogate, which no later encode() accepts
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidJSON("Malformed JSON: a string holds a lone surrogate (\\uD800-\\uDFFF)") from None
         return body

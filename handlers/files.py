@@ -15,6 +15,7 @@ import tornado.iostream
 import tornado.web
 
 from handlers.base import BaseHandler, body_activity
+from handlers.headers import declared_length
 from handlers.ranges import if_range_holds, none_match, parse_range
 from vault.auth import Identity
 from vault.download import Download
@@ -77,8 +78,7 @@ class UploadHandler(BaseHandler):
         self._failed = False
         self.identity: Identity = await self.authenticated()
         self.check_request()
-        declared = self.request.headers.get("Content-Length")
-        length = int(declared) if declared is not None and declared.isascii() and declared.isdigit() else None
+        length = declared_length(self.request.headers)
         self.upload = await self.files.begin_upload(self.identity.user_id, length, slack=self.slack)
         limit = self.upload.max_size
         assert limit is not None
@@ -205,8 +205,8 @@ class FileSender(BaseHandler):
     and may meter the body through ``before_body`` and ``chunk_sent``."""
 
     def before_body(self, nbytes: int, size: int) -> None:
-        """Called with the body's length and the file's size before any header is sent; may
-        refuse by raising."""
+        """Called with the body's length (what a GET would send, for HEAD too) and the file's
+        size before any header is sent; may refuse by raising."""
 
     def chunk_sent(self, nbytes: int) -> None:
         """Called after each chunk reached the socket."""
@@ -245,7 +245,7 @@ class FileSender(BaseHandler):
         self.set_header(
             "Repr-Digest", "sha-256=:" + base64.b64encode(bytes.fromhex(info.sha256)).decode() + ":"
         )
-        self.before_body(end - start if send_body else 0, info.size)
+        self.before_body(end - start, info.size)
         if send_body:
             await self._stream(download.read(start, end))
         if not self._finished:

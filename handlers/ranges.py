@@ -2,9 +2,10 @@
 
 import re
 
+from handlers.headers import MAX_DIGITS
 from vault.errors import RangeNotSatisfiable
 
-_RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+_RANGE_RE = re.compile(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -19,21 +20,29 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = _RANGE_RE.fullmatch(header)
     if not match:
         return None
-    first, last = match.groups()
-    if not first and not last:
+    first, last = (_number(text) for text in match.groups())
+    if first is None and last is None:
         return None
-    if not first:  # suffix: the last N bytes
-        length = int(last)
-        if length == 0 or size == 0:
+    if first is None:  # suffix: the last N bytes
+        assert last is not None
+        if last == 0 or size == 0:
             raise RangeNotSatisfiable(size)
-        return max(size - length, 0), size
-    start = int(first)
-    end = int(last) + 1 if last else size
-    if last and end <= start:
+        return max(size - last, 0), size
+    start = first
+    end = last + 1 if last is not None else size
+    if last is not None and end <= start:
         return None  # invalid: ignore the header
     if start >= size:
         raise RangeNotSatisfiable(size)
     return start, min(end, size)
+
+
+def _number(digits: str) -> int | None:
+    """A position in a Range; thousands of digits mean "beyond any file" (``int()`` would
+    refuse them with an exception)."""
+    if not digits:
+        return None
+    return int(digits) if len(digits) <= MAX_DIGITS else 10**MAX_DIGITS
 
 
 def _tags(header: str) -> list[str]:

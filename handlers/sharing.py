@@ -184,7 +184,10 @@ class PublicLinkHandler(PageHeaders, FileSender):
         await self.send_file(download, send_body=True)
 
     def before_body(self, nbytes: int, size: int) -> None:
-        self.charge_whole = size == 0 and self.request.method == "GET"
+        if self.request.method == "HEAD":  # costs nothing, but answers what a GET would: 410
+            self.sharing.check_left(self.link, size, 1 if size == 0 else nbytes)
+            return
+        self.charge_whole = size == 0
         self.reservation = self.sharing.reserve(self.link, size, 1 if self.charge_whole else nbytes)
 
     def body_done(self) -> None:

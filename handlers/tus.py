@@ -19,6 +19,7 @@ import tornado.web
 
 from handlers.base import BaseHandler, body_activity
 from handlers.files import CHUNK_ALLOWANCE, file_json
+from handlers.headers import declared_length, parse_length
 from vault.errors import (
     ChecksumMismatch,
     InputError,
@@ -33,6 +34,7 @@ from vault.resumable import ResumedUpload
 log = logging.getLogger(__name__)
 
 TUS_VERSION = "1.0.0"
+OVERRIDABLE = ("PATCH", "DELETE")  # X-HTTP-Method-Override on a POST (tus 1.0.0: a server MUST)
 TUS_EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
 OFFSET_TYPE = "application/offset+octet-stream"
 MAX_METADATA_BYTES = 4096
@@ -76,12 +78,6 @@ def parse_checksum(header: str | None) -> tuple[str, bytes] | None:
     return algorithm, digest
 
 
-def parse_length(value: str | None, header: str) -> int:
-    if value is None or not value.isascii() or not value.isdigit() or len(value) > 19:
-        raise InputError(f"{header} must be a non-negative integer")
-    return int(value)
-
-
 class TusHandler(BaseHandler):
     """Protocol headers, OPTIONS discovery, and the body streaming both write routes share."""
 
@@ -108,8 +104,8 @@ class TusHandler(BaseHandler):
         checksum, and a declared length that fits what the upload still expects."""
         if self.request.headers.get("Content-Type", "").split(";")[0].strip().lower() != OFFSET_TYPE:
             raise UnsupportedMediaType(f"Content-Type must be {OFFSET_TYPE}")
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and parse_length(declared, "Content-Length") > remaining:
+        declared = declared_length(self.request.headers)
+        if declared is not None and declared > remaining:
             raise InputError(f"The body goes beyond the declared Upload-Length: {remaining} bytes remain")
         checksum = parse_checksum(self.request.headers.get("Upload-Checksum"))
         self.checksum = checksum[1] if checksum else None
@@ -242,6 +238,9 @@ class TusUploadHandler(TusHandler):
     async def prepare(self) -> None:
         if self.request.method == "OPTIONS":
             return
+        override = self.request.headers.get("X-HTTP-Method-Override", "").strip().upper()
+        if self.request.method == "POST" and override in OVERRIDABLE:
+            self.request.method = override  # Tornado picks the method to call after prepare()
         self.check_protocol()
         self.identity = await self.authenticated()
         if self.request.method == "PATCH":

@@ -709,6 +709,21 @@ class SQLiteStore:
             "UPDATE links SET failures = ?, locked_until = ? WHERE id = ?", (failures, locked_until, link_id)
         )
 
+    async def add_link_failure(
+        self, link_id: str, now: float, lock_out: Callable[[int, float], float]
+    ) -> int:
+        async with self._transaction() as db:
+            async with db.execute("SELECT failures FROM links WHERE id = ?", (link_id,)) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return 0
+            failures = (row[0] if isinstance(row[0], int) else 0) + 1
+            await db.execute(
+                "UPDATE links SET failures = ?, locked_until = ? WHERE id = ?",
+                (failures, lock_out(failures, now), link_id),
+            )
+        return failures
+
     async def read_segments(self, file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
         rows = await self._all(
             "SELECT idx, data FROM segments WHERE file_id = ? AND idx >= ? AND idx < ? ORDER BY idx",

@@ -19,7 +19,7 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vault.auth import Authenticator, Identity, check_password
 from vault.download import Download
@@ -52,6 +52,13 @@ PREVIEW_ALLOWANCE = 64 * 1024
 def link_budget(max_downloads: int, size: int) -> int:
     """Bytes a link may send in all: whole copies plus a preview allowance (module docstring)."""
     return max_downloads * max(size, 1) + min(PREVIEW_ALLOWANCE, size // 2)
+
+
+def lock_out(failures: int, now: float) -> float:
+    """Until when a link is locked after its ``failures``-th wrong password (0: not locked)."""
+    if failures < FREE_FAILURES:
+        return 0.0
+    return now + min(1 << min(failures - FREE_FAILURES, 30), MAX_BACKOFF)
 
 
 def token_hash(token: str) -> bytes:
@@ -92,6 +99,12 @@ class LinkInfo:
 
 
 @dataclass
+class _PasswordLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # requests holding or awaiting the lock
+
+
+@dataclass
 class _Usage:
     served: int
     reserved: int = 0
@@ -117,7 +130,7 @@ class Sharing:
     ) -> None:
         self._store, self._files, self._keyring, self._auth = store, files, keyring, auth
         self._usage: dict[str, _Usage] = {}
-        self._password_locks: dict[str, asyncio.Lock] = {}
+        self._password_locks: dict[str, _PasswordLock] = {}
 
     # ------------------------------------------------------------------ grants
 
@@ -267,17 +280,20 @@ class Sharing:
 
     async def _check_link_password(self, link: Link, password: str | None, now: float) -> None:
         """One guess at a time per link, each seeing the failures before it: guesses sent all
-        at once cannot all be tried before the lock-out starts."""
-        lock = self._password_locks.setdefault(link.id, asyncio.Lock())
+        at once cannot all be tried before the lock-out starts. The lock stays while anyone
+        holds or awaits it (a new lock beside a busy one would let guesses run in parallel)."""
+        entry = self._password_locks.setdefault(link.id, _PasswordLock())
+        entry.users += 1
         try:
-            async with lock:
+            async with entry.lock:
                 fresh = await self._store.get_link(link.token_hash)
                 if fresh is None or fresh.id != link.id:
                     raise NotFound("Link not found")
                 await self._check_password_once(fresh, password, time.time())
         finally:
-            if not lock.locked():
-                self._password_locks.pop(link.id, None)
+            entry.users -= 1
+            if not entry.users:
+                del self._password_locks[link.id]
 
     async def _check_password_once(self, link: Link, password: str | None, now: float) -> None:
         if now < link.locked_until:
@@ -289,16 +305,18 @@ class Sharing:
             if link.failures:
                 await self._store.set_link_failures(link.id, 0, 0.0)
             return
-        failures = link.failures + 1
-        locked = now + min(2 ** (failures - FREE_FAILURES), MAX_BACKOFF) if failures >= FREE_FAILURES else 0.0
-        await self._store.set_link_failures(link.id, failures, locked)
+        await self._store.add_link_failure(link.id, time.time(), lock_out)
         raise InvalidCredentials("Wrong password for this link")
 
-    def reserve(self, link: Link, size: int, nbytes: int) -> Reservation:
-        """Hold ``nbytes`` of the link's budget for one response (none needed without a limit)."""
+    def check_left(self, link: Link, size: int, nbytes: int) -> None:
+        """Gone unless the link could send ``nbytes`` more now."""
         left = self._left(link, size)
         if left is not None and nbytes > left:
             raise Gone("This link has no downloads left")
+
+    def reserve(self, link: Link, size: int, nbytes: int) -> Reservation:
+        """Hold ``nbytes`` of the link's budget for one response (none needed without a limit)."""
+        self.check_left(link, size, nbytes)
         self._usage_of(link).reserved += nbytes
         return Reservation(self, link, nbytes)
 

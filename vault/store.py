@@ -240,6 +240,12 @@ class SharingStore(Protocol):
     async def charge_link(self, link_id: str, nbytes: int) -> None:
         """Add to the bytes a link has served."""
 
+    async def add_link_failure(
+        self, link_id: str, now: float, lock_out: Callable[[int, float], float]
+    ) -> int:
+        """In one transaction: count one more wrong password and set ``locked_until`` to
+        ``lock_out(new count, now)``; returns the new count (0: no such link)."""
+
     async def set_link_failures(self, link_id: str, failures: int, locked_until: float) -> None: ...
 
 

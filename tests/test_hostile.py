@@ -1,0 +1,200 @@
+"""Hostile and careless clients (issue 10): bad input is a 4xx with the JSON error, never a
+500; one-time links answer HEAD like GET; tus clients that can only POST still append."""
+
+import base64
+import socket
+import sqlite3
+import ssl
+import time
+import uuid
+
+import pytest
+
+from tests.server import Response, Server
+
+T = {"Tus-Resumable": "1.0.0"}
+
+
+def raw(server: Server, request: bytes, timeout: float = 30) -> bytes:
+    """Send bytes exactly as given over TLS; return everything the server answers."""
+    context = server.ssl_context()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        with context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            tls.sendall(request)
+            chunks = []
+            while True:
+                try:
+                    data = tls.recv(65536)
+                except (ConnectionResetError, ssl.SSLError):
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+    return b"".join(chunks)
+
+
+def head_line(answer: bytes) -> bytes:
+    return answer.split(b"\r\n", 1)[0]
+
+
+def json_error(answer: bytes, status: int) -> None:
+    assert head_line(answer).startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    assert b'"status": %d' % status in answer and b'"message": ' in answer
+
+
+@pytest.mark.parametrize(
+    ("range_header", "status"),
+    [
+        ("bytes=" + "9" * 5000 + "-", 416),
+        ("bytes=0-" + "9" * 5000, 206),
+        ("bytes=-" + "9" * 5000, 206),
+        ("bytes=" + "1" * 5000 + "-" + "2" * 5000, 416),
+        ("bytes=\u00b2-", 200),  # not ASCII digits: ignored, like any malformed Range
+    ],
+)
+def test_ranges_with_thousands_of_digits_are_answered_not_500(
+    server: Server, token: str, range_header: str, status: int
+) -> None:
+    assert server.put_file(token, "digits.bin", b"0123456789").status == 201
+    conn = server.connection()
+    try:
+        conn.putrequest("GET", "/download/digits.bin")
+        conn.putheader("Authorization", f"Bearer {token}")
+        conn.putheader("Range", range_header.encode("latin-1"))
+        conn.endheaders()
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == status, body[:200]
+    if status == 206:
+        assert body == b"0123456789"
+
+
+@pytest.mark.parametrize("path", ["/upload/x.bin", "/login", "/register", "/tus"])
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "1" * 5000, "-1", "+1", "1 2"])
+def test_a_content_length_that_is_not_plain_digits_is_400(
+    server: Server, token: str, path: str, value: str
+) -> None:
+    method = "PUT" if path.startswith("/upload") else "POST"
+    tus = "Tus-Resumable: 1.0.0\r\nUpload-Length: 1\r\nUpload-Metadata: filename eA==\r\n"
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"{tus if path == '/tus' else ''}"
+        f"Content-Type: application/offset+octet-stream\r\n"
+        f"Content-Length: {value}\r\n\r\nx"
+    ).encode()
+    json_error(raw(server, request), 400)
+
+
+@pytest.mark.parametrize("path", ["/register", "/login"])
+@pytest.mark.parametrize("field", ["username", "password"])
+def test_a_lone_surrogate_in_json_is_400(server: Server, path: str, field: str) -> None:
+    fields = {"username": "u" + uuid.uuid4().hex[:8], "password": "correct horse battery"}
+    body = f'{{"{field}": "ab\\ud800cdefghij", '
+    other = "password" if field == "username" else "username"
+    body += f'"{other}": "{fields[other]}"}}'
+    resp = server.request("POST", path, body, {"Content-Type": "application/json"})
+    assert resp.status == 400, resp.body
+    assert resp.json()["status"] == 400 and "surrogate" in resp.json()["message"]
+
+
+def audit_rows(server: Server) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(server.db_path) as con:
+        return con.execute("SELECT action, target, outcome FROM audit ORDER BY seq").fetchall()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "action"),
+    [("GET", "/download/%FF%FE.txt", "download"), ("DELETE", "/files/%C3%28", "delete")],
+)
+def test_invalid_utf8_in_an_audited_path_is_400_and_audited(
+    fresh_server: Server, method: str, path: str, action: str
+) -> None:
+    server = fresh_server.start()
+    _, token = server.new_user()
+    resp = server.request(method, path, token=token)
+    assert resp.status == 400, resp.body
+    assert resp.json()["status"] == 400
+    deadline = time.monotonic() + 10
+    while (action, "[not UTF-8]", "400") not in audit_rows(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (action, "[not UTF-8]", "400") in audit_rows(server)
+    assert "Traceback" not in server.output()
+
+
+def one_time_link(server: Server, token: str, data: bytes) -> str:
+    name = f"once-{uuid.uuid4().hex[:6]}.bin"
+    assert server.put_file(token, name, data).status == 201
+    resp = server.request("POST", f"/files/{name}/links", {"max_downloads": 1}, token=token)
+    assert resp.status == 201
+    return "/s/" + str(resp.json()["url"]).rsplit("/", 1)[1]
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000])
+def test_head_on_a_used_up_one_time_link_is_410_like_get(server: Server, token: str, size: int) -> None:
+    path = one_time_link(server, token, b"x" * size)
+    assert server.request("HEAD", path).status == 200  # HEAD costs nothing
+    assert server.request("HEAD", path).status == 200
+    first = server.request("GET", path)
+    assert (first.status, len(first.body)) == (200, size)
+    assert server.request("GET", path).status == 410
+    head = server.request("HEAD", path)
+    assert head.status == 410
+
+
+def tus_create(server: Server, token: str, data: bytes) -> str:
+    meta = "filename " + base64.b64encode(f"o-{uuid.uuid4().hex[:6]}.bin".encode()).decode()
+    headers = {**T, "Upload-Length": str(len(data)), "Upload-Metadata": meta}
+    resp = server.request("POST", "/tus", headers=headers, token=token)
+    assert resp.status == 201, resp.body
+    return "/tus/" + resp.headers["Location"].rsplit("/", 1)[1]
+
+
+def test_tus_x_http_method_override_patch_appends(server: Server, token: str) -> None:
+    data = b"override me"
+    path = tus_create(server, token, data)
+    headers = {
+        **T,
+        "X-HTTP-Method-Override": "PATCH",
+        "Upload-Offset": "0",
+        "Content-Type": "application/offset+octet-stream",
+    }
+    resp: Response = server.request("POST", path, data, headers=headers, token=token)
+    assert resp.status == 204, resp.body
+    assert resp.headers["Upload-Offset"] == str(len(data))
+    files = server.request("GET", "/files", token=token).json()["files"]
+    assert any(f["size"] == len(data) for f in files)
+
+
+def test_tus_x_http_method_override_delete_terminates(server: Server, token: str) -> None:
+    path = tus_create(server, token, b"abc")
+    resp = server.request("POST", path, headers={**T, "X-HTTP-Method-Override": "DELETE"}, token=token)
+    assert resp.status == 204, resp.body
+    assert server.request("HEAD", path, headers=T, token=token).status == 404
+
+
+def test_a_post_to_an_upload_without_override_is_still_405(server: Server, token: str) -> None:
+    path = tus_create(server, token, b"abc")
+    resp = server.request("POST", path, headers={**T, "X-HTTP-Method-Override": "GET"}, token=token)
+    assert resp.status == 405
+    assert resp.json()["status"] == 405
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "status"),
+    [("POST", "", 405), ("PUT", "", 405), ("GET", "/more", 404), ("GET", "%FF", 404)],
+)
+def test_link_secrets_are_masked_in_every_log_line(
+    fresh_server: Server, method: str, suffix: str, status: int
+) -> None:
+    server = fresh_server.start()
+    _, token = server.new_user()
+    path = one_time_link(server, token, b"secret stuff")
+    secret = path.removeprefix("/s/")
+    resp = server.request(method, path + suffix, b"x" if method != "GET" else None)
+    assert resp.status == status
+    server.stop()  # every line written
+    output = server.output()
+    assert f"{status} {method} /s/[secret]" in output  # the request was logged
+    assert secret not in output
