@@ -18,7 +18,7 @@ import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 
-from handlers import make_app
+from handlers import READ_HEADER_BYTES, make_app
 from handlers.base import Context, InFlight
 from handlers.redact import redact_logs
 from storage.sqlite import SQLiteStore
@@ -34,7 +34,6 @@ from vault.tls import ensure_certificate, server_context
 
 log = logging.getLogger("vault")
 HERE = Path(__file__).resolve().parent
-MAX_HEADER_BYTES = 16 * 1024
 # Body bytes per data_received call. Measured (bench/transfer.py, 256 MiB, 3 runs): 64 KiB gave
 # 173/162/327 MB/s (PUT/multipart/GET), 256 KiB 187/178/342, 1 MiB 157/149/307.
 BODY_CHUNK = 256 * 1024
@@ -144,7 +143,7 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
     server = tornado.httpserver.HTTPServer(
         app,
         ssl_options=ssl_context,
-        max_header_size=MAX_HEADER_BYTES,
+        max_header_size=READ_HEADER_BYTES,  # the app answers 431 above handlers.MAX_HEADER_BYTES
         # Handlers that do not stream get whole bodies buffered by Tornado before they run, so
         # the server-wide cap is small; the streaming handlers raise it in prepare(), after auth.
         max_body_size=SMALL_BODY_LIMIT,

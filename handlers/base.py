@@ -362,6 +362,14 @@ class NotFoundHandler(BaseHandler):
 
 
 @tornado.web.stream_request_body
+class HeadersTooLargeHandler(BaseHandler):
+    """Any request whose headers are over the limit: 431, before anything else looks at it."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(431, "Request header fields too large: the limit is 16 KiB")
+
+
+@tornado.web.stream_request_body
 class JSONBodyHandler(BaseHandler):
     """Reads a small JSON object body, refusing one over ``max_json_size`` before reading it."""
 

@@ -21,11 +21,12 @@ from vault.auth import Identity
 from vault.download import Download
 from vault.errors import InputError, IntegrityError, MalformedUpload
 from vault.multipart import MultipartParser, PartData, PartEnd, PartStart, boundary_from_content_type
-from vault.names import check_filename
+from vault.names import check_filename, check_new_filename
 from vault.records import FileInfo
 from vault.upload import Upload
 
 CHUNK_ALLOWANCE = 1024 * 1024
+DOWNLOAD_CSP = "sandbox; default-src 'none'"
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
 _DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):", re.IGNORECASE)
 
@@ -130,7 +131,7 @@ class RawUploadHandler(UploadHandler):
     SUPPORTED_METHODS = ("PUT",)  # anything else is 405 before prepare() reads a thing
 
     def check_request(self) -> None:
-        check_filename(self.path_args[0])
+        check_new_filename(self.path_args[0])
 
     @body_activity
     async def data_received(self, chunk: bytes) -> None:
@@ -183,7 +184,7 @@ class MultipartUploadHandler(UploadHandler):
                 raise MalformedUpload("Malformed multipart upload: send exactly one part named 'file'")
             if "filename" not in params:
                 raise MalformedUpload("Malformed multipart upload: the 'file' part needs a filename")
-            self.filename = check_filename(params["filename"])
+            self.filename = check_new_filename(params["filename"])
             self.in_file = True
         elif isinstance(event, PartData) and self.in_file:
             await self.write_body(event.data)
@@ -241,6 +242,8 @@ class FileSender(BaseHandler):
             self.set_header("Content-Range", f"bytes {start}-{end - 1}/{info.size}")
         self.set_header("Content-Type", mimetypes.guess_type(info.name)[0] or "application/octet-stream")
         self.set_header("Content-Disposition", content_disposition(info.name))
+        # Opened in a browser tab anyway (a link to it, a plugin): never runs as vault's origin.
+        self.set_header("Content-Security-Policy", DOWNLOAD_CSP)
         self.set_header("Content-Length", str(end - start))
         self.set_header(
             "Repr-Digest", "sha-256=:" + base64.b64encode(bytes.fromhex(info.sha256)).decode() + ":"

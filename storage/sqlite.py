@@ -43,6 +43,9 @@ _FILE_COLUMNS = (
 )
 
 
+# A grant or link is written only beside a LIVE file of its name, in the same statement: one
+# created while its file is deleted cannot survive to serve the next upload of that name.
+_FILE_IS_LIVE = f"EXISTS (SELECT 1 FROM files WHERE owner = ? AND name = ? AND state = {LIVE})"
 _AUDIT_COLUMNS = "seq, at, actor, address, action, target, outcome, key_id, mac"
 _GRANT_COLUMNS = "owner, name, grantee, created, key_id, tag"
 _USER_COLUMNS = "id, username, password_hash, key_id, tag, token_epoch"
@@ -634,13 +637,14 @@ class SQLiteStore:
         )
         return int(row[0]), int(row[1])
 
-    async def put_grant(self, grant: Grant) -> None:
+    async def put_grant(self, grant: Grant) -> bool:
         g = grant
-        await self._write(
+        changed = await self._write(
             "INSERT OR REPLACE INTO grants (owner, name, grantee, created, key_id, tag)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (g.owner, g.name, g.grantee, g.created, g.key_id, g.tag),
+            f" SELECT ?, ?, ?, ?, ?, ? WHERE {_FILE_IS_LIVE}",
+            (g.owner, g.name, g.grantee, g.created, g.key_id, g.tag, g.owner, g.name),
         )
+        return changed == 1
 
     async def get_grant(self, owner: int, name: str, grantee: int) -> Grant | None:
         row = await self._one(
@@ -669,13 +673,14 @@ class SQLiteStore:
         )
         return [_record(Grant, row) for row in rows]
 
-    async def put_link(self, link: Link) -> None:
+    async def put_link(self, link: Link) -> bool:
         k = link
-        await self._write(
-            f"INSERT INTO links ({_LINK_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+        changed = await self._write(
+            f"INSERT INTO links ({_LINK_COLUMNS}) SELECT {', '.join('?' * 13)} WHERE {_FILE_IS_LIVE}",
             (k.id, k.token_hash, k.owner, k.name, k.created, k.expires, k.password_hash, k.max_downloads)
-            + (k.bytes_served, k.failures, k.locked_until, k.key_id, k.tag),
+            + (k.bytes_served, k.failures, k.locked_until, k.key_id, k.tag, k.owner, k.name),
         )
+        return changed == 1
 
     async def get_link(self, token_hash: bytes) -> Link | None:
         row = await self._one(f"SELECT {_LINK_COLUMNS} FROM links WHERE token_hash = ?", (token_hash,))

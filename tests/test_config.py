@@ -6,8 +6,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from vault.config import Settings, load_settings, parse_size
 from vault.errors import ConfigError
@@ -294,3 +296,28 @@ def test_parse_size_reads_binary_and_decimal_units(text: str, size: int) -> None
 def test_parse_size_refuses_what_is_not_a_size(text: str) -> None:
     with pytest.raises(ValueError, match="not a size"):
         parse_size(text)
+
+
+def documented_default(setting: dataclasses.Field[Any]) -> str:
+    """The default as the README's table writes it: `value`, or (empty)."""
+    value = setting.default
+    return "(empty)" if value == "" else f"`{value}`"
+
+
+@pytest.mark.parametrize("setting", dataclasses.fields(Settings), ids=lambda f: f.name)
+def test_the_readme_table_gives_each_settings_default(setting: dataclasses.Field[Any]) -> None:
+    cell = readme_settings_table()[setting.name][2]
+    assert cell.split(" (")[0] == documented_default(setting).split(" (")[0], (setting.name, cell)
+
+
+def test_the_shipped_config_yaml_restates_the_defaults() -> None:
+    """config.yaml is documentation too: a value there that differs from the default (and so
+    from the README) changes the server behind the reader's back."""
+    shipped = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    assert shipped and set(shipped) <= set(defaults)
+    for key, value in shipped.items():
+        default = defaults[key]
+        assert (str(value) if isinstance(default, Path) else value) == (
+            str(default) if isinstance(default, Path) else default
+        ), f"config.yaml sets {key}: {value}, the default (and README) say {default}"

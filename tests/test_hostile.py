@@ -2,15 +2,21 @@
 500; one-time links answer HEAD like GET; tus clients that can only POST still append."""
 
 import base64
+import json
 import socket
 import sqlite3
 import ssl
+import subprocess
 import time
 import uuid
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.server import Response, Server
+from vault.errors import InvalidFilename
+from vault.names import check_new_filename
 
 T = {"Tus-Resumable": "1.0.0"}
 
@@ -198,3 +204,132 @@ def test_link_secrets_are_masked_in_every_log_line(
     output = server.output()
     assert f"{status} {method} /s/[secret]" in output  # the request was logged
     assert secret not in output
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Pad": "a" * 20_000},
+        {f"X-Pad-{n}": "b" * 1000 for n in range(17)},
+        {"Cookie": "c" * 40_000},
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/health"), ("PUT", "/upload/big.bin"), ("POST", "/login")]
+)
+def test_oversized_request_headers_are_431_with_the_json_error(
+    server: Server, headers: dict[str, str], method: str, path: str
+) -> None:
+    resp = server.request(method, path, b"x" if method != "GET" else None, headers=headers)
+    assert resp.status == 431
+    assert resp.json() == {"message": "Request header fields too large: the limit is 16 KiB", "status": 431}
+
+
+def test_headers_just_under_the_limit_are_served(server: Server) -> None:
+    resp = server.request("GET", "/health", headers={"X-Pad": "a" * 15_000})
+    assert (resp.status, resp.json()) == (200, {"status": "ok"})
+
+
+def test_the_generated_certificate_is_a_leaf_that_curl_trusts(server: Server) -> None:
+    cert = x509.load_pem_x509_certificate(server.cert.read_bytes())
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert constraints.critical and constraints.value.ca is False
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and not usage.key_cert_sign and not usage.crl_sign
+    assert (
+        ExtendedKeyUsageOID.SERVER_AUTH
+        in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    )
+    done = subprocess.run(
+        ["curl", "-sS", "--cacert", str(server.cert), f"https://127.0.0.1:{server.port}/health"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, b'{"status": "ok"}'), done.stderr
+
+
+BLANK_NAMES = [
+    " ",
+    "   ",
+    "\u200b",
+    "\ufeff",
+    "\u200b\ufeff",
+    "\u3000",
+    "\u00a0",
+    "\u2800",
+    "\u3164",
+    " \u200b ",
+    "\u0301",
+]
+
+
+@pytest.mark.parametrize("name", BLANK_NAMES)
+def test_names_made_only_of_invisible_characters_are_refused(server: Server, token: str, name: str) -> None:
+    with pytest.raises(InvalidFilename):
+        check_new_filename(name)
+    resp = server.put_file(token, name, b"invisible")
+    assert resp.status == 400 and resp.json()["message"].startswith("Invalid filename")
+    meta = "filename " + base64.b64encode(name.encode()).decode()
+    tus = server.request(
+        "POST", "/tus", headers={**T, "Upload-Length": "1", "Upload-Metadata": meta}, token=token
+    )
+    assert tus.status == 400
+    names = [f["filename"] for f in server.request("GET", "/files", token=token).json()["files"]]
+    assert name not in names
+
+
+@pytest.mark.parametrize("name", ["a\u200b", " x ", "\u200bb", "e\u0301"])
+def test_names_with_one_visible_character_are_accepted(name: str) -> None:
+    assert check_new_filename(name)
+
+
+def test_downloads_are_sandboxed(server: Server, token: str) -> None:
+    page = b"<script>alert(document.cookie)</script>"
+    for name in ("page.html", "image.svg", "code.js", "plain.txt"):
+        assert server.put_file(token, name, page).status == 201
+        resp = server.request("GET", "/download/" + name, token=token)
+        assert resp.status == 200 and resp.body == page
+        assert resp.headers["Content-Security-Policy"] == "sandbox; default-src 'none'"
+    path = one_time_link(server, token, page)
+    assert server.request("GET", path).headers["Content-Security-Policy"] == "sandbox; default-src 'none'"
+
+
+def test_a_link_created_while_its_file_is_deleted_does_not_serve_the_next_upload(
+    fresh_server: Server,
+) -> None:
+    """The link's password is hashed (bcrypt, slow) after the file was found; the file is
+    deleted meanwhile. The link must not come to life for the next upload of that name."""
+    fresh_server.env["VAULT_BCRYPT_ROUNDS"] = "12"
+    server = fresh_server.start()
+    _, token = server.new_user()
+    assert server.put_file(token, "doomed.txt", b"old").status == 201
+    creator, deleter = server.connection(), server.connection()
+    creator.connect()
+    deleter.connect()
+    try:
+        body = b'{"password": "open sesame 42"}'
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        creator.request("POST", "/files/doomed.txt/links", body, headers)
+        deleter.request("DELETE", "/files/doomed.txt", headers=headers)
+        deleted = deleter.getresponse()
+        deleted.read()
+        created = creator.getresponse()
+        answer = created.read()
+    finally:
+        creator.close()
+        deleter.close()
+    assert deleted.status == 200
+    assert server.put_file(token, "doomed.txt", b"new secret contents").status == 201
+    if created.status == 201:  # only possible if the delete came first after all: then it is gone
+        url = json.loads(answer)["url"]
+        resp = server.request("GET", "/s/" + url.rsplit("/", 1)[1], headers=basic_auth("open sesame 42"))
+        assert resp.status in (404, 410)
+    else:
+        assert (created.status, json.loads(answer)["message"]) == (404, "File not found")
+    with sqlite3.connect(server.db_path) as con:
+        assert con.execute("SELECT COUNT(*) FROM links").fetchone() == (0,)
+
+
+def basic_auth(password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f":{password}".encode()).decode()}

@@ -8,7 +8,7 @@ import time
 
 from vault import format as sfs
 from vault.errors import IntegrityError, NotFound, OffsetMismatch
-from vault.names import check_filename
+from vault.names import check_new_filename
 from vault.pipeline import Pipeline
 from vault.records import FileInfo, ResumeState, UploadState
 from vault.store import Resumable
@@ -36,7 +36,7 @@ class Resumables:
     async def create(self, owner: int, name: str, length: int, metadata: str) -> UploadState:
         """Register a resumable upload of ``length`` bytes; its key is wrapped at once so the
         upload survives a restart."""
-        name = check_filename(name)
+        name = check_new_filename(name)
         reservation = await self._pipe.quotas.admit(owner, length)
         try:
             upload = self._new(owner, name, length, metadata)

@@ -157,7 +157,8 @@ class Sharing:
         if grantee.id == owner.user_id:
             raise InvalidField("You cannot share a file with yourself")
         grant = GRANT.seal(self._keyring, Grant(owner.user_id, name, grantee.id, time.time(), 0, b""))
-        await self._store.put_grant(grant)
+        if not await self._store.put_grant(grant):
+            raise FileNotFound()  # deleted meanwhile
         return name, grantee.username
 
     async def revoke(self, owner: Identity, name: str, username: str) -> tuple[str, str]:
@@ -238,7 +239,8 @@ class Sharing:
             password_hash, max_downloads, 0, 0, 0.0, 0, b"",
         )  # fmt: skip
         link = LINK.seal(self._keyring, draft)
-        await self._store.put_link(link)
+        if not await self._store.put_link(link):
+            raise FileNotFound()  # deleted while the password was hashed
         stored = await self._store.get_file(owner.user_id, name)
         return LinkInfo.of(link, stored.header.size if stored else 0, 0), token
 

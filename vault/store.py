@@ -215,8 +215,9 @@ class SharingStore(Protocol):
 
     async def get_file(self, owner: int, name: str) -> StoredFile | None: ...
 
-    async def put_grant(self, grant: Grant) -> None:
-        """Insert or replace the grant for (owner, name, grantee)."""
+    async def put_grant(self, grant: Grant) -> bool:
+        """Insert or replace the grant for (owner, name, grantee) if the owner has a LIVE file
+        of that name, checked in the same statement; False if not."""
 
     async def get_grant(self, owner: int, name: str, grantee: int) -> Grant | None: ...
 
@@ -226,7 +227,9 @@ class SharingStore(Protocol):
 
     async def grants_to(self, grantee: int) -> list[Grant]: ...
 
-    async def put_link(self, link: Link) -> None: ...
+    async def put_link(self, link: Link) -> bool:
+        """Insert the link if the owner has a LIVE file of its name, checked in the same
+        statement; False if not."""
 
     async def get_link(self, token_hash: bytes) -> Link | None: ...
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 
 from vault import format as sfs
 from vault.errors import DigestMismatch, InputError
-from vault.names import check_filename
+from vault.names import check_new_filename
 from vault.pipeline import Pipeline
 from vault.quota import Reservation
 from vault.records import FileInfo, ResumeState
@@ -124,7 +124,7 @@ class Upload:
         async with self._lock:
             if self._closed:
                 raise RuntimeError("upload already finished or aborted")
-            info = await self._finish(check_filename(name), expected_sha256)
+            info = await self._finish(check_new_filename(name), expected_sha256)
         self._pipe.committed()  # a replaced version goes in the background, not before the reply
         return info
 
