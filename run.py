@@ -137,6 +137,8 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
         free=settings.login_free_attempts,
         max_backoff=settings.login_max_backoff,
         trusted_proxies=settings.trusted_proxies,
+        register_per_address=settings.register_per_address,
+        register_per_hour=settings.register_per_hour,
     )
     ctx = Context(core, throttle)
     app = make_app(ctx)

@@ -18,16 +18,6 @@ def pair_json(pair: TokenPair) -> dict[str, Any]:
     }
 
 
-class RegisterHandler(JSONBodyHandler):
-    AUDITED = {"POST": "register"}
-
-    async def post(self) -> None:
-        body = self.json_body()
-        self.audit_actor = str(body.get("username"))[:64]
-        await self.auth.register(body.get("username"), body.get("password"))
-        self.write_json(201, {"message": "User registered successfully"})
-
-
 class PasswordCheckHandler(JSONBodyHandler):
     """Checks a password under the login throttle: check() before bcrypt, failed() on
     InvalidCredentials, succeeded() on success."""
@@ -36,6 +26,17 @@ class PasswordCheckHandler(JSONBodyHandler):
         return self.throttle.client_address(
             self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
         )
+
+
+class RegisterHandler(PasswordCheckHandler):
+    AUDITED = {"POST": "register"}
+
+    async def post(self) -> None:
+        body = self.json_body()
+        self.audit_actor = str(body.get("username"))[:64]
+        self.throttle.registrations.check(self.client_address())  # 429 before bcrypt runs
+        await self.auth.register(body.get("username"), body.get("password"))
+        self.write_json(201, {"message": "User registered successfully"})
 
 
 class LoginHandler(PasswordCheckHandler):

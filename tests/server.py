@@ -74,6 +74,8 @@ class Server:
             # A test that ends with a request still open (a stalled body) must not make the
             # stop wait the whole default grace period (tests/test_faults.py tests the grace).
             "VAULT_SHUTDOWN_GRACE": "3",
+            "VAULT_REGISTER_PER_ADDRESS": "0",  # every test registers from 127.0.0.1
+            "VAULT_REGISTER_PER_HOUR": "0",
             **self.env,
         }
         start_at = self.log_path.stat().st_size if self.log_path.exists() else 0

@@ -1,14 +1,16 @@
 """Login throttling: vault.throttle with a fake clock, then /login over HTTPS."""
 
+import json
+import sqlite3
 import time
 import uuid
 
 import pytest
 
-from tests.server import Server
+from tests.server import Response, Server
 from vault.config import load_settings
-from vault.errors import Busy, ConfigError, InvalidCredentials, TooManyAttempts
-from vault.throttle import MAX_KEYS, LoginThrottle, address_key, parse_networks
+from vault.errors import Busy, ConfigError, InvalidCredentials, TooManyAttempts, TooManyRegistrations
+from vault.throttle import MAX_KEYS, LoginThrottle, RegistrationLimit, address_key, parse_networks
 
 PASSWORD = "correct horse battery"
 LOCKED = b'{"message": "Too many wrong passwords: wait before trying again", "status": 429}'
@@ -332,3 +334,98 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_lock(fresh_ser
     prepended = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
     assert login(server, name, PASSWORD, prepended) == (429, LOCKED)
     assert login(server, name, PASSWORD, {"X-Forwarded-For": "198.51.100.1"})[0] == 200
+
+
+# --- registration ------------------------------------------------------------------------
+
+
+def test_registration_limit_counts_per_address_and_in_total_and_forgets_after_an_hour() -> None:
+    now = [1000.0]
+    limit = RegistrationLimit(per_address=2, total=3, clock=lambda: now[0])
+    limit.check("10.0.0.1")
+    limit.check("10.0.0.1")
+    with pytest.raises(TooManyRegistrations) as refused:
+        limit.check("10.0.0.1")
+    assert refused.value.retry_after == 3600
+    limit.check("2001:db8::1")
+    with pytest.raises(TooManyRegistrations):
+        limit.check("10.0.0.2")  # the total is used up
+    with pytest.raises(TooManyRegistrations):
+        limit.check("2001:db8::2")  # same /64 as 2001:db8::1, and the total
+    now[0] += 3599
+    with pytest.raises(TooManyRegistrations) as refused:
+        limit.check("10.0.0.3")
+    assert refused.value.retry_after == 1
+    now[0] += 1
+    limit.check("10.0.0.1")
+
+
+def test_registrations_are_throttled_per_address_with_the_json_429(fresh_server: Server) -> None:
+    fresh_server.env.update(
+        {
+            "VAULT_REGISTER_PER_ADDRESS": "2",
+            "VAULT_REGISTER_PER_HOUR": "0",
+            "VAULT_TRUSTED_PROXIES": "127.0.0.1",
+        }
+    )
+    server = fresh_server.start()
+
+    def register(address: str, name: str) -> Response:
+        body = {"username": name, "password": "correct horse battery"}
+        return server.request("POST", "/register", body, headers={"X-Forwarded-For": address})
+
+    assert register("192.0.2.1", "first").status == 201
+    assert register("192.0.2.1", "x").status == 400  # attempts count whatever their outcome
+    refused = register("192.0.2.1", "third")
+    assert refused.status == 429
+    assert refused.json() == {"message": "Too many registrations: try again later", "status": 429}
+    assert 3500 < int(refused.headers["Retry-After"]) <= 3600
+    assert register("192.0.2.2", "fourth").status == 201  # another address
+    with sqlite3.connect(server.db_path) as con:
+        assert con.execute("SELECT COUNT(*) FROM users").fetchone() == (2,)
+
+
+def test_registrations_are_throttled_in_total(fresh_server: Server) -> None:
+    fresh_server.env.update({"VAULT_REGISTER_PER_ADDRESS": "0", "VAULT_REGISTER_PER_HOUR": "1"})
+    server = fresh_server.start()
+    body = {"username": "only", "password": "correct horse battery"}
+    assert server.request("POST", "/register", body).status == 201
+    assert server.request("POST", "/register", {**body, "username": "second"}).status == 429
+
+
+def test_a_flood_of_registrations_never_starves_a_login(fresh_server: Server) -> None:
+    """100 registrations at once (more than the whole bcrypt queue) and then a login: the
+    registrations have their own lane, so the login is answered, not refused with 503."""
+    fresh_server.env["VAULT_BCRYPT_ROUNDS"] = "10"
+    server = fresh_server.start()
+    name, _ = server.new_user()
+    flood = 100
+    conns = [server.connection() for _ in range(flood)]
+    for conn in conns:
+        conn.connect()
+    login = server.connection()
+    login.connect()
+    statuses: dict[int, int] = {}
+    try:
+        for n, conn in enumerate(conns):
+            body = json.dumps({"username": f"flood{n}", "password": "correct horse battery"})
+            conn.request("POST", "/register", body, {"Content-Type": "application/json"})
+        for n in reversed(range(flood)):  # until one is refused: the hashing queue is full now
+            resp = conns[n].getresponse()
+            resp.read()
+            statuses[n] = resp.status
+            if resp.status == 503:
+                break
+        body = json.dumps({"username": name, "password": "correct horse battery"})
+        login.request("POST", "/login", body, {"Content-Type": "application/json"})
+        answer = login.getresponse()
+        assert answer.status == 200, answer.read()
+        for n, conn in enumerate(conns):
+            if n not in statuses:
+                resp = conn.getresponse()
+                resp.read()
+                statuses[n] = resp.status
+    finally:
+        for conn in [*conns, login]:
+            conn.close()
+    assert set(statuses.values()) <= {201, 503} and 201 in statuses.values()

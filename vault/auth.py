@@ -110,6 +110,7 @@ def check_password(password: object, field: str = "password") -> bytes:
 
 USER_ID_BITS = 62
 MAX_PENDING_HASHES = 64  # about 16 s of bcrypt at cost 12 on 2 threads
+MAX_PENDING_REGISTRATIONS = 8  # waiting for the registration lane (one bcrypt thread at a time)
 
 
 class Authenticator:
@@ -134,6 +135,8 @@ class Authenticator:
         self._epoch_changes = 0
         self._keyring = keyring
         self._pending = 0
+        self._registering = 0
+        self._register_lane = asyncio.Semaphore(1)
         self._secret = secret
         self._rounds = rounds
         self._ttl = ttl
@@ -156,9 +159,21 @@ class Authenticator:
             self._pending -= 1
 
     async def register(self, username: object, password: object) -> None:
+        """A new account. Its bcrypt runs in the registration lane: at most one thread at a
+        time and MAX_PENDING_REGISTRATIONS waiting (503 beyond), apart from the logins' queue,
+        so a flood of registrations can never starve logins."""
         name = check_username(username)
         raw = check_password(password)
-        hashed = await self._run(bcrypt.hashpw, raw, bcrypt.gensalt(self._rounds))
+        if self._registering >= MAX_PENDING_REGISTRATIONS:
+            raise Busy("Too many registrations at once: retry shortly")
+        self._registering += 1
+        try:
+            async with self._register_lane:
+                hashed = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, bcrypt.hashpw, raw, bcrypt.gensalt(self._rounds)
+                )
+        finally:
+            self._registering -= 1
         user_id = secrets.randbits(USER_ID_BITS) + 1
         await self._store.create_user(USER.seal(self._keyring, User(user_id, name, hashed, 0, b"")))
 

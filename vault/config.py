@@ -78,6 +78,12 @@ class Settings:
     login_max_backoff: int = _setting(
         900, "Longest login lock-out, in seconds (doubling from 1 s); idle counts are then forgotten."
     )
+    register_per_address: int = _setting(
+        10, "Registrations per client address (IPv6: per /64) per hour (429 beyond; 0: no limit)."
+    )
+    register_per_hour: int = _setting(
+        100, "Registrations from everyone together per hour (429 beyond; 0: no limit)."
+    )
     trusted_proxies: str = _setting(
         "", "Comma-separated proxy addresses or networks whose X-Forwarded-For names the client."
     )
@@ -155,6 +161,8 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "shutdown_grace", 0, 86400)
     _check_range(values, "login_free_attempts", 1, 1_000_000)
     _check_range(values, "login_max_backoff", 1, 86400)
+    _check_range(values, "register_per_address", 0, 1_000_000)
+    _check_range(values, "register_per_hour", 0, 1_000_000)
     parse_networks(values["trusted_proxies"])
     _check_range(values, "resumable_ttl", 60, 366 * 86400)
     try:

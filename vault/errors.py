@@ -23,6 +23,7 @@ VaultError
 │   └── FileNotFound        no such file for this caller
 ├── Gone                    a public link expired, ran out of downloads or lost its file
 ├── TooManyAttempts         too many wrong logins or link passwords; carries the seconds to wait
+│   └── TooManyRegistrations too many registrations from one address or in total
 ├── TooManyUploads          a user already has ``uploads_per_user`` uploads in progress
 ├── BodyTimeout             a request body sent nothing for ``body_timeout`` seconds
 ├── TooLarge                a body or file is over its configured limit
@@ -173,6 +174,12 @@ class TooManyAttempts(VaultError):
     def __init__(self, retry_after: int) -> None:
         super().__init__()
         self.retry_after = retry_after
+
+
+class TooManyRegistrations(TooManyAttempts):
+    """Too many registrations from the client's address, or in total: wait ``retry_after``."""
+
+    message = "Too many registrations: try again later"
 
 
 class TooManyUploads(VaultError):

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from vault.errors import ConfigError, InvalidCredentials, TooManyAttempts
+from vault.errors import ConfigError, InvalidCredentials, TooManyAttempts, TooManyRegistrations
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,43 @@ class _Keys:
             del self._entries[key]
 
 
+REGISTRATION_WINDOW = 3600  # seconds over which registrations are counted
+
+
+class RegistrationLimit:
+    """At most ``per_address`` registration attempts per client address (IPv6 by its /64) and
+    ``total`` from everyone, per hour counted from the first of a window (0: no limit). Every
+    attempt counts, whatever its outcome, before any bcrypt runs; refused ones do not."""
+
+    def __init__(
+        self,
+        per_address: int,
+        total: int,
+        max_keys: int = MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._per_address, self._total, self._max_keys, self._clock = per_address, total, max_keys, clock
+        self._windows: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (start, count)
+
+    def check(self, address: str) -> None:
+        """Count one attempt from ``address``, or raise TooManyRegistrations."""
+        now = self._clock()
+        keys = (("*", self._total), (address_key(address), self._per_address))
+        limited = [(key, limit, *self._count(key, now)) for key, limit in keys if limit]
+        for _, limit, start, count in limited:
+            if count >= limit:
+                raise TooManyRegistrations(max(math.ceil(start + REGISTRATION_WINDOW - now), 1))
+        for key, _, start, count in limited:
+            self._windows[key] = (start, count + 1)
+            self._windows.move_to_end(key)
+        while len(self._windows) > self._max_keys:
+            self._windows.popitem(last=False)
+
+    def _count(self, key: str, now: float) -> tuple[float, int]:
+        start, count = self._windows.get(key, (now, 0))
+        return (now, 0) if now >= start + REGISTRATION_WINDOW else (start, count)
+
+
 class LoginThrottle:
     """Refuses logins for a while after repeated failures (rules: module docstring)."""
 
@@ -174,9 +211,12 @@ class LoginThrottle:
         trusted_proxies: str = "",
         max_keys: int = MAX_KEYS,
         clock: Callable[[], float] = time.monotonic,
+        register_per_address: int = 0,
+        register_per_hour: int = 0,
     ) -> None:
         if free < 1 or max_backoff < 1 or max_keys < 1:
             raise ValueError("free, max_backoff and max_keys must be positive")
+        self.registrations = RegistrationLimit(register_per_address, register_per_hour, max_keys, clock)
         self._accounts = _Keys("account", free, max_backoff, max_keys)
         self._addresses = _Keys("address", free, max_backoff, max_keys)
         self._trusted = parse_networks(trusted_proxies)
