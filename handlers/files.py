@@ -205,6 +205,8 @@ class FileSender(BaseHandler):
     conditional requests, a strong ETag and an RFC 9530 Repr-Digest. Subclasses find the file
     and may meter the body through ``before_body`` and ``chunk_sent``."""
 
+    range_start = 0  # the first byte the response sends (set before before_body)
+
     def before_body(self, nbytes: int, size: int) -> None:
         """Called with the body's length (what a GET would send, for HEAD too) and the file's
         size before any header is sent; may refuse by raising."""
@@ -248,6 +250,7 @@ class FileSender(BaseHandler):
         self.set_header(
             "Repr-Digest", "sha-256=:" + base64.b64encode(bytes.fromhex(info.sha256)).decode() + ":"
         )
+        self.range_start = start
         self.before_body(end - start, info.size)
         if send_body:
             await self._stream(download.read(start, end))

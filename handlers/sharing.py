@@ -4,10 +4,14 @@ import asyncio
 import base64
 import binascii
 import datetime
+import fcntl
+import struct
+import termios
 import urllib.parse
 from typing import Any
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from handlers.base import BaseHandler, JSONBodyHandler, status_for
 from handlers.files import FileSender, file_json
@@ -17,6 +21,17 @@ from vault.sharing import LinkInfo, Reservation
 from vault.store import Link
 
 MAX_FORM_BYTES = 4096  # the landing page's password form
+
+
+def unacknowledged(connection: HTTP1Connection) -> int:
+    """Bytes handed to the socket that the client has not acknowledged yet (Linux SIOCOUTQ),
+    as close to delivery as TCP tells; 0 where it cannot be read."""
+    try:
+        sock = connection.stream.socket
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return max(int(struct.unpack("i", raw)[0]), 0)
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -185,10 +200,11 @@ class PublicLinkHandler(PageHeaders, FileSender):
 
     def before_body(self, nbytes: int, size: int) -> None:
         if self.request.method == "HEAD":  # costs nothing, but answers what a GET would: 410
-            self.sharing.check_left(self.link, size, 1 if size == 0 else nbytes)
+            self.sharing.check_left(self.link, size, 1 if size == 0 else nbytes, self.range_start)
             return
         self.charge_whole = size == 0
-        self.reservation = self.sharing.reserve(self.link, size, 1 if self.charge_whole else nbytes)
+        nbytes = 1 if self.charge_whole else nbytes
+        self.reservation = self.sharing.reserve(self.link, size, nbytes, self.range_start)
 
     def body_done(self) -> None:
         if self.reservation is not None and self.charge_whole:
@@ -197,6 +213,7 @@ class PublicLinkHandler(PageHeaders, FileSender):
     def chunk_sent(self, nbytes: int) -> None:
         if self.reservation is not None:
             self.reservation.sent += nbytes
+            self.reservation.unacked = unacknowledged(self.connection)
 
     def on_finish(self) -> None:
         super().on_finish()

@@ -3,12 +3,15 @@
 
 import base64
 import json
+import os
 import socket
 import sqlite3
 import ssl
+import struct
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -333,3 +336,84 @@ def test_a_link_created_while_its_file_is_deleted_does_not_serve_the_next_upload
 
 def basic_auth(password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f":{password}".encode()).decode()}
+
+
+def cut_off_download(server: Server, path: str, keep: int, dest: Path, start: int = 0) -> int:
+    """GET ``path`` (from byte ``start``) and hang up after ``keep`` body bytes, as a client
+    that is killed does (what the server already pushed into the sockets is lost); append what
+    arrived to ``dest``. Returns the status (and keeps nothing unless it is 200 or 206)."""
+    context = server.ssl_context()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        with context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes={start}-\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += tls.recv(65536)
+            status = int(data.split(b" ", 2)[1])
+            if status not in (200, 206):
+                return status
+            while len(data.split(b"\r\n\r\n", 1)[1]) < keep:
+                data += tls.recv(65536)
+            with dest.open("ab") as out:
+                out.write(data.split(b"\r\n\r\n", 1)[1][:keep])
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
+    return status
+
+
+def served(server: Server, path: str) -> int:
+    with sqlite3.connect(server.db_path) as con:
+        (count,) = con.execute("SELECT COUNT(*) FROM links").fetchone()
+        assert count >= 1
+        return sum(row[0] for row in con.execute("SELECT bytes_served FROM links"))
+
+
+def wait_until_charged(server: Server, path: str, at_least: int) -> int:
+    deadline = time.monotonic() + 30
+    while served(server, path) < at_least and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return served(server, path)
+
+
+def test_an_interrupted_one_time_download_resumes_to_completion_with_curl(
+    fresh_server: Server, tmp_path: Path
+) -> None:
+    server = fresh_server.start()
+    _, token = server.new_user()
+    data = os.urandom(24 * 1024 * 1024 + 5)  # more than the sockets hold: the server is cut off
+    path = one_time_link(server, token, data)
+    partial = tmp_path / "partial.bin"
+    partial.write_bytes(b"")
+    for keep in (300_000, 3_000_000):  # cut off twice, each time with megabytes in flight
+        charged = served(server, path)
+        have = partial.stat().st_size
+        assert cut_off_download(server, path, keep, partial, start=have) == 206
+        wait_until_charged(server, path, charged + 1)
+    have = partial.stat().st_size
+    done = subprocess.run(
+        ["curl", "-sS", "--cacert", str(server.cert), "-C", "-", "-o", str(partial), "-w", "%{http_code}",
+         server.url + path],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, b"206"), (done.stderr, have)
+    assert partial.read_bytes() == data
+    assert server.request("GET", path).status == 410  # and that was the one download
+
+
+def test_restarting_cut_off_downloads_never_yields_more_than_the_budget(fresh_server: Server) -> None:
+    """An attacker who takes nearly all of each response and claims to have nothing gets back
+    at most the in-flight allowance over the link's life: N copies, the preview allowance and
+    the in-flight allowance, and no more."""
+    server = fresh_server.start()
+    _, token = server.new_user()
+    size = 2 * 1024 * 1024
+    data = os.urandom(size)
+    path = one_time_link(server, token, data)
+    received = 0
+    for _ in range(8):  # take almost everything, hang up, and ask again from byte 0
+        charged = served(server, path)
+        if cut_off_download(server, path, size - 1, Path(os.devnull)) == 410:
+            break
+        received += size - 1
+        wait_until_charged(server, path, charged + 1)
+    assert size - 1 <= received <= size + min(64 * 1024, size // 2) + min(16 * 1024 * 1024, size)
+    assert server.request("GET", path).status == 410

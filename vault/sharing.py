@@ -9,8 +9,12 @@ size plus a preview allowance of min(64 KiB, half the file), charged as bytes ar
 Each request reserves its length before its headers go out, so two simultaneous full downloads
 of a one-time link cannot both succeed, and no sequence of ranges yields more than N whole
 copies. HEAD and the HTML landing page cost nothing, and a short Range (a preview bot's) only
-its length, which the allowance covers. Usage is kept in memory and persisted after each
-request (one server process per data directory).
+its length, which the allowance covers. Bytes charged to a response cut off before its end
+that may not have arrived (TCP had not acknowledged them, or a client receive buffer's worth
+before them) go back to the budget when the next request asks for them again, so ``curl -C -``
+resumes to completion; at most ``in_flight_allowance`` over a link's life. Usage is kept in
+memory and persisted after each request (one server process per data directory); the refunds
+given are counted in memory only.
 """
 
 import asyncio
@@ -47,6 +51,14 @@ MAX_BACKOFF = 3600
 MAX_EXPIRY = 366 * 86400
 MAX_DOWNLOADS = 1_000_000
 PREVIEW_ALLOWANCE = 64 * 1024
+IN_FLIGHT_ALLOWANCE = 16 * 1024 * 1024  # given back in all to resumed downloads (in_flight_allowance)
+RECEIVE_SLACK = 8 * 1024 * 1024  # a client's receive buffer (Linux: up to 6 MiB), lost when it dies
+
+
+def in_flight_allowance(size: int) -> int:
+    """Bytes a link may give back, in all, to downloads resumed after being cut off (what was
+    charged as sent but never arrived: socket buffers, the network, the client's buffers)."""
+    return min(IN_FLIGHT_ALLOWANCE, size)
 
 
 def link_budget(max_downloads: int, size: int) -> int:
@@ -108,20 +120,34 @@ class _PasswordLock:
 class _Usage:
     served: int
     reserved: int = 0
+    refunded: int = 0  # given back to resumed downloads, at most in_flight_allowance(size)
+    doubt: tuple[int, int] | None = None  # bytes [start, end) the last response may not have delivered
 
 
 class Reservation:
-    """Bytes a link download may send; ``close`` charges what was actually sent."""
+    """Bytes a link download may send; ``close`` charges what was actually sent, less what
+    ``refund`` gave back, and, if the response was cut off, remembers which of those bytes may
+    not have arrived: the last ``unacked`` (what the socket had not had acknowledged when last
+    measured) and RECEIVE_SLACK before them (what the client's own buffers may have lost)."""
 
-    def __init__(self, sharing: "Sharing", link: Link, reserved: int) -> None:
+    def __init__(self, sharing: "Sharing", link: Link, reserved: int, start: int, refund: int) -> None:
         self._sharing, self._link, self._reserved = sharing, link, reserved
+        self._start, self._refund = start, refund
         self.sent = 0
+        self.unacked = 0
         self._closed = False
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._sharing._charge(self._link, self._reserved, min(self.sent, self._reserved))
+            sent = min(self.sent, self._reserved)
+            end = self._start + sent
+            # Only a response cut off before its end is in doubt: one the server finished on a
+            # live connection counts as delivered (or a one-time link to a small file, all of it
+            # unacknowledged at the end, could be fetched twice).
+            cut = 0 < sent < self._reserved
+            doubt = (max(end - self.unacked - RECEIVE_SLACK, self._start), end) if cut else None
+            await self._sharing._charge(self._link, self._reserved, sent, self._refund, doubt)
 
 
 class Sharing:
@@ -310,17 +336,32 @@ class Sharing:
         await self._store.add_link_failure(link.id, time.time(), lock_out)
         raise InvalidCredentials("Wrong password for this link")
 
-    def check_left(self, link: Link, size: int, nbytes: int) -> None:
-        """Gone unless the link could send ``nbytes`` more now."""
+    def check_left(self, link: Link, size: int, nbytes: int, start: int = 0) -> None:
+        """Gone unless the link could send ``nbytes`` from ``start`` now."""
         left = self._left(link, size)
-        if left is not None and nbytes > left:
+        if left is not None and nbytes > left + self._refund(link, size, start):
             raise Gone("This link has no downloads left")
 
-    def reserve(self, link: Link, size: int, nbytes: int) -> Reservation:
-        """Hold ``nbytes`` of the link's budget for one response (none needed without a limit)."""
-        self.check_left(link, size, nbytes)
-        self._usage_of(link).reserved += nbytes
-        return Reservation(self, link, nbytes)
+    def reserve(self, link: Link, size: int, nbytes: int, start: int = 0) -> Reservation:
+        """Hold ``nbytes`` of the link's budget for one response from byte ``start`` (none
+        needed without a limit); a resumed download first gets back what its cut-off
+        predecessor was charged for but evidently did not deliver."""
+        self.check_left(link, size, nbytes, start)
+        usage, refund = self._usage_of(link), self._refund(link, size, start)
+        usage.served -= refund
+        usage.refunded += refund
+        usage.doubt = None  # only the next request can claim it
+        usage.reserved += nbytes
+        return Reservation(self, link, nbytes, start, refund)
+
+    def _refund(self, link: Link, size: int, start: int) -> int:
+        """A request that starts inside the bytes the previous response may not have delivered
+        has not got them (it asks again): that part goes back to the budget, at most
+        ``in_flight_allowance`` in the link's whole life."""
+        usage = self._usage_of(link)
+        if link.max_downloads is None or usage.doubt is None or not usage.doubt[0] <= start < usage.doubt[1]:
+            return 0
+        return max(min(usage.doubt[1] - start, in_flight_allowance(size) - usage.refunded), 0)
 
     def _left(self, link: Link, size: int) -> int | None:
         """Bytes the link may still send (None: no limit)."""
@@ -335,9 +376,13 @@ class Sharing:
             usage = self._usage[link.id] = _Usage(link.bytes_served)
         return usage
 
-    async def _charge(self, link: Link, reserved: int, sent: int) -> None:
+    async def _charge(
+        self, link: Link, reserved: int, sent: int, refund: int, doubt: tuple[int, int] | None
+    ) -> None:
         usage = self._usage_of(link)
         usage.reserved -= reserved
         usage.served += sent
-        if sent:
-            await self._store.charge_link(link.id, sent)
+        if doubt is not None:
+            usage.doubt = doubt
+        if sent != refund:
+            await self._store.charge_link(link.id, sent - refund)
