@@ -26,6 +26,7 @@ class VaultApplication(tornado.web.Application):
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> tornado.web._HandlerDelegate:
         if header_bytes(request) > MAX_HEADER_BYTES:
             return self.get_handler_delegate(request, HeadersTooLargeHandler, {"ctx": self.settings["ctx"]})
+        tus.apply_method_override(request)
         return super().find_handler(request, **kwargs)
 
 

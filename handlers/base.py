@@ -365,6 +365,8 @@ class NotFoundHandler(BaseHandler):
 class HeadersTooLargeHandler(BaseHandler):
     """Any request whose headers are over the limit: 431, before anything else looks at it."""
 
+    SUPPORTED_METHODS = tornado.web.RequestHandler.SUPPORTED_METHODS  # all: 431 in prepare()
+
     def prepare(self) -> None:
         raise tornado.web.HTTPError(431, "Request header fields too large: the limit is 16 KiB")
 

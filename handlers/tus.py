@@ -16,6 +16,7 @@ import hmac
 import logging
 
 import tornado.web
+from tornado.httputil import HTTPServerRequest
 
 from handlers.base import BaseHandler, body_activity
 from handlers.files import CHUNK_ALLOWANCE, file_json
@@ -76,6 +77,15 @@ def parse_checksum(header: str | None) -> tuple[str, bytes] | None:
     if len(digest) != hashlib.new(algorithm).digest_size:
         raise InputError(f"Malformed Upload-Checksum: not a {algorithm} digest in base64")
     return algorithm, digest
+
+
+def apply_method_override(request: HTTPServerRequest) -> None:
+    """A POST to an upload with ``X-HTTP-Method-Override: PATCH`` (or DELETE) is that method
+    (tus 1.0.0: a server MUST honour it, for clients that can only send GET and POST). Done
+    before routing, so the handler and its method checks see the real method."""
+    override = request.headers.get("X-HTTP-Method-Override", "").strip().upper()
+    if request.method == "POST" and override in OVERRIDABLE and request.path.startswith("/tus/"):
+        request.method = override
 
 
 class TusHandler(BaseHandler):
@@ -238,9 +248,6 @@ class TusUploadHandler(TusHandler):
     async def prepare(self) -> None:
         if self.request.method == "OPTIONS":
             return
-        override = self.request.headers.get("X-HTTP-Method-Override", "").strip().upper()
-        if self.request.method == "POST" and override in OVERRIDABLE:
-            self.request.method = override  # Tornado picks the method to call after prepare()
         self.check_protocol()
         self.identity = await self.authenticated()
         if self.request.method == "PATCH":
