@@ -16,6 +16,7 @@ import tornado.web
 
 from handlers.base import BaseHandler, body_activity
 from handlers.headers import declared_length
+from handlers.paging import paginate
 from handlers.ranges import if_range_holds, none_match, parse_range
 from vault.auth import Identity
 from vault.download import Download
@@ -294,7 +295,7 @@ class ListHandler(BaseHandler):
     async def get(self) -> None:
         identity = await self.authenticated()
         files = await self.files.list(identity.user_id)
-        self.write_json(200, {"files": [file_json(info) for info in files]})
+        self.write_json(200, paginate(self, "files", files, lambda info: info.name, file_json))
 
 
 class MeHandler(BaseHandler):

@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 from handlers.base import BaseHandler
+from handlers.paging import MAX_CURSOR, MAX_LIMIT
 from handlers.sharing import MAX_FORM_BYTES
 from handlers.tus import CHECKSUM_ALGORITHMS, TUS_EXTENSIONS, TUS_VERSION
 from handlers.web import CSRF_HEADER, DOWNLOAD_COOKIE, MAX_QR_TEXT, REFRESH_COOKIE
@@ -174,6 +175,27 @@ NEW_PASSWORD: Schema = {
     "description": f"{MIN_PASSWORD_CHARS}+ characters, at most {MAX_PASSWORD_BYTES} UTF-8 bytes, no NUL.",
 }
 
+NEXT: Schema = {
+    "type": ["string", "null"],
+    "description": "Only with ?limit or ?after: the cursor to pass as ?after= (null: the last page).",
+}
+PAGING = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "At most this many items, and a 'next' cursor (without it: the whole list).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The 'next' of the previous page.",
+        "schema": {"type": "string", "maxLength": MAX_CURSOR},
+    },
+]
+
 SCHEMAS: Schema = {
     "Error": {
         "description": "Every error reply.",
@@ -249,7 +271,7 @@ SCHEMAS: Schema = {
     },
     "FileInfo": obj(list(FILE_INFO), FILE_INFO),
     "Uploaded": obj(["message", *FILE_INFO], {"message": {"type": "string"}, **FILE_INFO}),
-    "FileList": obj(["files"], {"files": {"type": "array", "items": schema("FileInfo")}}),
+    "FileList": obj(["files"], {"files": {"type": "array", "items": schema("FileInfo")}, "next": NEXT}),
     "Deleted": obj(["message", "filename"], {"message": {"type": "string"}, "filename": {"type": "string"}}),
     "Me": obj(
         ["username", "files", "usage", "quota", "max_file_size"],
@@ -281,7 +303,8 @@ SCHEMAS: Schema = {
             "files": {
                 "type": "array",
                 "items": obj(["owner", *FILE_INFO], {"owner": {"type": "string"}, **FILE_INFO}),
-            }
+            },
+            "next": NEXT,
         },
     ),
     "LinkRequest": {
@@ -300,7 +323,7 @@ SCHEMAS: Schema = {
         },
     },
     "Link": obj(list(LINK_INFO), LINK_INFO),
-    "LinkList": obj(["links"], {"links": {"type": "array", "items": schema("Link")}}),
+    "LinkList": obj(["links"], {"links": {"type": "array", "items": schema("Link")}, "next": NEXT}),
     "NewLink": obj(
         ["message", "url", *LINK_INFO],
         {
@@ -632,7 +655,8 @@ PATHS: Schema = {
     "/files": {
         "get": {
             "summary": "Your files",
-            "responses": {"200": reply("By name", schema("FileList")), **errors(401)},
+            "parameters": PAGING,
+            "responses": {"200": reply("By name", schema("FileList")), **errors(400, 401)},
         }
     },
     "/files/{filename}": {
@@ -678,7 +702,8 @@ PATHS: Schema = {
     "/shared": {
         "get": {
             "summary": "Files shared with you",
-            "responses": {"200": reply("By owner and name", schema("SharedList")), **errors(401)},
+            "parameters": PAGING,
+            "responses": {"200": reply("By owner and name", schema("SharedList")), **errors(400, 401)},
         }
     },
     "/shared/{owner}/{filename}": {
@@ -696,7 +721,8 @@ PATHS: Schema = {
     "/links": {
         "get": {
             "summary": "Your links",
-            "responses": {"200": reply("Oldest first", schema("LinkList")), **errors(401)},
+            "parameters": PAGING,
+            "responses": {"200": reply("Oldest first", schema("LinkList")), **errors(400, 401)},
         }
     },
     "/links/{id}": {

@@ -16,6 +16,7 @@ from tornado.http1connection import HTTP1Connection
 from handlers.base import BaseHandler, JSONBodyHandler, status_for
 from handlers.files import FileSender, file_json
 from handlers.pages import PageHeaders, human_size, render
+from handlers.paging import paginate
 from vault.errors import AuthError, TooLarge, VaultError
 from vault.sharing import LinkInfo, Reservation
 from vault.store import Link
@@ -84,7 +85,16 @@ class SharedListHandler(BaseHandler):
 
     async def get(self) -> None:
         shared = await self.sharing.shared_with(await self.authenticated())
-        self.write_json(200, {"files": [{"owner": s.owner, **file_json(s.info)} for s in shared]})
+        self.write_json(
+            200,
+            paginate(
+                self,
+                "files",
+                shared,
+                lambda s: f"{s.owner}/{s.info.name}",
+                lambda s: {"owner": s.owner, **file_json(s.info)},
+            ),
+        )
 
 
 class SharedDownloadHandler(FileSender):
@@ -123,7 +133,9 @@ class LinkListHandler(BaseHandler):
 
     async def get(self) -> None:
         links = await self.sharing.links(await self.authenticated())
-        self.write_json(200, {"links": [link_json(info) for info in links]})
+        self.write_json(
+            200, paginate(self, "links", links, lambda info: f"{info.created:020.6f}/{info.id}", link_json)
+        )
 
 
 class LinkRevokeHandler(BaseHandler):

@@ -666,12 +666,18 @@ class SQLiteStore:
         )
         return [_record(Grant, row) for row in rows]
 
-    async def grants_to(self, grantee: int) -> list[Grant]:
+    async def shared_files(self, grantee: int) -> list[tuple[Grant, StoredFile]]:
+        """Every grant to ``grantee`` with the LIVE file it names, in one query."""
+        grant_cols = ", ".join(f"g.{c.strip()}" for c in _GRANT_COLUMNS.split(","))
+        file_cols = ", ".join(f"f.{c.strip()}" for c in _FILE_COLUMNS.split(","))
         rows = await self._all(
-            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE grantee = ? ORDER BY owner, name",
-            (grantee,),
+            f"SELECT {grant_cols}, {file_cols} FROM grants g JOIN files f"
+            " ON f.owner = g.owner AND f.name = g.name AND f.state = ?"
+            " WHERE g.grantee = ? ORDER BY g.owner, g.name",
+            (LIVE, grantee),
         )
-        return [_record(Grant, row) for row in rows]
+        width = len(_GRANT_COLUMNS.split(","))
+        return [(_record(Grant, row[:width]), _stored_file(row[width:])) for row in rows]
 
     async def put_link(self, link: Link) -> bool:
         k = link

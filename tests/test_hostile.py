@@ -1,7 +1,9 @@
 """Hostile and careless clients (issue 10): bad input is a 4xx with the JSON error, never a
 500; one-time links answer HEAD like GET; tus clients that can only POST still append."""
 
+import asyncio
 import base64
+import inspect
 import json
 import os
 import socket
@@ -10,14 +12,18 @@ import ssl
 import struct
 import subprocess
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tests import incore
 from tests.server import Response, Server
+from vault.auth import Identity
 from vault.errors import InvalidFilename
 from vault.names import check_new_filename
 
@@ -417,3 +423,61 @@ def test_restarting_cut_off_downloads_never_yields_more_than_the_budget(fresh_se
         wait_until_charged(server, path, charged + 1)
     assert size - 1 <= received <= size + min(64 * 1024, size // 2) + min(16 * 1024 * 1024, size)
     assert server.request("GET", path).status == 410
+
+
+def test_the_shared_listing_asks_the_store_the_same_however_many_files_and_grants(tmp_path: Path) -> None:
+    """GET /shared was grants x the owner's files (300 shares: ~20 s of CPU): now one query for
+    the grants with their files and one account read per owner, whatever the counts."""
+
+    async def store_calls(files: int) -> tuple[int, int]:
+        async with incore.core(tmp_path / f"shared{files}.db", bcrypt_rounds=4) as core:
+            for name in ("alice", "bob"):
+                await core.auth.register(name, "correct horse battery")
+            alice, bob = [await core.auth.find_user(n) for n in ("alice", "bob")]
+            assert alice is not None and bob is not None
+            for n in range(files):
+                upload = await core.files.begin_upload(alice.id, None)
+                await upload.write(b"x" * n)
+                await upload.finish(f"f{n}.txt")
+                await core.sharing.grant(Identity(alice.id, "alice"), f"f{n}.txt", "bob")
+            calls = 0
+            for attr in dir(core.store):
+                method = getattr(core.store, attr)
+                if not attr.startswith("_") and inspect.iscoroutinefunction(method):
+
+                    async def counted(*args: Any, _method: Any = method) -> Any:
+                        nonlocal calls
+                        calls += 1
+                        return await _method(*args)
+
+                    setattr(core.store, attr, counted)
+            shared = await core.sharing.shared_with(Identity(bob.id, "bob"))
+            return len(shared), calls
+
+    few, many = asyncio.run(store_calls(3)), asyncio.run(store_calls(40))
+    assert (few[0], many[0]) == (3, 40)
+    assert few[1] == many[1] <= 3
+
+
+def test_listings_paginate_with_limit_and_after_and_stay_whole_without(server: Server, token: str) -> None:
+    names = [f"page{n:02}.txt" for n in range(7)]
+    for name in names:
+        assert server.put_file(token, name, b"p").status == 201
+        assert server.request("POST", f"/files/{name}/links", {}, token=token).status == 201
+    whole = server.request("GET", "/files", token=token).json()
+    assert "next" not in whole and [f["filename"] for f in whole["files"]] == names
+    for key, path in (("files", "/files"), ("links", "/links")):
+        seen: list[Any] = []
+        after = None
+        while True:
+            query = "?limit=3" + (f"&after={urllib.parse.quote(after)}" if after else "")
+            page = server.request("GET", path + query, token=token).json()
+            assert len(page[key]) <= 3
+            seen += page[key]
+            after = page["next"]
+            if after is None:
+                break
+        assert seen == server.request("GET", path, token=token).json()[key]
+    for bad in ("0", "1001", "-1", "x", "\u00b2"):
+        resp = server.request("GET", "/files?limit=" + urllib.parse.quote(bad), token=token)
+        assert resp.status == 400 and resp.json()["status"] == 400

@@ -206,15 +206,20 @@ class Sharing:
         return name, sorted(names)
 
     async def shared_with(self, user: Identity) -> list[SharedFile]:
-        shared = []
-        for grant in await self._store.grants_to(user.user_id):
-            owner = await self._auth.user_by_id(grant.owner) if self._grant_ok(grant) else None
-            if owner is None:
-                continue
-            for info in await self._files.list(grant.owner):
-                if info.name == grant.name:
-                    shared.append(SharedFile(owner.username, info))
-        return shared
+        """Files shared with ``user`` whose grant, owner and header verify: one query for the
+        grants with their files, one account read per owner, the headers checked off the loop."""
+        rows = [(g, f) for g, f in await self._store.shared_files(user.user_id) if self._grant_ok(g)]
+        owners: dict[int, str | None] = {}
+        for grant, _ in rows:
+            if grant.owner not in owners:
+                account = await self._auth.user_by_id(grant.owner)
+                owners[grant.owner] = account.username if account else None
+        infos = await self._files.verified([stored for _, stored in rows])
+        return [
+            SharedFile(owner, info)
+            for (grant, _), info in zip(rows, infos, strict=True)
+            if info is not None and (owner := owners[grant.owner]) is not None
+        ]
 
     async def open_shared(self, user: Identity, owner_name: str, name: str) -> Download:
         """A file shared with ``user``; anything else is the same 404 as a missing file."""

@@ -225,7 +225,9 @@ class SharingStore(Protocol):
 
     async def grants_of(self, owner: int, name: str) -> list[Grant]: ...
 
-    async def grants_to(self, grantee: int) -> list[Grant]: ...
+    async def shared_files(self, grantee: int) -> list[tuple[Grant, StoredFile]]:
+        """Every grant to ``grantee`` joined with the LIVE file it names (one query: a listing
+        costs one pass over the grants, not grants x the owners' files)."""
 
     async def put_link(self, link: Link) -> bool:
         """Insert the link if the owner has a LIVE file of its name, checked in the same
