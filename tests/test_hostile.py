@@ -198,7 +198,7 @@ def test_a_post_to_an_upload_without_override_is_still_405(server: Server, token
 
 @pytest.mark.parametrize(
     ("method", "suffix", "status"),
-    [("POST", "", 405), ("PUT", "", 405), ("GET", "/more", 404), ("GET", "%FF", 404)],
+    [("PUT", "", 405), ("DELETE", "", 405), ("GET", "/more", 404), ("GET", "%FF", 404)],
 )
 def test_link_secrets_are_masked_in_every_log_line(
     fresh_server: Server, method: str, suffix: str, status: int
