@@ -2,12 +2,14 @@
 
 import argparse
 import asyncio
+import errno
 import fcntl
 import getpass
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -26,7 +28,7 @@ from vault.admin import Admin
 from vault.audit import WRITER_TASK
 from vault.config import Settings, load_settings, parse_size, unknown_variables
 from vault.core import Core, open_core
-from vault.errors import ConfigError, InvalidField
+from vault.errors import ConfigError, InvalidField, StorageFull, VaultError
 from vault.keys import add_primary_key
 from vault.memory import tune_malloc
 from vault.throttle import LoginThrottle
@@ -127,8 +129,20 @@ async def serve(settings: Settings) -> None:
         log.warning("generated a self-signed certificate: %s (key %s)", settings.tls_cert, settings.tls_key)
     ssl_context = server_context(settings.tls_cert, settings.tls_key)
     async with open_server_core(settings) as core:
-        await core.files.purge(staged_too=True)  # uploads cut off by a crash or kill
+        try:
+            await core.files.purge(staged_too=True)  # uploads cut off by a crash or kill
+        except StorageFull:
+            log.error("the disk is full: serving what can be read; uploads answer 507 until space is freed")
         await _serve(core, sockets, ssl_context)
+
+
+def failure(exc: BaseException) -> str:
+    """One line for a start-up or admin command that cannot go on (never a traceback)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"the disk is full: {exc}"
+    if isinstance(exc, VaultError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLContext) -> None:
@@ -277,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vault: {exc}", file=sys.stderr)
         return 2
+    except (VaultError, OSError, sqlite3.Error) as exc:
+        log.debug("start-up failed", exc_info=exc)
+        print(f"vault: cannot start: {failure(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -296,6 +314,9 @@ def main_admin(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"vault: {exc}", file=sys.stderr)
         return 2
+    except (VaultError, OSError, sqlite3.Error) as exc:
+        print(f"vault: {args.command} failed: {failure(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from vault.errors import (
     NotFound,
     PreconditionFailed,
     RangeNotSatisfiable,
+    StorageFull,
     TooLarge,
     TooManyAttempts,
     TooManyUploads,
@@ -61,6 +62,7 @@ STATUS: dict[type[VaultError], int] = {
     TooManyUploads: 429,
     BodyTimeout: 408,
     Busy: 503,
+    StorageFull: 507,
     IntegrityError: 500,
     ConfigError: 500,
 }

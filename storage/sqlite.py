@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from vault.errors import IntegrityError, OffsetMismatch, StorageBusy, UserExists, VaultError
+from vault.errors import IntegrityError, OffsetMismatch, StorageBusy, StorageFull, UserExists, VaultError
 from vault.format import Header
 from vault.store import AuditEntry, Grant, Link, RefreshToken, Resumable, StoredFile, User
 
@@ -28,15 +28,21 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # 2: users.token_epoch and refresh_tokens
 STAGED, LIVE, DELETED = 0, 1, 2
 PURGE_BATCH = 32  # segments deleted per write transaction, so purging never holds the lock long
+WAL_LIMIT = 16 * 1024 * 1024  # bytes of WAL between checkpoints, and kept (not freed) after one
 _PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
     "PRAGMA secure_delete = FAST",
+    # The default checkpoint (1000 pages) would be 62.5 MiB of 64 KiB pages: a WAL that size
+    # on a full disk cannot be checkpointed. A small WAL, reused in place after each
+    # checkpoint, is also room that a delete on a full disk can still write to.
+    f"PRAGMA wal_autocheckpoint = {WAL_LIMIT // 65536}",
+    f"PRAGMA journal_size_limit = {WAL_LIMIT}",
 )
 DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's lock (and for ours)
 BUSY_SLACK_MS = 250  # a write that queued longer than this for our own lock waits less in SQLite
 # SQLite's primary result codes (the low byte of an extended code) that are not bugs of ours
-SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 5, 6, 11, 13, 26
 _FILE_COLUMNS = (
     "file_id, owner, name, version, suite, seg_size, size, seg_count, sha256,"
     " key_id, wrapped_key, header_tag, created, seg_root"
@@ -158,6 +164,10 @@ def _domain_error(exc: sqlite3.Error) -> VaultError | None:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code in (SQLITE_BUSY, SQLITE_LOCKED):
         return StorageBusy()
+    if code == SQLITE_FULL:
+        return StorageFull()
+    if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return IntegrityError()
     return None
 
 
@@ -173,6 +183,30 @@ def _translated() -> Iterator[None]:
         raise error from None
 
 
+async def _connect(
+    path: Path, busy_timeout: float, opened: list[aiosqlite.Connection]
+) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    opened.append(db)
+    await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    await db.execute("PRAGMA page_size = 65536")  # effective only for a new database
+    for pragma in _PRAGMAS:
+        await db.execute(pragma)
+    return db
+
+
+async def _prepare(writer: aiosqlite.Connection) -> None:
+    """Create or migrate the schema; a database that is up to date is not written to."""
+    (version,) = await (await writer.execute("PRAGMA user_version")).fetchone() or (0,)
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema {version} is newer than this vault ({SCHEMA_VERSION})")
+    schema = resources.files("storage").joinpath("schema.sql").read_text(encoding="utf-8")
+    await writer.executescript(schema)  # CREATE ... IF NOT EXISTS: writes only what is missing
+    await _migrate(writer)
+    if version != SCHEMA_VERSION:
+        await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 class SQLiteStore:
     def __init__(
         self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, busy_timeout: float
@@ -185,24 +219,20 @@ class SQLiteStore:
 
     @classmethod
     async def open(cls, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> "SQLiteStore":
+        """Open (creating or migrating) the database. On any failure every connection opened
+        so far is closed again: its thread would otherwise keep the process alive."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await aiosqlite.connect(path, isolation_level=None)
-        await writer.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        await writer.execute("PRAGMA page_size = 65536")  # effective only for a new database
-        for pragma in _PRAGMAS:
-            await writer.execute(pragma)
-        (version,) = await (await writer.execute("PRAGMA user_version")).fetchone() or (0,)
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"database schema {version} is newer than this vault ({SCHEMA_VERSION})")
-        schema = resources.files("storage").joinpath("schema.sql").read_text(encoding="utf-8")
-        await writer.executescript(schema)
-        await _migrate(writer)
-        await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        reader = await aiosqlite.connect(path, isolation_level=None)
-        reader.text_factory = _lenient_text
-        await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        for pragma in _PRAGMAS:
-            await reader.execute(pragma)
+        opened: list[aiosqlite.Connection] = []
+        try:
+            with _translated():
+                writer = await _connect(path, busy_timeout, opened)
+                await _prepare(writer)
+                reader = await _connect(path, busy_timeout, opened)
+                reader.text_factory = _lenient_text
+        except BaseException:
+            for db in opened:
+                await db.close()
+            raise
         return cls(writer, reader, busy_timeout)
 
     async def close(self) -> None:

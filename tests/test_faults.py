@@ -8,9 +8,11 @@ import asyncio
 import hashlib
 import http.client
 import json
+import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -293,3 +295,55 @@ def test_sigterm_cuts_what_is_still_running_after_the_grace_period(fresh_server:
             resp.read()
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs for the data directory (the logs stay outside it)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_answers_507_keeps_reads_and_never_hangs_start_up(
+    fresh_server: Server, small_disk: Path
+) -> None:
+    server = fresh_server
+    server.workdir.mkdir(parents=True)
+    (server.workdir / "config.yaml").write_text(
+        f"data_dir: {small_disk / 'data'}\ntls_cert: certs/cert.pem\ntls_key: certs/key.pem\n"
+    )
+    server.start()
+    _, token = server.new_user()
+    kept = payload(MiB, seed=1)
+    assert server.put_file(token, "kept.bin", kept).status == 201
+    for i in range(20):
+        resp = server.put_file(token, f"{i}.bin", payload(4 * MiB, seed=i))
+        if resp.status != 201:
+            break
+    assert_json_error(resp.status, resp.body, 507)
+    assert "disk is full" in resp.json()["message"]
+    assert server.request("GET", "/download/kept.bin", token=token).body == kept
+    assert "kept.bin" in listing(server, token)
+    server.stop()
+    assert server.process is not None and server.process.returncode == 0
+
+    verify = server.admin("verify")  # within admin()'s timeout: it must not hang
+    assert verify.returncode in (0, 1), verify.stderr[-2000:]
+    try:  # start-up on the full disk: it serves what it can read, or exits with a clear message
+        server.start()
+    except RuntimeError as exc:
+        assert "vault: cannot start:" in str(exc) and "Traceback" not in str(exc), exc
+    else:
+        assert server.request("GET", "/download/kept.bin", token=token).body == kept

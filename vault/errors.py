@@ -30,6 +30,7 @@ VaultError
 ├── RangeNotSatisfiable     the requested byte range lies outside the file
 ├── Busy                    the server is at a configured limit; retry later
 │   └── StorageBusy         the database stayed locked (by another process) past busy_timeout
+├── StorageFull             the disk under the database is full
 └── IntegrityError          stored data failed authentication (never says which check)
 """
 
@@ -221,6 +222,12 @@ class StorageBusy(Busy):
     """The database stayed locked (by another process) for the whole ``busy_timeout``."""
 
     message = "The database is busy: retry shortly"
+
+
+class StorageFull(VaultError):
+    """The disk under the database is full: nothing more can be stored until space is freed."""
+
+    message = "Insufficient storage: the server's disk is full"
 
 
 class IntegrityError(VaultError):
