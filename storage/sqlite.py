@@ -270,16 +270,25 @@ class SQLiteStore:
             self._busy_ms = left
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self, durable: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction. ``durable``: its COMMIT syncs the WAL to disk before it
+        returns (and so every write before it: the segments of an upload), where NORMAL
+        would leave it to the next checkpoint (bench/durability.py measures the cost)."""
         async with self._locked() as db:
-            await db.execute("BEGIN IMMEDIATE")
+            if durable:
+                await db.execute("PRAGMA synchronous = FULL")
             try:
-                yield db
-            except BaseException:
-                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
-                    await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                        await db.execute("ROLLBACK")
+                    raise
+                await db.execute("COMMIT")
+            finally:
+                if durable:
+                    await db.execute("PRAGMA synchronous = NORMAL")
 
     async def _all(self, sql: str, params: tuple[object, ...]) -> list[Any]:
         """Run a read in one hop on the reader's thread (execute and fetch together), so no
@@ -398,8 +407,9 @@ class SQLiteStore:
         return changed == 1
 
     async def commit_file(self, stored: StoredFile) -> None:
+        """Make a staged file live, durably: on disk before the upload's reply."""
         h = stored.header
-        async with self._transaction() as db:
+        async with self._transaction(durable=True) as db:
             await db.execute(
                 "UPDATE files SET state = ? WHERE owner = ? AND name = ? AND state = ?",
                 (DELETED, h.owner, h.name, LIVE),

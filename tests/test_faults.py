@@ -9,10 +9,12 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -347,3 +349,73 @@ def test_a_full_disk_answers_507_keeps_reads_and_never_hangs_start_up(
         assert "vault: cannot start:" in str(exc) and "Traceback" not in str(exc), exc
     else:
         assert server.request("GET", "/download/kept.bin", token=token).body == kept
+
+
+# --------------------------------------------------------------------------- power loss
+
+
+def test_rotate_key_syncs_the_new_keyring_and_its_directory_before_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database will hold keys wrapped under the new master key: the keyring file that has
+    it, and the rename that put it in place, must be on disk first (a spy on the real fsync)."""
+    from vault import keys
+
+    data = tmp_path / "data"
+    keys.load_keyring(data, {})  # generates the keyring file
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    keys.add_primary_key(data)
+    keyring = str(data / keys.KEYRING_FILE)
+    assert synced[-1] == str(data), synced  # the directory, after the rename
+    assert any(p in (keyring, keyring.replace(".keys", ".new")) for p in synced[:-1]), synced
+
+
+DURABLE_COMMIT = """
+import asyncio, sys
+from pathlib import Path
+from storage.sqlite import SQLiteStore
+from vault.format import Header
+from vault.store import StoredFile
+
+async def main() -> None:
+    store = await SQLiteStore.open(Path(sys.argv[1]))
+    fid = bytes(16)
+    await store.stage_file(fid, 1, 0.0)
+    await store.put_segment(fid, 0, b"t" * 32, b"segment")
+    print("COMMIT", flush=True)
+    header = Header(1, 1, 65536, fid, 1, "a", 7, 1, bytes(32), 0.0, bytes(32))
+    await store.commit_file(StoredFile(header, 1, b"w", b"t"))
+    print("DONE", flush=True)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (.ci/run installs it)")
+def test_the_commit_that_makes_an_upload_live_syncs_the_wal_before_it_returns(tmp_path: Path) -> None:
+    """Power loss after the 201 must not lose the file: the WAL (with the segments and the
+    commit) is fsynced inside commit_file, not left to a later checkpoint."""
+    script = tmp_path / "commit.py"
+    script.write_text(DURABLE_COMMIT)
+    trace = tmp_path / "trace"
+    done = subprocess.run(
+        ["strace", "-f", "-y", "-e", "trace=fsync,fdatasync,write", "-o", str(trace)]
+        + [sys.executable, str(script), str(tmp_path / "vault.db")],
+        capture_output=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = trace.read_text().splitlines()
+    begin = next(i for i, line in enumerate(lines) if "COMMIT" in line)
+    end = next(i for i, line in enumerate(lines) if "DONE" in line)
+    assert any("sync(" in line and "vault.db-wal" in line for line in lines[begin:end]), lines[begin:end]

@@ -70,6 +70,18 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before anything (a database row) depends on it
+    sync_directory(path.parent)
+
+
+def sync_directory(path: Path) -> None:
+    """Make a file's creation or renaming in ``path`` survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _key_from_command(command: str) -> str:
@@ -128,6 +140,7 @@ def write_keyring_file(path: Path, primary: int, keys: Mapping[int, bytes]) -> N
     temporary.unlink(missing_ok=True)
     _write_private(temporary, json.dumps(doc, indent=2) + "\n")
     os.replace(temporary, path)
+    sync_directory(path.parent)  # the rename too, before the database uses the new key
 
 
 def add_primary_key(data_dir: Path) -> int:
