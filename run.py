@@ -2,9 +2,12 @@
 
 import argparse
 import asyncio
+import base64
+import dataclasses
 import errno
 import fcntl
 import getpass
+import ipaddress
 import logging
 import os
 import signal
@@ -22,14 +25,16 @@ import tornado.netutil
 
 from handlers import READ_HEADER_BYTES, make_app
 from handlers.base import Context, InFlight
+from handlers.metrics import make_metrics_app
 from handlers.redact import redact_logs
 from storage.sqlite import SQLiteStore
+from vault import cli
 from vault.admin import Admin
 from vault.audit import WRITER_TASK
-from vault.config import Settings, load_settings, parse_size, unknown_variables
+from vault.config import Settings, load_settings, unknown_variables
 from vault.core import Core, open_core
 from vault.errors import ConfigError, InvalidField, StorageFull, VaultError
-from vault.keys import add_primary_key
+from vault.keys import KEYRING_FILE, add_primary_key
 from vault.memory import tune_malloc
 from vault.throttle import LoginThrottle
 from vault.tls import ensure_certificate, server_context
@@ -47,23 +52,7 @@ PURGE_INTERVAL = 300  # seconds between sweeps for expired resumable uploads
 SHUTDOWN_GRACE = 10  # seconds to finish saving interrupted uploads once connections are closed
 SMALL_BODY_LIMIT = 64 * 1024
 LOCK_FILE = "vault.lock"
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="vault: encrypted file sharing over HTTPS",
-        epilog="Every setting (README, Configuration) can also come from config.yaml or a VAULT_<KEY>"
-        " environment variable; flags win over both.",
-    )
-    parser.add_argument(
-        "--config", type=Path, default=HERE / "config.yaml", help="YAML settings file (default: %(default)s)"
-    )
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="TCP port for HTTPS, 0 for any free one (default 5000)")
-    parser.add_argument(
-        "--data-dir", type=Path, help="database and secrets (default: data/ beside the config)"
-    )
-    return parser.parse_args(argv)
+UMASK = 0o077  # the server and the admin commands alike
 
 
 def lock_data_dir(data_dir: Path) -> int:
@@ -122,10 +111,25 @@ async def open_server_core(settings: Settings) -> AsyncIterator[Core]:
         yield core
 
 
+def warn_if_exposed(settings: Settings, sockets: list[socket.socket]) -> None:
+    """Anyone who can reach a non-loopback address could register and fill the disk."""
+    exposed = [
+        s.getsockname()[0]
+        for s in sockets
+        if not ipaddress.ip_address(s.getsockname()[0].split("%")[0]).is_loopback
+    ]
+    if exposed and settings.registration == "open" and not settings.user_quota:
+        log.warning(
+            "listening on %s with registration: open and no user_quota: anyone who can reach it can"
+            " create an account and fill the disk (README, Registration)",
+            ", ".join(exposed),
+        )
+
+
 async def serve(settings: Settings) -> None:
     lock_data_dir(settings.data_dir)
     sockets = listen(settings)  # before anything touches the data: a busy port changes nothing
-    if ensure_certificate(settings.tls_cert, settings.tls_key):
+    if ensure_certificate(settings.tls_cert, settings.tls_key, settings.tls_names):
         log.warning("generated a self-signed certificate: %s (key %s)", settings.tls_cert, settings.tls_key)
     ssl_context = server_context(settings.tls_cert, settings.tls_key)
     async with open_server_core(settings) as core:
@@ -177,6 +181,13 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
         plain = tornado.httpserver.HTTPServer(app, max_body_size=SMALL_BODY_LIMIT, chunk_size=BODY_CHUNK)
         plain.listen(settings.plain_http_port, "127.0.0.1")
         log.warning("plain HTTP for benchmarks on http://127.0.0.1:%d", settings.plain_http_port)
+    metrics = None
+    if settings.metrics_port:
+        # Loopback only, whatever `host` says, and never on the public port.
+        metrics = tornado.httpserver.HTTPServer(make_metrics_app(ctx))
+        metrics.listen(settings.metrics_port, "127.0.0.1")
+        log.warning("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+    warn_if_exposed(settings, sockets)
     print(f"vault listening on https://{settings.host}:{port} (data in {settings.data_dir})", flush=True)
     stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -185,7 +196,7 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
     loop.add_signal_handler(signal.SIGHUP, reload_certificate, settings, ssl_context)
     await stop.wait()
     purger.stop()
-    servers = [server] if plain is None else [server, plain]
+    servers = [s for s in (server, plain, metrics) if s is not None]
     await drain(servers, ctx.requests, settings.shutdown_grace, hurry)
     await settle(SHUTDOWN_GRACE)
 
@@ -211,44 +222,6 @@ async def drain(
         await server.close_all_connections()
 
 
-def size_or_none(text: str) -> int | None:
-    """``none`` (the configured default) or a size (vault.config.parse_size)."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def parse_admin_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="run.py admin", description="vault administration, offline or beside a running server"
-    )
-    parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="YAML settings file")
-    parser.add_argument("--data-dir", type=Path, help="database and secrets")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("create-user", "create an account"), ("reset-password", "set a new password")):
-        sub = commands.add_parser(name, help=f"{text} (the password is asked for, or read from stdin)")
-        sub.add_argument("username")
-    limits = commands.add_parser(
-        "set-limits", help="set a user's quota and largest file ('none': the default)"
-    )
-    limits.add_argument("username")
-    limits.add_argument("--quota", type=size_or_none, help="bytes the user may store, e.g. 50G, or none")
-    limits.add_argument("--max-file-size", type=size_or_none, help="largest file, e.g. 4G, or none")
-    commands.add_parser("show", help="a user's usage and limits").add_argument("username")
-    commands.add_parser("verify", help="check every file's MACs offline; list the damaged ones")
-    commands.add_parser("audit-verify", help="check the audit log's chain; name the first broken entry")
-    commands.add_parser("rotate-key", help="new primary master key; re-wrap every file key (server stopped)")
-    retire = commands.add_parser("retire-key", help="drop an old master key nothing uses (server stopped)")
-    retire.add_argument("key_id", type=int)
-    export = commands.add_parser("export", help="write a file, decrypted and verified, to stdout")
-    export.add_argument("username")
-    export.add_argument("filename")
-    return parser.parse_args(argv)
-
-
 def read_password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\n")
@@ -258,23 +231,65 @@ def read_password() -> str:
     return first
 
 
+def ask(question: str) -> str:
+    """A confirmation: the question on stderr (stdout may be a pipe), the answer from stdin."""
+    print(question, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline()
+
+
+def check_data_dir(settings: Settings, init: bool) -> None:
+    """Refuse what would quietly make a new vault: no database, or a database without its key."""
+    if init:
+        return
+    if not settings.db_path.exists():
+        raise ConfigError(
+            f"no vault database in {settings.data_dir} (check --data-dir and --config;"
+            " give --init to create a new data directory with new keys)"
+        )
+    env_key = os.environ.get("VAULT_MASTER_KEY") or os.environ.get("VAULT_MASTER_KEY_COMMAND")
+    if not env_key and not (settings.data_dir / KEYRING_FILE).exists():
+        raise ConfigError(
+            f"no master key for {settings.data_dir}: copy its {KEYRING_FILE} there or set VAULT_MASTER_KEY"
+        )
+
+
 async def admin(settings: Settings, args: argparse.Namespace) -> int:
-    if args.command in ("rotate-key", "retire-key"):
-        if os.environ.get("VAULT_MASTER_KEY") or os.environ.get("VAULT_MASTER_KEY_COMMAND"):
+    check_data_dir(settings, args.init)
+    if args.command in ("rotate-key", "retire-key", "compact"):
+        if args.command != "compact" and (
+            os.environ.get("VAULT_MASTER_KEY") or os.environ.get("VAULT_MASTER_KEY_COMMAND")
+        ):
             raise ConfigError("key rotation works on the keyring file: unset VAULT_MASTER_KEY(_COMMAND)")
         lock_data_dir(settings.data_dir)  # a running server would not know the new key: refuse
         if args.command == "rotate-key":
             print(f"new primary master key {add_primary_key(settings.data_dir)}", file=sys.stderr)
     async with open_server_core(settings) as core:
-        return await Admin(core).run(args, read_password, sys.stdout.buffer)
+        code = await Admin(core).run(args, read_password, sys.stdout.buffer, ask)
+        if args.command == "backup" and code == 0:
+            return await verify_copy(core, dataclasses.replace(settings, data_dir=args.dest))
+        return code
+
+
+async def verify_copy(core: Core, copy: Settings) -> int:
+    """The structure of a backup and every file in it, under the keys it was taken with."""
+    unused_jwt = base64.b64encode(os.urandom(32)).decode()  # verification issues no tokens
+    environ = {**os.environ, "VAULT_JWT_SECRET": unused_jwt}
+    async with (
+        open_store(copy) as store,
+        open_core(copy, store, keyring=core.keyring, environ=environ) as opened,
+    ):
+        checker = Admin(opened)
+        if await checker.check_store():
+            return 1
+        return 1 if await checker.verify() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["admin"]:
-        return main_admin(argv[1:])
-    args = parse_args(argv)
-    overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
+    args = cli.parse(sys.argv[1:] if argv is None else argv, HERE / "config.yaml")
+    os.umask(UMASK)  # the database, its WAL and generated secrets: readable by the owner only
+    overrides = {"data_dir": args.data_dir}
+    if args.mode != cli.ADMIN:
+        overrides |= {"host": args.host, "port": args.port}
     try:
         settings = load_settings(args.config, os.environ, overrides)
     except ConfigError as exc:
@@ -282,11 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in unknown_variables(os.environ):
         print(f"vault: warning: {name} is not a vault setting (see README, Configuration)", file=sys.stderr)
-    os.umask(0o077)  # the database, its WAL and generated secrets: readable by the owner only
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tune_malloc(settings.segment_size, os.environ)  # before the threads start: vault/memory.py
-    redact_logs()  # link secrets masked in every line, not only the access log
     try:
+        if args.mode == cli.ADMIN:
+            return asyncio.run(admin(settings, args))
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        tune_malloc(settings.segment_size, os.environ)  # before the threads start: vault/memory.py
+        redact_logs()  # link secrets masked in every line, not only the access log
         asyncio.run(serve(settings))
     except ConfigError as exc:
         print(f"vault: {exc}", file=sys.stderr)
@@ -296,27 +314,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vault: cannot start: {failure(exc)}", file=sys.stderr)
         return 1
     return 0
-
-
-def main_admin(argv: list[str]) -> int:
-    os.umask(0o077)  # like the server: a data directory, database or keyring it creates is private
-    args = parse_admin_args(argv)
-    args.given = [
-        name for flag, name in (("--quota", "quota"), ("--max-file-size", "max_file_size")) if flag in argv
-    ]
-    try:
-        settings = load_settings(args.config, os.environ, {"data_dir": args.data_dir})
-    except ConfigError as exc:
-        print(f"vault: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(admin(settings, args))
-    except ConfigError as exc:
-        print(f"vault: {exc}", file=sys.stderr)
-        return 2
-    except (VaultError, OSError, sqlite3.Error) as exc:
-        print(f"vault: {args.command} failed: {failure(exc)}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

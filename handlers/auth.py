@@ -4,7 +4,7 @@ from typing import Any
 
 from handlers.base import BaseHandler, JSONBodyHandler
 from vault.auth import TokenPair
-from vault.errors import VaultError
+from vault.errors import Busy, VaultError
 
 UNKNOWN_ACCOUNT = "(no such account)"  # the audit actor of a failed login with any other name
 
@@ -35,7 +35,7 @@ class RegisterHandler(PasswordCheckHandler):
         body = self.json_body()
         self.audit_actor = str(body.get("username"))[:64]
         self.throttle.registrations.check(self.client_address())  # 429 before bcrypt runs
-        await self.auth.register(body.get("username"), body.get("password"))
+        await self.auth.sign_up(body.get("username"), body.get("password"), body.get("invite"))
         self.write_json(201, {"message": "User registered successfully"})
 
 
@@ -112,7 +112,11 @@ class PasswordHandler(PasswordCheckHandler):
 
 
 class HealthHandler(BaseHandler):
-    def get(self) -> None:
+    """``GET /health``: 200 only if the database answers a read; 503 otherwise."""
+
+    async def get(self) -> None:
+        if not await self.core.store.healthy():
+            raise Busy("Database unavailable")
         self.write_json(200, {"status": "ok"})
 
 

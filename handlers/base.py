@@ -26,6 +26,7 @@ from vault.errors import (
     ConfigError,
     Conflict,
     ExpiredToken,
+    Forbidden,
     Gone,
     InputError,
     IntegrityError,
@@ -42,6 +43,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.files import FileService
+from vault.metrics import Metrics
 from vault.sharing import Sharing
 from vault.throttle import LoginThrottle
 
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[VaultError], int] = {
     InputError: 400,
     AuthError: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     PreconditionFailed: 412,
@@ -111,6 +114,7 @@ class Context:
     core: Core
     throttle: LoginThrottle
     requests: InFlight = field(default_factory=InFlight)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 H = TypeVar("H", bound="BaseHandler")
@@ -288,6 +292,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, IntegrityError):
+            self.ctx.metrics.integrity_failures += 1
         if isinstance(exc, VaultError):
             status_code, message = status_for(exc), exc.message
             if isinstance(exc, AuthError):

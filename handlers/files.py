@@ -310,6 +310,7 @@ class MeHandler(BaseHandler):
                 "username": identity.username,
                 "files": usage.files,
                 "usage": usage.used,
+                "stored": await self.files.stored(identity.user_id),
                 "quota": usage.limits.quota,
                 "max_file_size": usage.limits.max_file_size,
             },

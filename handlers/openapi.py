@@ -98,7 +98,8 @@ ERROR_RESPONSES: Schema = {
         {"WWW-Authenticate": header("`Bearer` (RFC 6750); `Basic` on public links.")},
     ),
     "Forbidden": reply(
-        f"A web session request without `{CSRF_HEADER}: 1`, or from another origin (CSRF).",
+        f"Not allowed: a web session request without `{CSRF_HEADER}: 1` or from another origin (CSRF),"
+        " registration closed, an invite code missing, unknown, used or expired, or a disabled account.",
         schema("Error"),
     ),
     "NotFound": reply(
@@ -209,6 +210,11 @@ SCHEMAS: Schema = {
         "properties": {
             "username": {"type": "string", "pattern": USERNAME_PATTERN},
             "password": NEW_PASSWORD,
+            "invite": {
+                "type": ["string", "null"],
+                "description": "A code from `run.py admin invite`, required when `registration` is"
+                " `invite` (used up by the account it creates); ignored when `open`. null: none.",
+            },
         },
     },
     "Login": {
@@ -274,11 +280,21 @@ SCHEMAS: Schema = {
     "FileList": obj(["files"], {"files": {"type": "array", "items": schema("FileInfo")}, "next": NEXT}),
     "Deleted": obj(["message", "filename"], {"message": {"type": "string"}, "filename": {"type": "string"}}),
     "Me": obj(
-        ["username", "files", "usage", "quota", "max_file_size"],
+        ["username", "files", "usage", "stored", "quota", "max_file_size"],
         {
             "username": {"type": "string"},
             "files": {"type": "integer", "minimum": 0},
-            "usage": {"type": "integer", "minimum": 0, "description": "Bytes stored."},
+            "usage": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Bytes of plaintext (what the quota counts).",
+            },
+            "stored": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Bytes the files really take in the database: encrypted, with IVs and MACs,"
+                " and uploads in progress.",
+            },
             "quota": {"type": ["integer", "null"], "minimum": 0, "description": "Bytes; null: no quota."},
             "max_file_size": {"type": "integer", "minimum": 0},
         },
@@ -549,16 +565,22 @@ PATHS: Schema = {
         }
     },
     "/health": {
-        "get": {"summary": "Liveness", **PUBLIC, "responses": {"200": reply("Up", schema("Health"))}},
+        "get": {
+            "summary": "Liveness: the database answers a read",
+            **PUBLIC,
+            "responses": {"200": reply("Up", schema("Health")), **errors(503)},
+        },
     },
     "/register": {
         "post": {
             "summary": "Create an account",
             **PUBLIC,
+            "description": "Allowed by the `registration` setting: `open`, `invite` (with a valid"
+            " invite code) or `closed` (403).",
             "requestBody": {"required": True, "content": json_body(schema("Credentials"))},
             "responses": {
                 "201": reply("Registered", schema("Message")),
-                **errors(400, 409, 413, 503),
+                **errors(400, 403, 409, 413, 503),
             },
         }
     },
@@ -567,11 +589,12 @@ PATHS: Schema = {
             "summary": "Get a token",
             **PUBLIC,
             "description": "One 401 for an unknown user and a wrong password; repeated failures lock the"
-            " account and the client address for a doubling time (429).",
+            " account and the client address for a doubling time (429). A disabled account answers"
+            " 403, and only to the right password.",
             "requestBody": {"required": True, "content": json_body(schema("Login"))},
             "responses": {
                 "200": reply("An access token and a refresh token", schema("Token")),
-                **errors(400, 401, 413, 429, 503),
+                **errors(400, 401, 403, 413, 429, 503),
             },
         }
     },

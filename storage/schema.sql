@@ -1,4 +1,4 @@
--- vault schema, version 2 (PRAGMA user_version). See docs/FORMAT.md for the columns' meaning.
+-- vault schema, version 3 (PRAGMA user_version). See docs/FORMAT.md for the columns' meaning.
 -- id is random (not a counter); tag = HMAC under a key derived from master key key_id over
 -- id, username, password_hash and token_epoch, so a row cannot be forged or edited without the
 -- master key. Raising token_epoch revokes every access token issued before (version 2).
@@ -11,7 +11,21 @@ CREATE TABLE IF NOT EXISTS users (
     created       REAL NOT NULL,
     quota         INTEGER,  -- per-user overrides set by `run.py admin`; NULL: the configured default
     max_file_size INTEGER,
-    token_epoch   INTEGER NOT NULL DEFAULT 0
+    token_epoch   INTEGER NOT NULL DEFAULT 0,
+    disabled      INTEGER NOT NULL DEFAULT 0,  -- version 3: 1 refuses logins (in the tag once set)
+    last_login    REAL                         -- version 3: informational, not tagged
+);
+
+-- Invite codes (version 3): a code is stored only as HMAC under the master-derived row key
+-- key_id (code_hash), so a row cannot be added without the master key. Single use: used and
+-- user_id are set in the transaction that creates the account.
+CREATE TABLE IF NOT EXISTS invites (
+    code_hash BLOB PRIMARY KEY,
+    key_id    INTEGER NOT NULL,
+    created   REAL NOT NULL,
+    expires   REAL NOT NULL,
+    used      REAL,
+    user_id   INTEGER
 );
 
 -- state: 0 STAGED (upload in progress, never served), 1 LIVE, 2 DELETED (awaiting purge).

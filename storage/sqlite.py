@@ -19,13 +19,22 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from vault.errors import IntegrityError, OffsetMismatch, StorageBusy, StorageFull, UserExists, VaultError
+from vault.errors import (
+    Forbidden,
+    IntegrityError,
+    OffsetMismatch,
+    StorageBusy,
+    StorageFull,
+    UserExists,
+    VaultError,
+)
 from vault.format import Header
-from vault.store import AuditEntry, Grant, Link, RefreshToken, Resumable, StoredFile, User
+from vault.store import Account, AuditEntry, Grant, Link, RefreshToken, Resumable, StoredFile, User
 
 log = logging.getLogger(__name__)
+INVITE_REFUSED = "Invite code unknown, used or expired"
 
-SCHEMA_VERSION = 2  # 2: users.token_epoch and refresh_tokens
+SCHEMA_VERSION = 3  # 2: users.token_epoch and refresh_tokens; 3: users.disabled, last_login, invites
 STAGED, LIVE, DELETED = 0, 1, 2
 PURGE_BATCH = 32  # segments deleted per write transaction, so purging never holds the lock long
 WAL_LIMIT = 16 * 1024 * 1024  # bytes of WAL between checkpoints, and kept (not freed) after one
@@ -54,7 +63,7 @@ _FILE_COLUMNS = (
 _FILE_IS_LIVE = f"EXISTS (SELECT 1 FROM files WHERE owner = ? AND name = ? AND state = {LIVE})"
 _AUDIT_COLUMNS = "seq, at, actor, address, action, target, outcome, key_id, mac"
 _GRANT_COLUMNS = "owner, name, grantee, created, key_id, tag"
-_USER_COLUMNS = "id, username, password_hash, key_id, tag, token_epoch"
+_USER_COLUMNS = "id, username, password_hash, key_id, tag, token_epoch, disabled"
 _REFRESH_COLUMNS = "id, user_id, family, epoch, created, expires, used, revoked, key_id, tag"
 _LINK_COLUMNS = (
     "id, token_hash, owner, name, created, expires, password_hash, max_downloads,"
@@ -145,6 +154,9 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         columns = {row[1] for row in await cursor.fetchall()}
     if "token_epoch" not in columns:
         await db.execute("ALTER TABLE users ADD COLUMN token_epoch INTEGER NOT NULL DEFAULT 0")
+    if "disabled" not in columns:  # version 3
+        await db.execute("ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0")
+        await db.execute("ALTER TABLE users ADD COLUMN last_login REAL")
 
 
 async def _insert_refresh(db: aiosqlite.Connection, t: RefreshToken) -> None:
@@ -315,15 +327,25 @@ class SQLiteStore:
             cursor = await db.execute(sql, params)
             return cursor.rowcount
 
-    async def create_user(self, user: User) -> None:
-        try:
-            await self._write(
-                "INSERT INTO users (id, username, password_hash, key_id, tag, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (user.id, user.username, user.password_hash, user.key_id, user.tag, time.time()),
-            )
-        except sqlite3.IntegrityError:
-            raise UserExists() from None
+    async def create_user(self, user: User, invite: bytes | None = None) -> None:
+        now = time.time()
+        async with self._transaction() as db:
+            if invite is not None:
+                cursor = await db.execute(
+                    "UPDATE invites SET used = ?, user_id = ? WHERE code_hash = ? AND used IS NULL"
+                    " AND expires > ?",
+                    (now, user.id, invite, now),
+                )
+                if cursor.rowcount != 1:
+                    raise Forbidden(INVITE_REFUSED)
+            try:
+                await db.execute(
+                    "INSERT INTO users (id, username, password_hash, key_id, tag, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (user.id, user.username, user.password_hash, user.key_id, user.tag, now),
+                )
+            except sqlite3.IntegrityError:
+                raise UserExists() from None  # the rollback gives the invite back
 
     async def get_user(self, username: str) -> User | None:
         row = await self._one(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,))
@@ -503,15 +525,16 @@ class SQLiteStore:
 
     async def update_user(self, user: User) -> None:
         await self._write(
-            "UPDATE users SET password_hash = ?, key_id = ?, tag = ?, token_epoch = ? WHERE id = ?",
-            (user.password_hash, user.key_id, user.tag, user.token_epoch, user.id),
+            "UPDATE users SET password_hash = ?, key_id = ?, tag = ?, token_epoch = ?, disabled = ?"
+            " WHERE id = ?",
+            (user.password_hash, user.key_id, user.tag, user.token_epoch, user.disabled, user.id),
         )
 
     async def replace_user(self, old: User, new: User) -> bool:
         changed = await self._write(
-            "UPDATE users SET password_hash = ?, key_id = ?, tag = ?, token_epoch = ?"
+            "UPDATE users SET password_hash = ?, key_id = ?, tag = ?, token_epoch = ?, disabled = ?"
             " WHERE id = ? AND tag = ?",
-            (new.password_hash, new.key_id, new.tag, new.token_epoch, old.id, old.tag),
+            (new.password_hash, new.key_id, new.tag, new.token_epoch, new.disabled, old.id, old.tag),
         )
         return changed == 1
 
@@ -799,3 +822,87 @@ class SQLiteStore:
         if removed:
             log.info("purged %d replaced, deleted, expired or abandoned file(s)", removed)
         return removed
+
+    # ------------------------------------------------------------------ invites and accounts
+
+    async def add_invite(self, code_hash: bytes, key_id: int, expires: float) -> None:
+        await self._write(
+            "INSERT INTO invites (code_hash, key_id, created, expires) VALUES (?, ?, ?, ?)",
+            (code_hash, key_id, time.time(), expires),
+        )
+
+    async def set_last_login(self, user_id: int, at: float) -> None:
+        await self._write("UPDATE users SET last_login = ? WHERE id = ?", (at, user_id))
+
+    async def accounts(self) -> list[Account]:
+        """Every account with its LIVE files and their bytes (plaintext), by name."""
+        rows = await self._all(
+            "SELECT u.username, u.created, u.quota, u.disabled, u.last_login,"
+            " COUNT(f.file_id), COALESCE(SUM(f.size), 0),"
+            " (SELECT COALESCE(SUM(length(s.data)), 0) FROM files g JOIN segments s"
+            "  ON s.file_id = g.file_id WHERE g.owner = u.id)"
+            " FROM users u LEFT JOIN files f ON f.owner = u.id AND f.state = ?"
+            " GROUP BY u.id ORDER BY u.username COLLATE NOCASE",
+            (LIVE,),
+        )
+        return [_record(Account, row) for row in rows]
+
+    async def stored_bytes(self, owner: int) -> int:
+        row = await self._one(
+            "SELECT COALESCE(SUM(length(s.data)), 0) FROM files f JOIN segments s"
+            " ON s.file_id = f.file_id WHERE f.owner = ?",
+            (owner,),
+        )
+        return int(row[0])
+
+    async def delete_user(self, user_id: int) -> bool:
+        """In one transaction: the account, its refresh tokens, its grants (given and received)
+        and links (their secrets kept as revoked, so they answer 410), and every file of it marked
+        DELETED for the next purge. False if there was no such account."""
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM users WHERE id = ?", (user_id,))
+            if cursor.rowcount != 1:
+                return False
+            await db.execute("UPDATE files SET state = ? WHERE owner = ?", (DELETED, user_id))
+            await db.execute("DELETE FROM grants WHERE owner = ? OR grantee = ?", (user_id, user_id))
+            await db.execute(
+                "INSERT OR IGNORE INTO revoked_links (token_hash, revoked)"
+                " SELECT token_hash, ? FROM links WHERE owner = ?",
+                (time.time(), user_id),
+            )
+            await db.execute("DELETE FROM links WHERE owner = ?", (user_id,))
+            await db.execute("DELETE FROM refresh_tokens WHERE user_id = ?", (user_id,))
+        return True
+
+    async def backup(self, dest: Path) -> None:
+        """A consistent copy of the database at ``dest`` (which must not exist), taken in one
+        read transaction by ``VACUUM INTO`` while writers carry on (WAL); compacted as it goes."""
+        async with self._lock:  # on the writer, whose statements are all finished
+            await self._writer.execute("VACUUM INTO ?", (str(dest),))
+
+    async def compact(self) -> tuple[int, int]:
+        """VACUUM: give free pages back to the file system; (bytes before, bytes after)."""
+        before = await self.database_size()
+        async with self._lock:
+            await self._writer.execute("VACUUM")
+            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return before, await self.database_size()
+
+    async def database_size(self) -> int:
+        """Bytes of the database file (pages in use and free), not counting the WAL."""
+        (count,) = await self._one("PRAGMA page_count", ())
+        (size,) = await self._one("PRAGMA page_size", ())
+        return int(count) * int(size)
+
+    async def check(self) -> str:
+        """SQLite's own structural check of the whole database: ``ok`` or what is wrong."""
+        rows = await self._all("PRAGMA integrity_check", ())
+        return "; ".join(str(row[0]) for row in rows)
+
+    async def healthy(self) -> bool:
+        """Whether the database answers a read of its schema and of the accounts table."""
+        try:
+            await self._one("SELECT (SELECT COUNT(*) FROM sqlite_master), (SELECT id FROM users LIMIT 1)", ())
+        except IntegrityError:
+            return False
+        return True

@@ -76,6 +76,9 @@ class Server:
             "VAULT_SHUTDOWN_GRACE": "3",
             "VAULT_REGISTER_PER_ADDRESS": "0",  # every test registers from 127.0.0.1
             "VAULT_REGISTER_PER_HOUR": "0",
+            # The tests register their users freely; the default (invite) is tested on servers
+            # of its own (tests/test_registration.py).
+            "VAULT_REGISTRATION": "open",
             **self.env,
         }
         start_at = self.log_path.stat().st_size if self.log_path.exists() else 0

@@ -35,10 +35,13 @@ class FakeUserStore:
         self.lookups: list[str] = []
         self.refresh_tokens: list[RefreshToken] = []
 
-    async def create_user(self, user: User) -> None:
+    async def create_user(self, user: User, invite: bytes | None = None) -> None:
         if user.username in self.users:
             raise UserExists()
         self.users[user.username] = user
+
+    async def set_last_login(self, user_id: int, at: float) -> None:
+        pass
 
     async def get_user(self, username: str) -> User | None:
         self.lookups.append(username)

@@ -51,11 +51,13 @@ def test_me_reports_usage_and_limits(quota_server: Server) -> None:
         "username": name,
         "files": 0,
         "usage": 0,
+        "stored": 0,
         "quota": QUOTA,
         "max_file_size": 64 * 1024**3,
     }
     assert quota_server.put_file(token, "a.bin", b"x" * 1000).status == 201
     assert me(quota_server, token)["usage"] == 1000
+    assert me(quota_server, token)["stored"] == 16 + 1008 + 32  # IV, padded ciphertext, MAC
     assert me(quota_server, token)["files"] == 1
 
 
@@ -161,7 +163,7 @@ def test_admin_overrides_a_users_limits_and_none_restores_the_default(quota_serv
     name, token = quota_server.new_user()
     done = quota_server.admin("set-limits", name, "--max-file-size", "1000", "--quota", "10M")
     assert done.returncode == 0, done.stderr
-    assert b"quota 10485760" in done.stdout and b"max file size 1000" in done.stdout
+    assert b"quota 10.0 MiB;" in done.stdout and b"max file size 1000 B\n" in done.stdout
     assert me(quota_server, token)["max_file_size"] == 1000
     assert me(quota_server, token)["quota"] == 10 * 1024**2
     assert quota_server.put_file(token, "ok.bin", b"o" * 1000).status == 201

@@ -6,16 +6,24 @@ given only the data directory.
 """
 
 import argparse
+import datetime
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
-from typing import BinaryIO, TextIO
+from pathlib import Path
+from typing import BinaryIO, TextIO, cast
 
 from vault import format as sfs
 from vault.audit import LOST_ACTION, rechain, verify_chain
 from vault.core import Core
 from vault.errors import ConfigError, FileNotFound, IntegrityError, NotFound, VaultError
-from vault.keys import Keyring, remove_key
+from vault.keys import JWT_SECRET_FILE, KEYRING_FILE, Keyring, remove_key
 from vault.rows import rotate
+from vault.units import format_size
+
+DATABASE_FILE = "vault.db"
 
 
 class Admin:
@@ -24,12 +32,18 @@ class Admin:
         self.store, self.files, self.auth = core.store, core.files, core.auth
         self.out, self.progress = out, progress
 
-    async def run(self, args: argparse.Namespace, read_password: Callable[[], str], sink: BinaryIO) -> int:
+    async def run(
+        self,
+        args: argparse.Namespace,
+        read_password: Callable[[], str],
+        sink: BinaryIO,
+        confirm: Callable[[str], str] = input,
+    ) -> int:
         """Carry out one parsed ``run.py admin`` command and record it in the audit log; the
         exit code: 0 done, 1 failed or damage found, 2 refused."""
         target = getattr(args, "username", "")
         try:
-            code = await self._dispatch(args, read_password, sink)
+            code = await self._dispatch(args, read_password, sink, confirm)
         except ConfigError as exc:
             self.core.audit.record("admin", "local", args.command, target, "refused")
             self.progress.write(f"vault: {exc.message}\n")
@@ -44,19 +58,37 @@ class Admin:
         return code
 
     async def _dispatch(
-        self, args: argparse.Namespace, read_password: Callable[[], str], sink: BinaryIO
+        self,
+        args: argparse.Namespace,
+        read_password: Callable[[], str],
+        sink: BinaryIO,
+        confirm: Callable[[str], str],
     ) -> int:
         command, keyring = args.command, self.core.keyring
         if command == "show":
             await self.show(args.username)
         elif command == "set-limits":
             await self.set_limits(args.username, {name: getattr(args, name) for name in args.given})
+        elif command == "invite":
+            await self.invite(args.ttl or self.core.settings.invite_ttl)
+        elif command in ("disable-user", "enable-user"):
+            await self.set_disabled(args.username, command == "disable-user")
+        elif command == "backup":
+            await self.backup(args.dest, args.with_keys)
+        elif command == "compact":
+            await self.compact()
+        elif command == "list-users":
+            await self.list_users()
+        elif command == "delete-user":
+            await self.delete_user(args.username, None if args.yes else confirm)
         elif command == "create-user":
             await self.create_user(args.username, read_password())
         elif command == "reset-password":
             await self.reset_password(args.username, read_password())
         elif command == "verify":
             return 1 if await self.verify() else 0
+        elif command == "export" and args.output is not None:
+            await self.export_to(args.username, args.filename, args.output)
         elif command == "export":
             await self.export(args.username, args.filename, sink)
         elif command == "audit-verify":
@@ -93,10 +125,11 @@ class Admin:
         usage = await self.files.usage(user_id)
         quota_note = "" if quota is not None else " (default)"
         size_note = "" if max_file_size is not None else " (default)"
+        limits = usage.limits
         self.out.write(
-            f"{name}: {usage.files} files, {usage.used} bytes used;"
-            f" quota {usage.limits.quota or 'none'}{quota_note};"
-            f" max file size {usage.limits.max_file_size}{size_note}\n"
+            f"{name}: {usage.files} files, {format_size(usage.used)} used;"
+            f" quota {format_size(limits.quota) if limits.quota else 'none'}{quota_note};"
+            f" max file size {format_size(limits.max_file_size)}{size_note}\n"
         )
 
     async def set_limits(self, username: str, changes: dict[str, int | None]) -> None:
@@ -107,6 +140,93 @@ class Admin:
         max_file_size = changes["max_file_size"] if "max_file_size" in changes else max_file_size
         await self.store.set_limits(name, quota, max_file_size)
         await self.show(name)
+
+    async def invite(self, ttl: int) -> None:
+        """Print a new single-use invite code for ``POST /register`` (field ``invite``)."""
+        code = await self.auth.make_invite(ttl)
+        self.out.write(f"{code}\n")
+        self.progress.write(f"invite code valid once, for {ttl} seconds\n")
+
+    async def set_disabled(self, username: str, disabled: bool) -> None:
+        await self.auth.set_disabled(username, disabled)
+        self.out.write(
+            f"{username} disabled: every session ended, files kept\n" if disabled else f"{username} enabled\n"
+        )
+
+    async def list_users(self) -> None:
+        """One line per account: the columns an operator asks for, sizes human-readable."""
+        default = self.core.settings.user_quota
+        rows = [("user", "created", "files", "usage", "stored", "quota", "disabled", "last login")]
+        for a in await self.store.accounts():
+            quota = a.quota if a.quota is not None else default
+            rows.append(
+                (
+                    a.username,
+                    _when(a.created),
+                    str(a.files),
+                    format_size(a.used),
+                    format_size(a.stored),
+                    (format_size(quota) if quota else "none") + ("" if a.quota is not None else " (default)"),
+                    "yes" if a.disabled else "no",
+                    _when(a.last_login),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            self.out.write(
+                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
+            )
+
+    async def delete_user(self, username: str, confirm: Callable[[str], str] | None) -> None:
+        """Remove the account, its files (purged at once), grants, links and tokens. Without
+        ``--yes`` (``confirm`` given) the user name must be typed again."""
+        user_id, name = await self._user_id(username)
+        usage = await self.files.usage(user_id)
+        if confirm is not None:
+            answer = confirm(
+                f"delete {name} with {usage.files} files ({format_size(usage.used)}), their shares,"
+                " links and sessions? Type the user name to confirm: "
+            )
+            if answer.strip() != name:
+                raise ConfigError("not confirmed: nothing deleted")
+        if not await self.store.delete_user(user_id):
+            raise NotFound(f"no user {username!r}")
+        await self.files.purge()
+        self.out.write(f"deleted {name}: {usage.files} files, {format_size(usage.used)}\n")
+
+    async def backup(self, dest: Path, with_keys: bool) -> None:
+        """A consistent copy of the database in the new directory ``dest`` (taken in one read
+        transaction while the server writes on), with the key files beside it if asked, and
+        SQLite's structural check of the copy. ``run.py`` then verifies every file in it."""
+        try:
+            os.mkdir(dest, 0o700)
+        except OSError as exc:
+            raise ConfigError(f"backup destination {dest}: {exc.strerror} (give a new directory)") from None
+        await self.store.backup(dest / DATABASE_FILE)
+        copied = []
+        if with_keys:
+            for name in (KEYRING_FILE, JWT_SECRET_FILE):
+                source = self.core.settings.data_dir / name
+                if source.exists():
+                    shutil.copy2(source, dest / name)
+                    copied.append(name)
+        self.out.write(
+            f"backup of {self.core.settings.data_dir} in {dest}: {DATABASE_FILE}"
+            + "".join(f", {name}" for name in copied)
+            + ("" if with_keys else " (no key files: keep data/master.keys backed up apart)")
+            + "\n"
+        )
+
+    async def compact(self) -> None:
+        """VACUUM: the space of deleted files goes back to the file system."""
+        before, after = await self.store.compact()
+        self.out.write(f"database {format_size(before)} -> {format_size(after)}\n")
+
+    async def check_store(self) -> int:
+        """SQLite's structural check; 1 if it finds anything."""
+        result = await self.store.check()
+        (self.progress if result == "ok" else self.out).write(f"database structure: {result}\n")
+        return 0 if result == "ok" else 1
 
     async def create_user(self, username: str, password: str) -> None:
         await self.auth.register(username, password)
@@ -211,3 +331,27 @@ class Admin:
             return download.size
         finally:
             download.close()
+
+    async def export_to(self, username: str, name: str, path: Path) -> int:
+        """``export`` into ``path``, through a temporary file beside it renamed at the end: on
+        any error nothing is left at ``path`` (an existing file there is not touched)."""
+        try:
+            handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+        try:
+            with handle:
+                size = await self.export(username, name, cast(BinaryIO, handle))
+                os.fsync(handle.fileno())
+            os.replace(handle.name, path)
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+        return size
+
+
+def _when(timestamp: float | None) -> str:
+    """UTC, to the minute; ``-`` for never."""
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M")

@@ -10,6 +10,7 @@ reset-password`` beside a running server) takes effect within that time.
 """
 
 import asyncio
+import dataclasses
 import logging
 import re
 import secrets
@@ -25,13 +26,14 @@ import jwt
 from vault.errors import (
     Busy,
     ExpiredToken,
+    Forbidden,
     InvalidCredentials,
     InvalidField,
     InvalidToken,
     NotFound,
     RevokedToken,
 )
-from vault.keys import Keyring
+from vault.keys import Keyring, row_tag
 from vault.rows import USER
 from vault.store import AccountStore, User
 from vault.tokens import RefreshTokens, check_refresh_field
@@ -49,6 +51,8 @@ EPOCH_CACHE_SECONDS = 2.0
 CHANGE_ATTEMPTS = 3  # compare-and-set rounds for log out everywhere
 EPOCH_CACHE_MAX = 10_000  # users whose epoch is cached; the cache is emptied past that
 _SESSION_RE = re.compile(r"[0-9a-f]{32}")
+INVITE_BYTES = 18  # 144 random bits, 24 URL-safe characters
+INVITE_RE = re.compile(r"[A-Za-z0-9_-]{24}")
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,11 @@ MAX_PENDING_HASHES = 64  # about 16 s of bcrypt at cost 12 on 2 threads
 MAX_PENDING_REGISTRATIONS = 8  # waiting for the registration lane (one bcrypt thread at a time)
 
 
+def invite_hash(keyring: Keyring, code: str) -> bytes:
+    """What an invite code is stored as: keyed, so a row cannot be added without the master key."""
+    return row_tag(keyring, keyring.primary, b"invite", code)
+
+
 class Authenticator:
     """Registers users, checks passwords and issues and verifies tokens."""
 
@@ -128,8 +137,10 @@ class Authenticator:
         audience: str,
         executor: Executor,
         refresh_ttl: int = DEFAULT_REFRESH_TTL,
+        registration: str = "open",
     ) -> None:
         self._store = store
+        self._registration = registration
         self._refresh = RefreshTokens(store, keyring, ttl=refresh_ttl, access_ttl=ttl)
         self._epochs: dict[int, tuple[int | None, float]] = {}  # user id -> (epoch, read at)
         self._epoch_changes = 0
@@ -146,6 +157,11 @@ class Authenticator:
         # Compared against when the user does not exist, so both failures cost one bcrypt.
         self._dummy_hash = bcrypt.hashpw(b"dummy password", bcrypt.gensalt(rounds))
 
+    @property
+    def pending_hashes(self) -> int:
+        """bcrypt calls queued or running (the login queue's depth)."""
+        return self._pending
+
     async def _run(self, fn: Any, *args: Any) -> Any:
         """Run a bcrypt call on its own pool; past MAX_PENDING_HASHES waiting, answer 503 at
         once instead of queueing without bound (a flood of logins would otherwise delay every
@@ -158,10 +174,12 @@ class Authenticator:
         finally:
             self._pending -= 1
 
-    async def register(self, username: object, password: object) -> None:
-        """A new account. Its bcrypt runs in the registration lane: at most one thread at a
-        time and MAX_PENDING_REGISTRATIONS waiting (503 beyond), apart from the logins' queue,
-        so a flood of registrations can never starve logins."""
+    async def register(self, username: object, password: object, invite: bytes | None = None) -> None:
+        """A new account (whatever the registration setting: also an administrator's command),
+        using up the invite code hashed as ``invite`` in the same transaction if given. Its
+        bcrypt runs in the registration lane: at most one thread at a time and
+        MAX_PENDING_REGISTRATIONS waiting (503 beyond), apart from the logins' queue, so a flood
+        of registrations can never starve logins."""
         name = check_username(username)
         raw = check_password(password)
         if self._registering >= MAX_PENDING_REGISTRATIONS:
@@ -175,7 +193,39 @@ class Authenticator:
         finally:
             self._registering -= 1
         user_id = secrets.randbits(USER_ID_BITS) + 1
-        await self._store.create_user(USER.seal(self._keyring, User(user_id, name, hashed, 0, b"")))
+        await self._store.create_user(USER.seal(self._keyring, User(user_id, name, hashed, 0, b"")), invite)
+
+    async def sign_up(self, username: object, password: object, invite: object) -> None:
+        """``POST /register`` under the ``registration`` setting: open, invite (a valid unused
+        code is used up only if the account is created) or closed."""
+        if invite is not None and not isinstance(invite, str):
+            raise InvalidField("Field 'invite' must be a string")
+        if self._registration == "closed":
+            raise Forbidden("Registration is closed: ask an administrator for an account")
+        if self._registration == "open":
+            await self.register(username, password)
+            return
+        if not isinstance(invite, str) or not INVITE_RE.fullmatch(invite):
+            raise Forbidden("Registration needs an invite code (field 'invite')")
+        await self.register(username, password, invite_hash(self._keyring, invite))
+
+    async def make_invite(self, ttl: int) -> str:
+        """A new single-use invite code valid for ``ttl`` seconds; only its keyed hash is kept."""
+        code = secrets.token_urlsafe(INVITE_BYTES)
+        await self._store.add_invite(
+            invite_hash(self._keyring, code), self._keyring.primary, time.time() + ttl
+        )
+        return code
+
+    async def set_disabled(self, username: str, disabled: bool) -> None:
+        """Disable an account (its tokens die, its files stay) or enable it again."""
+        for _ in range(CHANGE_ATTEMPTS):
+            user = await self.find_user(username)
+            if user is None:
+                raise NotFound(f"no user {username!r}")
+            if await self._end_sessions(dataclasses.replace(user, disabled=int(disabled)), was=user):
+                return
+        raise Busy("The account is changing: retry shortly")
 
     async def reset_password(self, username: str, password: object) -> None:
         """Set a new password (an administrator's command); every token of the user dies."""
@@ -197,13 +247,16 @@ class Authenticator:
         hashed = user.password_hash if user else self._dummy_hash
         if not await self._password_matches(raw, hashed) or user is None:
             raise InvalidCredentials()
+        if user.disabled:  # said only to whoever knows the password
+            raise Forbidden("Account disabled: ask an administrator")
+        await self._store.set_last_login(user.id, time.time())
         return await self._start(Identity(user.id, user.username), user.token_epoch)
 
     async def refresh(self, token: object) -> TokenPair:
         """A new access token and a new refresh token for a refresh token, which is used up."""
         row = await self._refresh.redeem(token)
         user = await self.user_by_id(row.user_id)
-        if user is None or user.token_epoch != row.epoch:
+        if user is None or user.token_epoch != row.epoch or user.disabled:
             raise RevokedToken()
         successor = await self._refresh.rotate(row)
         access = self.issue(Identity(user.id, user.username), epoch=row.epoch, session=row.family)
@@ -298,13 +351,17 @@ class Authenticator:
     def _bumped(self, user: User, password_hash: bytes | None = None) -> User:
         """The row with the next token epoch (and a new password hash), tagged."""
         hashed = user.password_hash if password_hash is None else password_hash
-        return USER.seal(self._keyring, User(user.id, user.username, hashed, 0, b"", user.token_epoch + 1))
+        return USER.seal(
+            self._keyring, dataclasses.replace(user, password_hash=hashed, token_epoch=user.token_epoch + 1)
+        )
 
-    async def _end_sessions(self, user: User, password_hash: bytes | None = None) -> User | None:
+    async def _end_sessions(
+        self, user: User, password_hash: bytes | None = None, was: User | None = None
+    ) -> User | None:
         """Raise the epoch (every access token dies), then revoke every refresh family; None,
-        changing nothing, if the row is no longer ``user``."""
+        changing nothing, if the row is no longer ``was`` (default: ``user``)."""
         bumped = self._bumped(user, password_hash)
-        if not await self._store.replace_user(user, bumped):
+        if not await self._store.replace_user(was or user, bumped):
             return None
         self._epoch_changes += 1
         self._epochs[user.id] = (bumped.token_epoch, time.monotonic())
@@ -323,7 +380,7 @@ class Authenticator:
         if user is not None and not self._authentic(user):
             log.error("account row %d failed its integrity check", user.id)
             user = None
-        epoch = None if user is None else user.token_epoch
+        epoch = None if user is None or user.disabled else user.token_epoch
         if changes == self._epoch_changes:  # nothing changed while we read: the value is current
             if len(self._epochs) >= EPOCH_CACHE_MAX:
                 self._epochs.clear()

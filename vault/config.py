@@ -17,6 +17,7 @@ import yaml
 from vault.errors import ConfigError
 from vault.format import DEFAULT_SEG_SIZE, check_seg_size
 from vault.throttle import parse_networks
+from vault.tls import subject_names
 
 GiB = 1024**3
 _SIZE_UNITS = {"": 1, "b": 1}
@@ -48,6 +49,9 @@ class Settings:
         Path("certs/cert.pem"), "PEM certificate; a self-signed one is generated if missing."
     )
     tls_key: Path = _setting(Path("certs/key.pem"), "PEM private key for tls_cert.")
+    tls_names: str = _setting(
+        "", "Extra comma-separated host names and IP addresses for the generated self-signed certificate."
+    )
     max_file_size: int = _setting(64 * GiB, "Largest file accepted, in bytes (413 above it).")
     user_quota: int = _setting(
         0, "Bytes each user may store (0: no quota); `run.py admin set-limits` overrides per user."
@@ -100,12 +104,24 @@ class Settings:
     shutdown_grace: int = _setting(
         30, "Seconds SIGTERM lets requests in flight finish (no new connections) before closing them."
     )
+    registration: str = _setting(
+        "invite",
+        "Who may `POST /register`: `open` (anyone), `invite` (with a code from `run.py admin invite`)"
+        " or `closed` (accounts only from `run.py admin create-user`).",
+    )
+    invite_ttl: int = _setting(
+        7 * 86400, "Seconds an invite code stays valid (`admin invite --ttl` overrides)."
+    )
     public_url: str = _setting(
         "", "Base URL in public links, e.g. https://files.example.org (default: from the request's Host)."
     )
     plain_http_port: int = _setting(
         0, "Benchmarks only: also serve plain HTTP on 127.0.0.1 at this port (0: off), to measure TLS."
     )
+    metrics_port: int = _setting(
+        0, "Serve Prometheus metrics on http://127.0.0.1:<port>/metrics (0: off); loopback only."
+    )
+    access_log: str = _setting("text", "Access log lines: `text`, or `json` (one object per line).")
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
 
     @property
@@ -116,6 +132,7 @@ class Settings:
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _PATHS = {"data_dir", "tls_cert", "tls_key"}
 _LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+REGISTRATION_MODES = ("open", "invite", "closed")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -144,6 +161,9 @@ def _check_range(values: Mapping[str, Any], key: str, low: int, high: int) -> No
 def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "port", 0, 65535)
     _check_range(values, "plain_http_port", 0, 65535)
+    _check_range(values, "metrics_port", 0, 65535)
+    if values["access_log"] not in ("text", "json"):
+        raise ConfigError("config key 'access_log': must be text or json")
     _check_range(values, "bcrypt_rounds", 4, 31)
     _check_range(values, "max_file_size", 0, 2**62)
     _check_range(values, "user_quota", 0, 2**62)
@@ -164,6 +184,10 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "register_per_address", 0, 1_000_000)
     _check_range(values, "register_per_hour", 0, 1_000_000)
     parse_networks(values["trusted_proxies"])
+    try:
+        subject_names(values["tls_names"])
+    except ValueError as exc:
+        raise ConfigError(f"config key 'tls_names': {exc}") from None
     _check_range(values, "resumable_ttl", 60, 366 * 86400)
     try:
         check_seg_size(values["segment_size"])
@@ -172,6 +196,9 @@ def _validate(values: dict[str, Any]) -> None:
     if values["log_level"].upper() not in _LEVELS:
         raise ConfigError(f"config key 'log_level': must be one of {sorted(_LEVELS)}")
     values["log_level"] = values["log_level"].upper()
+    _check_range(values, "invite_ttl", 60, 366 * 86400)
+    if values["registration"] not in REGISTRATION_MODES:
+        raise ConfigError(f"config key 'registration': must be one of {', '.join(REGISTRATION_MODES)}")
     if values["public_url"] and not values["public_url"].startswith("https://"):
         raise ConfigError("config key 'public_url': must start with https://")
     values["public_url"] = values["public_url"].rstrip("/")

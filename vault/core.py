@@ -75,6 +75,7 @@ async def open_core(
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             executor=bcrypt_pool,
+            registration=settings.registration,
         )
         audit = AuditLog(store, keyring)
         await audit.start()

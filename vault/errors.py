@@ -16,6 +16,7 @@ VaultError
 │   ├── InvalidToken        the token is missing, malformed, forged or of the wrong kind
 │   │   └── RevokedToken    the token was valid but has been revoked (logout, password change)
 │   └── ExpiredToken        the token was valid but has expired
+├── Forbidden               understood but not allowed (registration closed, no valid invite, disabled)
 ├── Conflict                the request conflicts with the resource's current state
 │   ├── UserExists          the username is taken
 │   └── OffsetMismatch      a resumable upload is not at the offset the client claims
@@ -47,6 +48,13 @@ class VaultError(Exception):
 
 class ConfigError(VaultError):
     """A setting is missing or invalid; the message names the key."""
+
+
+class Forbidden(VaultError):
+    """The request is understood but not allowed: registration closed, no valid invite code,
+    a disabled account."""
+
+    message = "Forbidden"
 
 
 class InputError(VaultError):

@@ -73,6 +73,10 @@ class FileService:
     async def usage(self, owner: int) -> Usage:
         return await self.quotas.usage(owner)
 
+    async def stored(self, owner: int) -> int:
+        """Bytes of the owner's segments in the store (encrypted, uploads in progress too)."""
+        return await self.store.stored_bytes(owner)
+
     async def begin_upload(self, owner: int, length: int | None, *, slack: int = 0) -> "Upload":
         """Admit a one-shot upload of ``length`` bytes (None: not known yet) against the
         owner's limits, or raise TooLarge (vault/quota.py), before any of it is read."""

@@ -26,3 +26,7 @@ class UploadSlots:
 
     def in_progress(self, user_id: int) -> int:
         return self._active.get(user_id, 0)
+
+    def total(self) -> int:
+        """Uploads in progress across all users."""
+        return sum(self._active.values())

@@ -55,7 +55,9 @@ class RowKind(Generic[R]):
 
 def _user_fields(u: User) -> tuple[Field, ...]:
     # The epoch is appended only once raised, so rows written before it existed still verify.
-    return (u.key_id, u.id, u.username, u.password_hash, *((u.token_epoch,) if u.token_epoch else ()))
+    # The disabled flag likewise only while set (version 3), after the epoch.
+    extra = (u.token_epoch, u.disabled) if u.disabled else (u.token_epoch,) if u.token_epoch else ()
+    return (u.key_id, u.id, u.username, u.password_hash, *extra)
 
 
 def _save_link(store: Store, link: Link) -> Awaitable[None]:

@@ -7,6 +7,7 @@ name) -> DELETED (replaced or deleted, segments purged when no download still re
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from vault.format import Header
@@ -23,6 +24,22 @@ class User:
     key_id: int
     tag: bytes
     token_epoch: int = 0
+    disabled: int = 0  # 1: logins and refreshes refused (tagged once set)
+
+
+@dataclass(frozen=True)
+class Account:
+    """One line of ``run.py admin list-users``: an account and its LIVE files' plaintext bytes
+    (``quota`` None: the configured default; times in seconds since the epoch)."""
+
+    username: str
+    created: float
+    quota: int | None
+    disabled: int
+    last_login: float | None
+    files: int
+    used: int
+    stored: int  # bytes of segments in the database (encrypted, with uploads in progress)
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,9 @@ class FileStore(Protocol):
     """Files and their segments, resumable uploads, and what each user stores and may store
     (FileService, Quotas and the upload/download pipeline)."""
 
+    async def stored_bytes(self, owner: int) -> int:
+        """Bytes the owner's segments take in the store."""
+
     async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
         """Reserve a STAGED row for an upload in progress."""
 
@@ -173,8 +193,13 @@ class FileStore(Protocol):
 class AccountStore(Protocol):
     """Accounts, their limits and refresh tokens (Authenticator, RefreshTokens, admin)."""
 
-    async def create_user(self, user: User) -> None:
-        """Insert a user; raise UserExists if the name is taken."""
+    async def add_invite(self, code_hash: bytes, key_id: int, expires: float) -> None: ...
+
+    async def set_last_login(self, user_id: int, at: float) -> None: ...
+
+    async def create_user(self, user: User, invite: bytes | None = None) -> None:
+        """Insert a user; raise UserExists if the name is taken. With ``invite`` (a code hash),
+        in the same transaction use up that unused, unexpired invite or raise Forbidden."""
 
     async def get_user(self, username: str) -> User | None: ...
 
@@ -293,5 +318,26 @@ class Store(FileStore, AccountStore, SharingStore, AuditStore, Protocol):
     async def set_wrapped_key(self, file_id: bytes, old_key_id: int, key_id: int, wrapped: bytes) -> bool: ...
 
     async def key_ids_in_use(self) -> set[int]: ...
+
+    async def accounts(self) -> list[Account]:
+        """Every account with its files and usage, by name."""
+
+    async def delete_user(self, user_id: int) -> bool:
+        """In one transaction: the account, its tokens, grants (given and received) and links
+        (kept as revoked); its files marked DELETED for the next purge. False if none."""
+
+    async def backup(self, dest: Path) -> None:
+        """A consistent copy of the database at ``dest``, taken while writers carry on."""
+
+    async def compact(self) -> tuple[int, int]:
+        """Give free space back to the file system; the database's bytes (before, after)."""
+
+    async def database_size(self) -> int: ...
+
+    async def check(self) -> str:
+        """The store's own structural check: ``ok`` or what is wrong."""
+
+    async def healthy(self) -> bool:
+        """Whether the store answers a read (GET /health)."""
 
     async def close(self) -> None: ...

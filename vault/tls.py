@@ -4,6 +4,7 @@ import datetime
 import ipaddress
 import logging
 import os
+import re
 import ssl
 from pathlib import Path
 
@@ -15,10 +16,34 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 log = logging.getLogger(__name__)
 
 SELF_SIGNED_DAYS = 825
+DNS_NAME = re.compile(
+    r"(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
 
 
-def ensure_certificate(cert: Path, key: Path) -> bool:
-    """Write a self-signed localhost certificate if neither file exists; True if it did."""
+def subject_names(extra: str = "") -> list[x509.GeneralName]:
+    """localhost, 127.0.0.1 and ::1, then each comma-separated name or IP address of ``extra``
+    (``tls_names``). ValueError names a bad entry."""
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    for entry in (e.strip() for e in extra.split(",")):
+        if not entry:
+            continue
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(entry)))
+        except ValueError:
+            if not DNS_NAME.fullmatch(entry):
+                raise ValueError(f"not a host name or IP address: {entry!r}") from None
+            names.append(x509.DNSName(entry.lower()))
+    return names
+
+
+def ensure_certificate(cert: Path, key: Path, extra_names: str = "") -> bool:
+    """Write a self-signed certificate for localhost and ``extra_names`` if neither file
+    exists; True if it did."""
     if cert.exists() or key.exists():
         return False
     private_key = ec.generate_private_key(ec.SECP256R1())
@@ -33,13 +58,7 @@ def ensure_certificate(cert: Path, key: Path) -> bool:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                ]
-            ),
+            x509.SubjectAlternativeName(subject_names(extra_names)),
             critical=False,
         )
         # A leaf, not a CA: browsers (Firefox) refuse a CA certificate as a server's even
