@@ -1,20 +1,15 @@
 """Sizes and durations as people write and read them: ``50G`` in, ``50.0 GiB`` out."""
 
+from vault.config import parse_size as config_size
+
 UNITS = "KMGTPE"
 DURATIONS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_size(text: str) -> int | None:
-    """``none`` (the configured default), a byte count, or a whole number with K, M, G, T, P or
-    E (binary multiples; a trailing ``B`` or ``iB`` is allowed). ValueError otherwise."""
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text == "NONE":
-        return None
-    factor = 1024 ** (UNITS.index(text[-1]) + 1) if text and text[-1] in UNITS else 1
-    number = text[:-1] if factor > 1 else text
-    if not number.isdigit():
-        raise ValueError(f"not a size: {text!r} (use bytes, 10G, 500M or none)")
-    return int(number) * factor
+    """``none`` (the configured default) or a size as vault.config.parse_size reads it
+    (``50G``, ``500MiB``, ``100MB``, ``4096``). ValueError otherwise."""
+    return None if text.strip().lower() == "none" else config_size(text.strip())
 
 
 def format_size(nbytes: int) -> str:
