@@ -177,6 +177,7 @@ def test_a_disabled_user_loses_every_session_and_keeps_their_files(server: Serve
     assert login(server, name, "wrong password here").status == 401  # no hint without the password
     assert server.admin("enable-user", name).returncode == 0
     token = login(server, name).json()["token"]
+    assert wait_for_status(server, token, 200) == 200  # the server's epoch cache, again
     assert server.request("GET", "/download/kept.bin", token=token).body == b"kept data"
 
 

@@ -250,10 +250,6 @@ class Authenticator:
         if user.disabled:  # said only to whoever knows the password
             raise Forbidden("Account disabled: ask an administrator")
         await self._store.set_last_login(user.id, time.time())
-        # The row just read is current: a cached epoch from before an admin command in another
-        # process (say enable-user) must not refuse the token issued now.
-        self._epoch_changes += 1
-        self._epochs[user.id] = (user.token_epoch, time.monotonic())
         return await self._start(Identity(user.id, user.username), user.token_epoch)
 
     async def refresh(self, token: object) -> TokenPair:
