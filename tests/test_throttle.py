@@ -2,6 +2,7 @@
 
 import json
 import sqlite3
+import threading
 import time
 import uuid
 
@@ -429,3 +430,43 @@ def test_a_flood_of_registrations_never_starves_a_login(fresh_server: Server) ->
         for conn in [*conns, login]:
             conn.close()
     assert set(statuses.values()) <= {201, 503} and 201 in statuses.values()
+
+
+def test_a_flood_of_logins_beyond_the_bcrypt_queue_gets_503_over_https(fresh_server: Server) -> None:
+    """More logins at once than vault.auth.MAX_PENDING_HASHES (64) may wait for bcrypt: the rest
+    are answered 503 with Retry-After at once, the others normally; every request is answered.
+    One bcrypt thread at cost 9 drains ~30 hashes a second, while the 90 requests, released
+    together, arrive within a fraction of that: the queue is full long before it drains."""
+    fresh_server.env.update({"VAULT_BCRYPT_ROUNDS": "9", "VAULT_AUTH_THREADS": "1"})
+    server = fresh_server.start()
+    flood = 90
+    start = threading.Barrier(flood)
+    results: list[tuple[int, str | None, bytes]] = []
+
+    def login() -> None:
+        conn = server.connection()
+        try:
+            conn.connect()
+            start.wait()
+            body = json.dumps({"username": "nobody-" + uuid.uuid4().hex[:8], "password": PASSWORD})
+            conn.request("POST", "/login", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            results.append((resp.status, resp.getheader("Retry-After"), resp.read()))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=login) for _ in range(flood)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == flood
+    busy = [r for r in results if r[0] == 503]
+    assert busy, "no login was refused: the bcrypt queue is unbounded"
+    assert all(
+        r == (503, "5", b'{"message": "Too many logins at once: retry shortly", "status": 503}') for r in busy
+    )
+    assert all(
+        r[2] == b'{"message": "Invalid username or password", "status": 401}' for r in results if r[0] != 503
+    )
+    assert len(results) - len(busy) >= 64  # the queue itself was served
