@@ -140,3 +140,26 @@ def test_lone_surrogates_are_rejected(char: str) -> None:
 def test_names_over_255_utf8_bytes_are_rejected(name: str) -> None:
     assert len(name.encode("utf-8")) > 255
     assert_rejected(name)
+
+
+FORBIDDEN_CHARACTER = (
+    "Invalid filename: path separators, control and bidirectional characters are not allowed"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "Invalid filename: a non-empty file name is required"),
+        (None, "Invalid filename: a non-empty file name is required"),
+        ("x" * 256, "Invalid filename: longer than 255 bytes in UTF-8"),
+        ("..", "Invalid filename: '.' and '..' are not file names"),
+        ("a/b", FORBIDDEN_CHARACTER),
+        ("a\u202eb", FORBIDDEN_CHARACTER),
+    ],
+)
+def test_each_rule_says_what_is_wrong(name: object, message: str) -> None:
+    """The message names the broken rule (it is the 400 body's message)."""
+    with pytest.raises(InvalidFilename) as info:
+        check_filename(name)
+    assert info.value.message == message

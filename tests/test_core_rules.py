@@ -1,0 +1,362 @@
+"""The security rules of tokens and links, checked in-process on the real core (tests/incore.py:
+``open_core`` on a real SQLite file, as the server builds it). The HTTP tests check the same
+rules end to end; these run inside the test process, so mutation testing (bench/mutation.sh)
+sees which of them each rule's code answers to, and they pin exact boundaries."""
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import incore
+from vault.auth import Identity
+from vault.core import Core
+from vault.errors import (
+    ExpiredToken,
+    Gone,
+    InvalidCredentials,
+    InvalidField,
+    InvalidToken,
+    NotFound,
+    RevokedToken,
+    TooManyAttempts,
+)
+from vault.sharing import MAX_DOWNLOADS, MAX_EXPIRY, PREVIEW_ALLOWANCE, link_budget
+from vault.tokens import MAX_REFRESH_CHARS, RefreshTokens, check_refresh_field, refresh_id
+
+PASSWORD = "correct horse battery"
+
+
+def run(tmp_path: Path, scenario: Callable[[Core], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        async with incore.core(tmp_path / "vault.db", bcrypt_rounds=4) as core:
+            return await scenario(core)
+
+    return asyncio.run(main())
+
+
+async def account(core: Core, name: str = "alice") -> Identity:
+    await core.auth.register(name, PASSWORD)
+    user = await core.auth.find_user(name)
+    assert user is not None
+    return Identity(user.id, user.username)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def test_refresh_rotates_once_and_reuse_ends_the_whole_session(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        await account(core)
+        first = await core.auth.login("alice", PASSWORD)
+        assert (await core.auth.authenticate(first.token)).identity.username == "alice"
+        second = await core.auth.refresh(first.refresh_token)
+        assert (await core.auth.authenticate(second.token)).session == (
+            await core.auth.authenticate(first.token)
+        ).session
+        with pytest.raises(RevokedToken):  # the used one, again: a thief's copy
+            await core.auth.refresh(first.refresh_token)
+        for token in (first.token, second.token):
+            with pytest.raises(RevokedToken):
+                await core.auth.authenticate(token)
+        with pytest.raises(RevokedToken):
+            await core.auth.refresh(second.refresh_token)
+
+    run(tmp_path, scenario)
+
+
+def test_logout_ends_one_session_and_logout_all_every_one(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await account(core)
+        await account(core, "bob")
+        one, two, three = [await core.auth.login("alice", PASSWORD) for _ in range(3)]
+        bob = await core.auth.login("bob", PASSWORD)
+        await core.auth.logout(await core.auth.authenticate(one.token))
+        with pytest.raises(RevokedToken):
+            await core.auth.authenticate(one.token)
+        with pytest.raises(RevokedToken):
+            await core.auth.refresh(one.refresh_token)
+        await core.auth.authenticate(two.token)  # the other sessions live on
+        await core.auth.logout_all(alice)
+        for pair in (two, three):
+            with pytest.raises(RevokedToken):
+                await core.auth.authenticate(pair.token)
+            with pytest.raises(RevokedToken):
+                await core.auth.refresh(pair.refresh_token)
+        await core.auth.authenticate(bob.token)  # no one else's
+        fresh = await core.auth.login("alice", PASSWORD)
+        assert (await core.auth.authenticate(fresh.token)).epoch == 1
+
+    run(tmp_path, scenario)
+
+
+def test_logout_with_another_users_refresh_token_leaves_it_alone(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        await account(core)
+        await account(core, "bob")
+        mine, theirs = await core.auth.login("alice", PASSWORD), await core.auth.login("bob", PASSWORD)
+        await core.auth.logout(await core.auth.authenticate(mine.token), theirs.refresh_token)
+        assert (await core.auth.refresh(theirs.refresh_token)).token
+
+    run(tmp_path, scenario)
+
+
+def test_password_change_needs_the_old_password_and_ends_every_other_session(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await account(core)
+        old = await core.auth.login("alice", PASSWORD)
+        with pytest.raises(InvalidCredentials):
+            await core.auth.change_password(alice, "not the password", "a new password")
+        await core.auth.authenticate(old.token)
+        new = await core.auth.change_password(alice, PASSWORD, "a new password")
+        with pytest.raises(RevokedToken):
+            await core.auth.authenticate(old.token)
+        assert (await core.auth.authenticate(new.token)).epoch == 1
+        with pytest.raises(InvalidCredentials):
+            await core.auth.login("alice", PASSWORD)
+        await core.auth.login("alice", "a new password")
+
+    run(tmp_path, scenario)
+
+
+# --------------------------------------------------------------------------- refresh tokens
+
+
+def test_a_refresh_token_expires_at_its_term_exactly(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        clock = Clock()
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10, clock=clock)
+        alice = await account(core)
+        token, family = await tokens.start(alice.user_id, 0)
+        clock.now += 99.999
+        row = await tokens.redeem(token)
+        assert (row.user_id, row.family, row.epoch) == (alice.user_id, family, 0)
+        clock.now += 0.001  # expires <= now
+        with pytest.raises(ExpiredToken):
+            await tokens.redeem(token)
+
+    run(tmp_path, scenario)
+
+
+def test_a_revoked_familys_access_tokens_die_for_exactly_one_access_lifetime(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        clock = Clock()
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10, clock=clock)
+        alice = await account(core)
+        _, family = await tokens.start(alice.user_id, 0)
+        _, other = await tokens.start(alice.user_id, 0)
+        assert not await tokens.family_revoked(family)
+        await tokens.revoke(alice.user_id, family)
+        assert await tokens.family_revoked(family)
+        assert not await tokens.family_revoked(other)
+        clock.now += 9.999
+        assert await tokens.family_revoked(family)
+        clock.now += 0.001  # no access token of it can be alive any more
+        assert not await tokens.family_revoked(family)
+        # A restart (a new RefreshTokens on the same store) reloads what is still revoked.
+        reloaded = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10, clock=clock)
+        clock.now -= 5
+        assert await reloaded.family_revoked(family)
+
+    run(tmp_path, scenario)
+
+
+def test_a_rotated_token_presented_again_revokes_its_family_and_only_it(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10)
+        alice = await account(core)
+        token, family = await tokens.start(alice.user_id, 0)
+        bystander, other = await tokens.start(alice.user_id, 0)
+        successor = await tokens.rotate(await tokens.redeem(token))
+        with pytest.raises(RevokedToken):
+            await tokens.redeem(token)
+        assert await tokens.family_revoked(family)
+        with pytest.raises(RevokedToken):
+            await tokens.redeem(successor)
+        assert not await tokens.family_revoked(other)
+        assert (await tokens.redeem(bystander)).family == other
+
+    run(tmp_path, scenario)
+
+
+@pytest.mark.parametrize("token", [None, "", 42, ["x"]])
+def test_a_refresh_field_must_be_a_non_empty_string(token: object) -> None:
+    with pytest.raises(
+        InvalidField, match="^Field 'refresh_token' is required and must be a non-empty string$"
+    ):
+        check_refresh_field(token)
+
+
+def test_unknown_and_oversized_refresh_tokens_are_invalid_and_ids_are_sha256(tmp_path: Path) -> None:
+    assert refresh_id("abc") == hashlib.sha256(b"abc").digest()
+
+    async def scenario(core: Core) -> None:
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10)
+        alice = await account(core)
+        token, _ = await tokens.start(alice.user_id, 0)
+        assert await tokens.find(token) is not None
+        for other in ("x" * 43, "x" * (MAX_REFRESH_CHARS + 1), token + "x"):
+            assert await tokens.find(other) is None
+            with pytest.raises(InvalidToken):
+                await tokens.redeem(other)
+
+    run(tmp_path, scenario)
+
+
+# --------------------------------------------------------------------------- links
+
+
+async def shared_file(core: Core, size: int) -> Identity:
+    alice = await account(core)
+    upload = core.files.begin_upload(alice.user_id)
+    await upload.write(b"d" * size)
+    await upload.finish("f.bin")
+    return alice
+
+
+async def download(core: Core, token: str, nbytes: int | None = None, password: str | None = None) -> None:
+    """Open the link and send ``nbytes`` (default: the whole file), charging it."""
+    link, opened = await core.sharing.open_link(token, password)
+    try:
+        length = opened.size if nbytes is None else nbytes
+        reservation = core.sharing.reserve(link, opened.size, max(length, 1) if opened.size == 0 else length)
+        reservation.sent = max(length, 1) if opened.size == 0 else length
+        await reservation.close()
+    finally:
+        opened.close()
+
+
+@pytest.mark.parametrize(
+    ("size", "budget"), [(0, 3), (1, 3), (2, 7), (10, 35), (10**9, 3 * 10**9 + PREVIEW_ALLOWANCE)]
+)
+def test_link_budget_is_n_copies_plus_the_preview_allowance(size: int, budget: int) -> None:
+    assert link_budget(3, size) == budget
+
+
+def test_a_link_is_gone_when_its_budget_is_spent_to_the_byte(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await shared_file(core, 1000)
+        info, token = await core.sharing.create_link(alice, "f.bin", None, None, 2)
+        assert (info.max_downloads, info.downloads_left) == (2, 2)
+        await download(core, token)
+        await download(core, token, 1000 + 500 - 1)  # one byte short of the budget
+        link, opened = await core.sharing.open_link(token, None)
+        opened.close()
+        with pytest.raises(Gone, match="no downloads left"):
+            core.sharing.reserve(link, 1000, 2)
+        await download(core, token, 1)
+        with pytest.raises(Gone, match="no downloads left"):
+            await core.sharing.open_link(token, None)
+        [listed] = await core.sharing.links(alice)
+        assert listed.downloads_left == 0
+
+    run(tmp_path, scenario)
+
+
+def test_a_link_without_a_limit_is_never_spent(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await shared_file(core, 10)
+        info, token = await core.sharing.create_link(alice, "f.bin", None, None, None)
+        assert info.downloads_left is None and info.max_downloads is None
+        for _ in range(5):
+            await download(core, token)
+
+    run(tmp_path, scenario)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("expires_in", 59),
+        ("expires_in", MAX_EXPIRY + 1),
+        ("expires_in", True),
+        ("expires_in", 60.0),
+        ("max_downloads", 0),
+        ("max_downloads", MAX_DOWNLOADS + 1),
+        ("max_downloads", True),
+        ("max_downloads", "1"),
+    ],
+)
+def test_link_limits_outside_their_range_are_refused(tmp_path: Path, field: str, value: object) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await shared_file(core, 10)
+        args: dict[str, object] = {"expires_in": None, "max_downloads": None, field: value}
+        with pytest.raises(InvalidField, match=f"^Field '{field}' must be a whole number"):
+            await core.sharing.create_link(alice, "f.bin", args["expires_in"], None, args["max_downloads"])
+        assert await core.sharing.links(alice) == []
+
+    run(tmp_path, scenario)
+
+
+@pytest.mark.parametrize(("expires_in", "max_downloads"), [(60, 1), (MAX_EXPIRY, MAX_DOWNLOADS)])
+def test_link_limits_at_their_bounds_are_accepted(
+    tmp_path: Path, expires_in: int, max_downloads: int
+) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await shared_file(core, 10)
+        before = time.time()
+        info, _ = await core.sharing.create_link(alice, "f.bin", expires_in, None, max_downloads)
+        assert info.expires is not None and before + expires_in <= info.expires <= time.time() + expires_in
+        assert info.max_downloads == max_downloads
+
+    run(tmp_path, scenario)
+
+
+def test_an_expired_link_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await shared_file(core, 10)
+        _, token = await core.sharing.create_link(alice, "f.bin", 60, None, None)
+        await download(core, token)
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 60)  # expires <= now
+        with pytest.raises(Gone, match="expired"):
+            await core.sharing.open_link(token, None)
+
+    run(tmp_path, scenario)
+
+
+def test_five_wrong_link_passwords_lock_it_even_for_the_right_one(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await shared_file(core, 10)
+        _, token = await core.sharing.create_link(alice, "f.bin", None, "open sesame 42", None)
+        with pytest.raises(InvalidCredentials, match="needs a password"):
+            await core.sharing.open_link(token, None)
+        for attempt in range(4):
+            with pytest.raises(InvalidCredentials, match="Wrong password"):
+                await core.sharing.open_link(token, f"guess {attempt}")
+        await download(core, token, password="open sesame 42")  # four wrong ones lock nothing
+        for attempt in range(5):
+            with pytest.raises(InvalidCredentials, match="Wrong password"):
+                await core.sharing.open_link(token, f"guess {attempt}")
+        with pytest.raises(TooManyAttempts) as locked:
+            await core.sharing.open_link(token, "open sesame 42")
+        assert locked.value.retry_after == 1
+
+    run(tmp_path, scenario)
+
+
+def test_a_revoked_link_is_gone_and_an_unknown_one_not_found(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await shared_file(core, 10)
+        info, token = await core.sharing.create_link(alice, "f.bin", None, None, None)
+        await core.sharing.revoke_link(alice, info.id)
+        with pytest.raises(Gone, match="revoked"):
+            await core.sharing.open_link(token, None)
+        with pytest.raises(NotFound, match="^Link not found$"):
+            await core.sharing.open_link("x" * 24, None)
+        with pytest.raises(NotFound):
+            await core.sharing.revoke_link(alice, info.id)
+
+    run(tmp_path, scenario)
