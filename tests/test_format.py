@@ -721,3 +721,146 @@ def test_header_tag_matches_the_documented_layout() -> None:
         + name
     )
     assert sfs.header_tag(keys, h) == hmac.digest(keys.mac, msg, "sha256")
+
+
+# --- resumable uploads: the sealed tail and the upload ticket ----------------------------------
+
+ROOT = hashlib.sha256(b"some prefix").digest()
+TAIL_OFFSETS = [0, 1, 15, 16, 17, S - 1, 2 * S, 2 * S + 1, 2 * S + S - 1]
+
+
+def tail_mac_by_spec(keys: sfs.KeyPair, seg_size: int, offset: int, root: bytes, iv_ct: bytes) -> bytes:
+    """T of a tail exactly as docs/FORMAT.md writes it, built independently of vault.format."""
+    fields = b"tail" + struct.pack(">BBI", 1, 1, seg_size) + FILE_ID
+    fields += struct.pack(">QQ", offset // seg_size, offset) + root + struct.pack(">Q", len(iv_ct) - 16)
+    return hmac.digest(keys.mac, fields + iv_ct, "sha256")
+
+
+@pytest.mark.parametrize("offset", TAIL_OFFSETS)
+def test_a_sealed_tail_matches_the_documented_layout_and_opens_where_it_was_sealed(offset: int) -> None:
+    keys, tail = file_keys(), data_of(offset % S)
+    blob = sfs.seal_tail(keys, FILE_ID, S, offset, ROOT, tail)
+    assert len(blob) == 16 + (len(tail) // 16 + 1) * 16 + 32
+    iv, ct, tag = blob[:16], blob[16:-32], blob[-32:]
+    assert tag == tail_mac_by_spec(keys, S, offset, ROOT, iv + ct)
+    pad = 16 - len(tail) % 16
+    assert AES.new(keys.enc, AES.MODE_CBC, iv).decrypt(ct) == tail + bytes([pad]) * pad
+    assert sfs.open_tail(keys, FILE_ID, S, offset, ROOT, blob) == tail
+
+
+@pytest.mark.parametrize("offset", [1, 17, S - 1, 2 * S + 17])
+def test_a_tail_opens_nowhere_else(offset: int) -> None:
+    keys, tail = file_keys(), data_of(offset % S)
+    blob = sfs.seal_tail(keys, FILE_ID, S, offset, ROOT, tail)
+    elsewhere: list[tuple[Any, ...]] = [
+        (sfs.derive_file_keys(FILE_KEY, bytes(16)), FILE_ID, S, offset, ROOT),  # other keys
+        (keys, bytes(16), S, offset, ROOT),  # another file
+        (keys, FILE_ID, S, offset + S, ROOT),  # the same tail one segment on
+        (keys, FILE_ID, 2 * S, offset, ROOT),  # another segment size
+        (keys, FILE_ID, S, offset, hashlib.sha256(b"other").digest()),  # other full segments
+        (keys, FILE_ID, S, offset, ROOT[:-1]),  # a malformed root
+        (keys, FILE_ID[:-1], S, offset, ROOT),  # a malformed file id
+    ]
+    for args in elsewhere:
+        with pytest.raises(IntegrityError):
+            sfs.open_tail(*args, blob)
+    for bit in range(len(blob) * 8):
+        with pytest.raises(IntegrityError):
+            sfs.open_tail(keys, FILE_ID, S, offset, ROOT, flip(blob, bit // 8, bit % 8))
+    for cut in (blob[:-1], blob + b"\x00", blob[:-16]):
+        with pytest.raises(IntegrityError):
+            sfs.open_tail(keys, FILE_ID, S, offset, ROOT, cut)
+
+
+def test_a_validly_tagged_tail_with_a_wrong_pad_length_is_refused() -> None:
+    """Padding is checked after the MAC too: a sealer bug cannot hand back the wrong bytes."""
+    keys, offset = file_keys(), 17
+    iv = bytes(16)
+    ct = AES.new(keys.enc, AES.MODE_CBC, iv).encrypt(data_of(17) + bytes([14]) * 15)  # pad says 14
+    blob = iv + ct + tail_mac_by_spec(keys, S, offset, ROOT, iv + ct)
+    with pytest.raises(IntegrityError):
+        sfs.open_tail(keys, FILE_ID, S, offset, ROOT, blob)
+
+
+@pytest.mark.parametrize(("offset", "length"), [(17, 16), (17, 18), (S + 1, S + 1), (S, 1), (0, 1)])
+def test_seal_tail_refuses_anything_but_the_bytes_since_the_last_full_segment(
+    offset: int, length: int
+) -> None:
+    with pytest.raises(
+        ValueError, match="^the tail must hold the bytes of the current segment up to the offset$"
+    ):
+        sfs.seal_tail(file_keys(), FILE_ID, S, offset, ROOT, data_of(length))
+
+
+def ticket(**changes: Any) -> sfs.UploadTicket:
+    fields: dict[str, Any] = {
+        "seg_size": S,
+        "file_id": FILE_ID,
+        "owner": 42,
+        "length": 3 * S + 5,
+        "created": 1_800_000_000.25,
+        "upload_id": "3f1c0d2e9a8b7c6d",
+        "name": "report.pdf",
+    }
+    return sfs.UploadTicket(**{**fields, **changes})
+
+
+def test_upload_tag_matches_the_documented_layout() -> None:
+    keys, t = file_keys(), ticket()
+    upload_id, name = t.upload_id.encode(), t.name.encode()
+    msg = b"tus" + struct.pack(">BBI", 1, 1, S) + FILE_ID
+    msg += struct.pack(">QQQBH", 42, 3 * S + 5, 1_800_000_000_250_000, len(upload_id), len(name))
+    assert sfs.upload_tag(keys, t) == hmac.digest(keys.mac, msg + upload_id + name, "sha256")
+    sfs.verify_upload(keys, t, sfs.upload_tag(keys, t))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"seg_size": 2 * S},
+        {"file_id": bytes(16)},
+        {"owner": 43},
+        {"length": 3 * S + 6},
+        {"created": 1_800_000_000.250001},
+        {"upload_id": "3f1c0d2e9a8b7c6e"},
+        {"name": "report.pdf.exe"},
+    ],
+    ids=lambda changes: next(iter(changes)),
+)
+def test_an_upload_ticket_with_any_field_changed_fails_its_tag(changes: dict[str, Any]) -> None:
+    keys = file_keys()
+    tag = sfs.upload_tag(keys, ticket())
+    with pytest.raises(IntegrityError):
+        sfs.verify_upload(keys, ticket(**changes), tag)
+    with pytest.raises(IntegrityError):
+        sfs.verify_upload(sfs.derive_file_keys(FILE_KEY, bytes(16)), ticket(), tag)
+    for bit in range(len(tag) * 8):
+        with pytest.raises(IntegrityError):
+            sfs.verify_upload(keys, ticket(), flip(tag, bit // 8, bit % 8))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"seg_size": S + 1},  # not a supported segment size
+        {"seg_size": sfs.MAX_SEG_SIZE * 2},
+        {"file_id": bytes(15)},
+        {"name": "x" * 256},
+        {"upload_id": "u" * 256},
+        {"owner": -1},
+        {"owner": 2**64},
+        {"length": 2**64},
+        {"created": -1.0},
+    ],
+    ids=str,
+)
+def test_an_upload_ticket_outside_the_format_is_refused_not_crashed_on(changes: dict[str, Any]) -> None:
+    keys = file_keys()
+    with pytest.raises(IntegrityError):
+        sfs.verify_upload(keys, ticket(**changes), bytes(32))
+
+
+def test_a_key_pair_never_shows_its_keys() -> None:
+    keys = file_keys()
+    assert repr(keys) == str(keys) == "KeyPair(<secret>)"
+    assert keys.enc.hex() not in repr(keys) and keys.mac.hex() not in repr(keys)

@@ -53,18 +53,26 @@ def partial_put(server: Server, token: str, name: str) -> ssl.SSLSocket:
     return sock
 
 
-def test_upload_slots_count_and_release() -> None:
-    slots = UploadSlots(2)
-    slots.acquire(1)
-    slots.acquire(1)
-    slots.acquire(2)
-    with pytest.raises(TooManyUploads, match="at most 2 at once"):
-        slots.acquire(1)
-    slots.release(1)
-    slots.acquire(1)
-    for user in (1, 1, 2):
-        slots.release(user)
-    assert slots.in_progress(1) == slots.in_progress(2) == 0
+def test_upload_slots_count_each_users_uploads_exactly() -> None:
+    slots = UploadSlots(3)
+    for expected in (1, 2, 3):
+        slots.acquire(7)
+        assert slots.in_progress(7) == expected
+    slots.acquire(8)
+    assert (slots.in_progress(7), slots.in_progress(8), slots.in_progress(9)) == (3, 1, 0)
+    with pytest.raises(TooManyUploads, match="^Too many uploads in progress: at most 3 at once$"):
+        slots.acquire(7)
+    assert slots.in_progress(7) == 3  # a refused upload takes nothing
+    for expected in (2, 1, 0):
+        slots.release(7)
+        assert slots.in_progress(7) == expected
+    assert slots.in_progress(8) == 1  # another user's slots are their own
+    slots.release(7)  # one release too many neither fails nor gives an extra slot
+    assert slots.in_progress(7) == 0
+    for _ in range(3):
+        slots.acquire(7)
+    with pytest.raises(TooManyUploads):
+        slots.acquire(7)
 
 
 def test_uploads_per_user_429_and_slots_free(fresh_server: Server) -> None:
