@@ -220,7 +220,7 @@ def test_unknown_and_oversized_refresh_tokens_are_invalid_and_ids_are_sha256(tmp
 
 async def shared_file(core: Core, size: int) -> Identity:
     alice = await account(core)
-    upload = core.files.begin_upload(alice.user_id)
+    upload = await core.files.begin_upload(alice.user_id, size)
     await upload.write(b"d" * size)
     await upload.finish("f.bin")
     return alice
@@ -360,3 +360,28 @@ def test_a_revoked_link_is_gone_and_an_unknown_one_not_found(tmp_path: Path) -> 
             await core.sharing.revoke_link(alice, info.id)
 
     run(tmp_path, scenario)
+
+
+def test_wrong_link_passwords_arriving_one_after_another_are_all_counted(tmp_path: Path) -> None:
+    """Guesses that arrive while earlier ones are being checked wait for them: each sees every
+    failure before it, so none is lost (no two are ever checked at once)."""
+
+    async def scenario(core: Core) -> tuple[int, int]:
+        alice = await shared_file(core, 10)
+        info, token = await core.sharing.create_link(alice, "f.bin", None, "open sesame 42", None)
+
+        async def guess(i: int) -> type[BaseException]:
+            await asyncio.sleep(i * 0.0005)
+            try:
+                await core.sharing.open_link(token, f"guess {i}")
+            except (InvalidCredentials, TooManyAttempts) as exc:
+                return type(exc)
+            raise AssertionError("a wrong password opened the link")
+
+        outcomes = await asyncio.gather(*(guess(i) for i in range(40)))
+        row = await core.store.get_link(hashlib.sha256(token.encode()).digest())
+        assert row is not None
+        return outcomes.count(InvalidCredentials), row.failures
+
+    wrong, counted = run(tmp_path, scenario)
+    assert counted == wrong >= 5
