@@ -5,6 +5,7 @@ sees which of them each rule's code answers to, and they pin exact boundaries.""
 
 import asyncio
 import hashlib
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests import incore
+from tests.dbedit import Edits
 from vault.auth import Identity
 from vault.core import Core
 from vault.errors import (
@@ -25,8 +27,9 @@ from vault.errors import (
     RevokedToken,
     TooManyAttempts,
 )
+from vault.keys import row_tag
 from vault.sharing import MAX_DOWNLOADS, MAX_EXPIRY, PREVIEW_ALLOWANCE, link_budget
-from vault.tokens import MAX_REFRESH_CHARS, RefreshTokens, check_refresh_field, refresh_id
+from vault.tokens import MAX_REFRESH_CHARS, RefreshTokens, check_refresh_field, refresh_id, refresh_tag
 
 PASSWORD = "correct horse battery"
 
@@ -385,3 +388,75 @@ def test_wrong_link_passwords_arriving_one_after_another_are_all_counted(tmp_pat
 
     wrong, counted = run(tmp_path, scenario)
     assert counted == wrong >= 5
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("user_id", 1),
+        ("family", "0" * 32),
+        ("epoch", 1),
+        ("created", 1.0),
+        ("expires", 4_000_000_000.0),
+        ("used", None),
+        ("revoked", None),
+        ("key_id", 9),
+    ],
+)
+def test_a_refresh_row_edited_in_any_column_is_refused(tmp_path: Path, column: str, value: object) -> None:
+    """Every column is under the row's tag: an edit without the master key (un-using,
+    un-revoking, extending, moving to another user or epoch) makes the row unknown."""
+
+    async def scenario(core: Core) -> str:
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10)
+        alice = await account(core)
+        token, _ = await tokens.start(alice.user_id, 0)
+        if column in ("used", "revoked"):  # set first, legitimately, so that clearing is the edit
+            successor = await tokens.rotate(await tokens.redeem(token))
+            await tokens.revoke(alice.user_id, None)
+            token = successor if column == "revoked" else token
+        assert await tokens.find(token) is not None
+        return token
+
+    token = run(tmp_path, scenario)
+    with sqlite3.connect(tmp_path / "vault.db", factory=Edits) as con:
+        con.execute(f"UPDATE refresh_tokens SET {column} = ? WHERE id = ?", (value, refresh_id(token)))  # noqa: S608
+
+    async def check(core: Core) -> None:
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10)
+        assert await tokens.find(token) is None
+        with pytest.raises(InvalidToken):
+            await tokens.redeem(token)
+
+    run(tmp_path, check)
+
+
+def test_the_refresh_tag_is_the_row_tag_of_every_field_under_its_own_label(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10)
+        alice = await account(core)
+        token, _ = await tokens.start(alice.user_id, 0)
+        t = await core.store.get_refresh(refresh_id(token))
+        assert t is not None
+        fields = (t.id, t.user_id, t.family, t.epoch, t.created, t.expires, t.used, t.revoked)
+        assert refresh_tag(core.keyring, t) == row_tag(core.keyring, t.key_id, b"refresh", *fields) == t.tag
+        assert refresh_tag(core.keyring, t) != row_tag(core.keyring, t.key_id, b"link", *fields)
+
+    run(tmp_path, scenario)
+
+
+def test_a_refresh_row_under_a_retired_master_key_is_refused(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> str:
+        alice = await account(core)
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10)
+        token, _ = await tokens.start(alice.user_id, 0)
+        return token
+
+    token = run(tmp_path, scenario)
+
+    async def check() -> None:
+        async with incore.core(tmp_path / "vault.db", incore.keyring(bytes(32), key_id=2)) as core:
+            tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10)
+            assert await tokens.find(token) is None
+
+    asyncio.run(check())
