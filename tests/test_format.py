@@ -752,7 +752,7 @@ def test_a_sealed_tail_matches_the_documented_layout_and_opens_where_it_was_seal
 def test_a_tail_opens_nowhere_else(offset: int) -> None:
     keys, tail = file_keys(), data_of(offset % S)
     blob = sfs.seal_tail(keys, FILE_ID, S, offset, ROOT, tail)
-    elsewhere: list[tuple[Any, ...]] = [
+    elsewhere: list[tuple[sfs.KeyPair, bytes, int, int, bytes]] = [
         (sfs.derive_file_keys(FILE_KEY, bytes(16)), FILE_ID, S, offset, ROOT),  # other keys
         (keys, bytes(16), S, offset, ROOT),  # another file
         (keys, FILE_ID, S, offset + S, ROOT),  # the same tail one segment on
