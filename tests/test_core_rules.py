@@ -460,3 +460,26 @@ def test_a_refresh_row_under_a_retired_master_key_is_refused(tmp_path: Path) -> 
             assert await tokens.find(token) is None
 
     asyncio.run(check())
+
+
+def test_a_row_rotated_twice_at_once_revokes_its_family(tmp_path: Path) -> None:
+    """Two refreshes that both redeemed the row before either rotated it: the second rotation
+    finds it used and revokes the session (including the first one's successor)."""
+
+    async def scenario(core: Core) -> None:
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10)
+        alice = await account(core)
+        token, family = await tokens.start(alice.user_id, 0)
+        bystander, other = await tokens.start(alice.user_id, 0)
+        row = await tokens.redeem(token)
+        successor = await tokens.rotate(row)
+        assert not await tokens.family_revoked(family)
+        with pytest.raises(RevokedToken):
+            await tokens.rotate(row)
+        assert await tokens.family_revoked(family)
+        with pytest.raises(RevokedToken):
+            await tokens.redeem(successor)
+        assert not await tokens.family_revoked(other)
+        assert (await tokens.redeem(bystander)).user_id == alice.user_id
+
+    run(tmp_path, scenario)
