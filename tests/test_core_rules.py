@@ -210,7 +210,7 @@ def test_unknown_and_oversized_refresh_tokens_are_invalid_and_ids_are_sha256(tmp
         alice = await account(core)
         token, _ = await tokens.start(alice.user_id, 0)
         assert await tokens.find(token) is not None
-        for other in ("x" * 43, "x" * (MAX_REFRESH_CHARS + 1), token + "x"):
+        for other in ("x" * 43, "x" * (MAX_REFRESH_CHARS + 1), token + "x", "\ud800" * 43):
             assert await tokens.find(other) is None
             with pytest.raises(InvalidToken):
                 await tokens.redeem(other)
