@@ -28,8 +28,9 @@ from vault.errors import (
     TooManyAttempts,
 )
 from vault.keys import row_tag
+from vault.rows import REFRESH
 from vault.sharing import MAX_DOWNLOADS, MAX_EXPIRY, PREVIEW_ALLOWANCE, link_budget
-from vault.tokens import MAX_REFRESH_CHARS, RefreshTokens, check_refresh_field, refresh_id, refresh_tag
+from vault.tokens import MAX_REFRESH_CHARS, RefreshTokens, check_refresh_field, refresh_id
 
 PASSWORD = "correct horse battery"
 
@@ -439,8 +440,8 @@ def test_the_refresh_tag_is_the_row_tag_of_every_field_under_its_own_label(tmp_p
         t = await core.store.get_refresh(refresh_id(token))
         assert t is not None
         fields = (t.id, t.user_id, t.family, t.epoch, t.created, t.expires, t.used, t.revoked)
-        assert refresh_tag(core.keyring, t) == row_tag(core.keyring, t.key_id, b"refresh", *fields) == t.tag
-        assert refresh_tag(core.keyring, t) != row_tag(core.keyring, t.key_id, b"link", *fields)
+        assert REFRESH.tag(core.keyring, t) == row_tag(core.keyring, t.key_id, b"refresh", *fields) == t.tag
+        assert REFRESH.tag(core.keyring, t) != row_tag(core.keyring, t.key_id, b"link", *fields)
 
     run(tmp_path, scenario)
 
