@@ -168,6 +168,9 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
         # the server-wide cap is small; the streaming handlers raise it in prepare(), after auth.
         max_body_size=SMALL_BODY_LIMIT,
         idle_connection_timeout=settings.idle_timeout,
+        # Every request body, whoever sends it, must arrive within body_timeout; handlers that
+        # stream a body watch it themselves (handlers/base.py BodyHandler.watch_body).
+        body_timeout=settings.body_timeout,
         chunk_size=BODY_CHUNK,
     )
     server.read_chunk_size = TLS_READ_SIZE  # TCPServer's attribute, given to each new stream
@@ -178,7 +181,9 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
     plain = None
     if settings.plain_http_port:
         # Loopback only, whatever `host` says: it exists to measure what TLS costs.
-        plain = tornado.httpserver.HTTPServer(app, max_body_size=SMALL_BODY_LIMIT, chunk_size=BODY_CHUNK)
+        plain = tornado.httpserver.HTTPServer(
+            app, max_body_size=SMALL_BODY_LIMIT, body_timeout=settings.body_timeout, chunk_size=BODY_CHUNK
+        )
         plain.listen(settings.plain_http_port, "127.0.0.1")
         log.warning("plain HTTP for benchmarks on http://127.0.0.1:%d", settings.plain_http_port)
     metrics = None

@@ -1,13 +1,11 @@
 """The base handler: collaborators, JSON responses, the one error mapping, and Bearer auth."""
 
 import asyncio
-import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import tornado.ioloop
 import tornado.web
@@ -49,6 +47,7 @@ from vault.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
+UPLOAD_BODY_DEADLINE = 10 * 365 * 86400.0  # an upload that keeps sending is never cut off
 STATUS: dict[type[VaultError], int] = {
     InputError: 400,
     AuthError: 401,
@@ -117,36 +116,11 @@ class Context:
     metrics: Metrics = field(default_factory=Metrics)
 
 
-H = TypeVar("H", bound="BaseHandler")
-
-
-def body_activity(
-    method: Callable[[H, bytes], Awaitable[None]],
-) -> Callable[[H, bytes], Awaitable[None]]:
-    """For ``data_received``: each chunk, and the time spent storing it, keeps the request
-    body's inactivity timer (``watch_body``) from firing."""
-
-    @functools.wraps(method)
-    async def wrapper(self: H, chunk: bytes) -> None:
-        self._body_busy = True
-        try:
-            await method(self, chunk)
-        finally:
-            self._body_busy = False
-            self._body_seen = tornado.ioloop.IOLoop.current().time()
-
-    return wrapper
-
-
 class BaseHandler(tornado.web.RequestHandler):
     # Methods whose every answer goes in the audit log, with the action to record them as.
     AUDITED: dict[str, str] = {}
 
-    _upload_slot: int | None = None
     _in_flight = False
-    _body_timer: object | None = None
-    _body_busy = False
-    _body_seen = 0.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A handler supports the methods it implements (unless it names them itself), so
@@ -177,49 +151,12 @@ class BaseHandler(tornado.web.RequestHandler):
         future.add_done_callback(self._left)
         return future
 
-    def take_upload_slot(self, user_id: int) -> None:
-        """Count this request among the user's uploads in progress (429 beyond the limit)
-        until it ends; ``_end_request`` gives the slot back exactly once."""
-        if self._upload_slot is None:
-            self.core.uploads.acquire(user_id)
-            self._upload_slot = user_id
-
-    def watch_body(self) -> None:
-        """Cut the request off if its body sends nothing for ``body_timeout`` seconds. A
-        per-request inactivity timer: a long body that keeps arriving is never cut."""
-        loop = tornado.ioloop.IOLoop.current()
-        self._body_seen = loop.time()
-        self._body_timer = loop.call_at(self._body_seen + self.config.body_timeout, self._check_body)
-
-    def _check_body(self) -> None:
-        self._body_timer = None
-        if self._finished or getattr(self.connection, "_read_finished", True):
-            return  # the whole body arrived
-        loop = tornado.ioloop.IOLoop.current()
-        deadline = self._body_seen + self.config.body_timeout
-        if self._body_busy or loop.time() < deadline:
-            # Storing a chunk is the server's time, not the client's: look again shortly.
-            self._body_timer = loop.call_at(max(deadline, loop.time() + 0.5), self._check_body)
-            return
-        self._failed = True
-        exc = BodyTimeout(f"Request body timed out: nothing arrived for {self.config.body_timeout} seconds")
-        self.log_exception(type(exc), exc, None)
-        if not self._headers_written:
-            self.send_error(408, exc_info=(type(exc), exc, None))  # the connection then closes
-        else:
-            self.connection.close()
-
-    def _end_request(self) -> None:
-        if self._body_timer is not None:
-            tornado.ioloop.IOLoop.current().remove_timeout(self._body_timer)
-            self._body_timer = None
-        if self._upload_slot is not None:
-            self.core.uploads.release(self._upload_slot)
-            self._upload_slot = None
+    def end_request(self) -> None:
+        """Hook: the request is over (answered, or its connection closed); may run twice."""
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
-        self._end_request()
+        self.end_request()
         self._left()
 
     @property
@@ -274,7 +211,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return access
 
     def on_finish(self) -> None:
-        self._end_request()
+        self.end_request()
         action = self.AUDITED.get(self.request.method or "")
         if action:
             # No path_args: Tornado refused to decode them (400 before prepare()).
@@ -380,7 +317,97 @@ class HeadersTooLargeHandler(BaseHandler):
 
 
 @tornado.web.stream_request_body
-class JSONBodyHandler(BaseHandler):
+class BodyHandler(BaseHandler):
+    """A handler that takes a request body, streamed as it arrives (Tornado's
+    ``stream_request_body``). It owns what every such handler needs, once:
+
+    - the one ``data_received`` error path: a chunk's error cannot reach ``write_error``
+      (Tornado would log it and drop the connection), so it is answered at once with the one
+      error mapping, ``drop_body`` undoes what was stored, and the rest of the body is ignored
+      (``failed``; the request method then does nothing);
+    - the body timer (``watch_body``): a body that sends nothing for ``body_timeout`` seconds
+      is answered 408 (or cut, once a reply started), and the request's slot and timer are
+      given back exactly once when it ends;
+    - the upload slot (``take_upload_slot``).
+
+    Override points: ``take_chunk`` (consume one chunk) and ``drop_body`` (after a failure).
+    Handlers without a body are not streamed: Tornado reads their (small, ``max_body_size``)
+    body itself within the server-wide ``body_timeout`` (run.py).
+    """
+
+    failed = False  # a chunk failed and was answered: ignore the rest of the body
+    _upload_slot: int | None = None
+    _body_timer: object | None = None
+    _body_busy = False
+    _body_seen = 0.0
+
+    async def take_chunk(self, chunk: bytes) -> None:
+        """Consume one chunk of the body (override)."""
+
+    async def drop_body(self) -> None:
+        """Undo what the body stored so far, after a failure (override)."""
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self.failed:
+            return
+        self._body_busy = True  # storing a chunk is the server's time, not the client's
+        try:
+            await self.take_chunk(chunk)
+        except Exception as exc:
+            self.failed = True
+            try:
+                await self.drop_body()
+            finally:
+                self.fail(exc)
+        finally:
+            self._body_busy = False
+            self._body_seen = tornado.ioloop.IOLoop.current().time()
+
+    def watch_body(self, *, upload: bool = False) -> None:
+        """Answer 408 if the body sends nothing for ``body_timeout`` seconds. An upload may
+        then take as long as it keeps sending; any other body must also arrive whole within
+        twice that (Tornado's own deadline, which closes without an answer)."""
+        timeout = self.config.body_timeout
+        self.connection.set_body_timeout(UPLOAD_BODY_DEADLINE if upload else 2.0 * timeout)
+        loop = tornado.ioloop.IOLoop.current()
+        self._body_seen = loop.time()
+        self._body_timer = loop.call_at(self._body_seen + timeout, self._check_body)
+
+    def take_upload_slot(self, user_id: int) -> None:
+        """Count this request among the user's uploads in progress (429 beyond the limit)
+        until it ends; ``end_request`` gives the slot back exactly once."""
+        if self._upload_slot is None:
+            self.core.uploads.acquire(user_id)
+            self._upload_slot = user_id
+
+    def _check_body(self) -> None:
+        self._body_timer = None
+        if self._finished or getattr(self.connection, "_read_finished", True):
+            return  # the whole body arrived
+        loop = tornado.ioloop.IOLoop.current()
+        deadline = self._body_seen + self.config.body_timeout
+        if self._body_busy or loop.time() < deadline:
+            # Storing a chunk is the server's time, not the client's: look again shortly.
+            self._body_timer = loop.call_at(max(deadline, loop.time() + 0.5), self._check_body)
+            return
+        self.failed = True
+        exc = BodyTimeout(f"Request body timed out: nothing arrived for {self.config.body_timeout} seconds")
+        self.log_exception(type(exc), exc, None)
+        if not self._headers_written:
+            self.send_error(408, exc_info=(type(exc), exc, None))  # the connection then closes
+        else:
+            self.connection.close()
+
+    def end_request(self) -> None:
+        if self._body_timer is not None:
+            tornado.ioloop.IOLoop.current().remove_timeout(self._body_timer)
+            self._body_timer = None
+        if self._upload_slot is not None:
+            self.core.uploads.release(self._upload_slot)
+            self._upload_slot = None
+
+
+class JSONBodyHandler(BodyHandler):
     """Reads a small JSON object body, refusing one over ``max_json_size`` before reading it."""
 
     def prepare(self) -> None:
@@ -390,8 +417,9 @@ class JSONBodyHandler(BaseHandler):
             raise TooLarge(f"Request body too large: JSON bodies are limited to {limit} bytes")
         self.connection.set_max_body_size(limit)
         self._body = bytearray()
+        self.watch_body()
 
-    def data_received(self, chunk: bytes) -> None:
+    async def take_chunk(self, chunk: bytes) -> None:
         self._body += chunk
 
     def json_body(self, empty_ok: bool = False) -> dict[str, Any]:

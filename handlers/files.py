@@ -14,7 +14,7 @@ from typing import Any
 import tornado.iostream
 import tornado.web
 
-from handlers.base import BaseHandler, body_activity
+from handlers.base import BaseHandler, BodyHandler
 from handlers.headers import declared_length
 from handlers.paging import paginate
 from handlers.ranges import if_range_holds, none_match, parse_range
@@ -70,14 +70,13 @@ def expected_digest(headers: Any) -> bytes | None:
     return None
 
 
-class UploadHandler(BaseHandler):
-    """Shared by both upload routes: auth and size checks in ``prepare``, clean-up on failure."""
+class UploadHandler(BodyHandler):
+    """Shared by both upload routes: auth and admission in ``prepare``, clean-up on failure."""
 
     upload: Upload | None = None
     slack = 0
 
     async def prepare(self) -> None:
-        self._failed = False
         self.identity: Identity = await self.authenticated()
         self.check_request()
         length = declared_length(self.request.headers)
@@ -88,7 +87,7 @@ class UploadHandler(BaseHandler):
         self.connection.set_max_body_size(limit + self.slack + CHUNK_ALLOWANCE)
         self.digest = expected_digest(self.request.headers)
         self.take_upload_slot(self.identity.user_id)
-        self.watch_body()
+        self.watch_body(upload=True)
 
     def check_request(self) -> None:
         """Route-specific checks made before any of the body is read."""
@@ -97,12 +96,9 @@ class UploadHandler(BaseHandler):
         assert self.upload is not None
         await self.upload.write(data)
 
-    async def fail_upload(self, exc: BaseException) -> None:
-        """Data errors cannot propagate out of data_received: answer now and drop what was staged."""
-        self._failed = True
+    async def drop_body(self) -> None:
         if self.upload is not None:
             await self.upload.abort()
-        self.fail(exc)
 
     async def commit(self, name: str) -> None:
         assert self.upload is not None
@@ -123,7 +119,6 @@ class UploadHandler(BaseHandler):
             asyncio.ensure_future(self.upload.abort())
 
 
-@tornado.web.stream_request_body
 class RawUploadHandler(UploadHandler):
     """``PUT /upload/<filename>`` with the file as the body (``curl -T``)."""
 
@@ -134,21 +129,14 @@ class RawUploadHandler(UploadHandler):
     def check_request(self) -> None:
         check_new_filename(self.path_args[0])
 
-    @body_activity
-    async def data_received(self, chunk: bytes) -> None:
-        if self._failed:
-            return
-        try:
-            await self.write_body(chunk)
-        except Exception as exc:
-            await self.fail_upload(exc)
+    async def take_chunk(self, chunk: bytes) -> None:
+        await self.write_body(chunk)
 
     async def put(self, name: str) -> None:
-        if not self._failed:
+        if not self.failed:
             await self.commit(name)
 
 
-@tornado.web.stream_request_body
 class MultipartUploadHandler(UploadHandler):
     """``POST /upload`` with multipart/form-data, the file in the field ``file`` (``curl -F``)."""
 
@@ -166,15 +154,9 @@ class MultipartUploadHandler(UploadHandler):
         self.filename: str | None = None
         self.in_file = False
 
-    @body_activity
-    async def data_received(self, chunk: bytes) -> None:
-        if self._failed:
-            return
-        try:
-            for event in self.parser.feed(chunk):
-                await self._event(event)
-        except Exception as exc:
-            await self.fail_upload(exc)
+    async def take_chunk(self, chunk: bytes) -> None:
+        for event in self.parser.feed(chunk):
+            await self._event(event)
 
     async def _event(self, event: object) -> None:
         if isinstance(event, PartStart):
@@ -193,7 +175,7 @@ class MultipartUploadHandler(UploadHandler):
             self.in_file = False
 
     async def post(self) -> None:
-        if self._failed:
+        if self.failed:
             return
         self.parser.finish()
         if self.filename is None:
@@ -218,7 +200,20 @@ class FileSender(BaseHandler):
     def body_done(self) -> None:
         """Called when the whole body was sent."""
 
-    async def send_file(self, download: Download, send_body: bool) -> None:
+    _abandoned = False  # the response was cut short (the client left, or a segment failed)
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> "asyncio.Future[None]":
+        """As Tornado's, except for a response cut short: that one is over, not finished."""
+        if self._abandoned:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return super().finish(chunk)
+
+    async def send_file(self, download: Download, send_body: bool | None = None) -> None:
+        """Send ``download`` (then close it); without ``send_body``, HEAD gets no body."""
+        if send_body is None:
+            send_body = self.request.method != "HEAD"
         try:
             await self._send(download, send_body)
         finally:
@@ -255,7 +250,7 @@ class FileSender(BaseHandler):
         self.before_body(end - start, info.size)
         if send_body:
             await self._stream(download.read(start, end))
-        if not self._finished:
+        if not self._abandoned and not self._finished:
             self.body_done()
             self.finish()
 
@@ -266,13 +261,13 @@ class FileSender(BaseHandler):
                 await self.flush()
                 self.chunk_sent(len(chunk))
         except tornado.iostream.StreamClosedError:
-            self._finished = True  # the client went away
+            self._abandoned = True  # the client went away
         except IntegrityError:
             if not self._headers_written:
                 raise
             # Headers are out: abort so the client sees a short body, never altered bytes.
+            self._abandoned = True
             self.connection.close()
-            self._finished = True
 
 
 class DownloadHandler(FileSender):
@@ -281,14 +276,10 @@ class DownloadHandler(FileSender):
     AUDITED = {"GET": "download"}
 
     async def get(self, name: str) -> None:
-        await self.send_file(
-            await self.files.open((await self.authenticated()).user_id, name), send_body=True
-        )
+        await self.send_file(await self.files.open((await self.authenticated()).user_id, name))
 
     async def head(self, name: str) -> None:
-        await self.send_file(
-            await self.files.open((await self.authenticated()).user_id, name), send_body=False
-        )
+        await self.get(name)  # as GET, without the body (send_file looks at the method)
 
 
 class ListHandler(BaseHandler):

@@ -15,10 +15,9 @@ import hashlib
 import hmac
 import logging
 
-import tornado.web
 from tornado.httputil import HTTPServerRequest
 
-from handlers.base import BaseHandler, body_activity
+from handlers.base import BodyHandler
 from handlers.files import CHUNK_ALLOWANCE, file_json
 from handlers.headers import declared_length, parse_length
 from vault.errors import (
@@ -88,7 +87,7 @@ def apply_method_override(request: HTTPServerRequest) -> None:
         request.method = override
 
 
-class TusHandler(BaseHandler):
+class TusHandler(BodyHandler):
     """Protocol headers, OPTIONS discovery, and the body streaming both write routes share."""
 
     session: ResumedUpload | None = None
@@ -121,20 +120,17 @@ class TusHandler(BaseHandler):
         self.checksum = checksum[1] if checksum else None
         self.body_sha = hashlib.new(checksum[0]) if checksum else None
         self.connection.set_max_body_size(remaining + CHUNK_ALLOWANCE)
-        self._failed = False
 
-    @body_activity
-    async def data_received(self, chunk: bytes) -> None:
-        if self.session is None or self._failed:
+    async def take_chunk(self, chunk: bytes) -> None:
+        if self.session is None:
             return
-        try:
-            if self.body_sha is not None:
-                self.body_sha.update(chunk)
-            await self.session.write(chunk)
-        except Exception as exc:
-            self._failed = True
+        if self.body_sha is not None:
+            self.body_sha.update(chunk)
+        await self.session.write(chunk)
+
+    async def drop_body(self) -> None:
+        if self.session is not None:
             await self.session.discard()
-            self.fail(exc)
 
     async def save_body(self) -> int:
         """Keep what arrived (unless its checksum fails) and return the new offset."""
@@ -172,7 +168,6 @@ class TusHandler(BaseHandler):
         self.set_header("Upload-Expires", email.utils.formatdate(upload.expires, usegmt=True))
 
 
-@tornado.web.stream_request_body
 class TusCreateHandler(TusHandler):
     """``POST /tus``: Upload-Length and Upload-Metadata (``filename``) create an upload."""
 
@@ -207,9 +202,8 @@ class TusCreateHandler(TusHandler):
         self.upload = await self.files.resumables.create(identity.user_id, name, length, raw_metadata)
         if has_body or length == 0:
             self.session = await self.files.resumables.resume(identity.user_id, self.upload.tus_id, 0)
-        self._failed = False
         if has_body:
-            self.watch_body()
+            self.watch_body(upload=True)
 
     async def interrupted(self, session: ResumedUpload) -> None:
         """The client never learnt the upload's URL, so it could not resume it: remove it."""
@@ -228,7 +222,7 @@ class TusCreateHandler(TusHandler):
             pass
 
     async def post(self) -> None:
-        if self._failed:
+        if self.failed:
             return
         offset = await self.save_body() if self.session is not None else 0
         self.set_header("Location", f"{self.request.protocol}://{self.request.host}/tus/{self.upload.tus_id}")
@@ -239,7 +233,6 @@ class TusCreateHandler(TusHandler):
         self.write_json(201, body)
 
 
-@tornado.web.stream_request_body
 class TusUploadHandler(TusHandler):
     """``HEAD``, ``PATCH`` and ``DELETE /tus/<id>``."""
 
@@ -260,7 +253,7 @@ class TusUploadHandler(TusHandler):
             self.session = await self.files.resumables.resume(
                 self.identity.user_id, self.path_args[0], offset
             )
-            self.watch_body()
+            self.watch_body(upload=True)
         else:
             self.connection.set_max_body_size(0)
 
@@ -274,7 +267,7 @@ class TusUploadHandler(TusHandler):
         self.finish()
 
     async def patch(self, tus_id: str) -> None:
-        if self._failed or self.session is None:
+        if self.failed or self.session is None:
             return
         offset = await self.save_body()
         self.upload_headers(self.session.state, offset)

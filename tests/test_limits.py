@@ -177,3 +177,38 @@ def test_idle_connection_without_request_is_closed(fresh_server: Server) -> None
         pass
     assert time.monotonic() - started < 5
     sock.close()
+
+
+def partial_body(server: Server, method: str, path: str) -> ssl.SSLSocket:
+    """An anonymous request that declares a 100-byte body and sends 10 bytes of it."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    sock = open_tls(server)
+    sock.sendall((head + "Content-Length: 100\r\n\r\n").encode() + b'{"username"')
+    return sock
+
+
+def test_every_partial_body_is_cut_off_anonymous_included(fresh_server: Server) -> None:
+    """body_timeout holds for every request body, not only uploads: JSON routes, public links and
+    unknown paths answer 408 or close; nothing waits for the rest of the body."""
+    fresh_server.env = {"VAULT_BODY_TIMEOUT": "1"}
+    server = fresh_server.start()
+    routes = [
+        ("POST", "/login"),
+        ("POST", "/register"),
+        ("POST", "/token/refresh"),
+        ("POST", "/s/" + "A" * 24),
+        ("GET", "/s/" + "A" * 24),
+        ("POST", "/no/such/path"),
+        ("PUT", "/files"),
+    ]
+    sockets = [(route, partial_body(server, *route)) for route in routes for _ in range(5)]
+    answers: dict[tuple[str, str], set[int]] = {}
+    for route, sock in sockets:
+        try:
+            status = read_response(sock, timeout=30)[0]  # a timeout here: the body was still awaited
+        finally:
+            sock.close()
+        answers.setdefault(route, set()).add(status)
+    assert all(statuses <= {408, 0} for statuses in answers.values()), answers
+    assert answers[("POST", "/login")] == {408}  # a handler that reads the body says why
+    assert server.request("GET", "/health").status == 200
