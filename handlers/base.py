@@ -48,6 +48,7 @@ from vault.throttle import LoginThrottle
 log = logging.getLogger(__name__)
 
 UPLOAD_BODY_DEADLINE = 10 * 365 * 86400.0  # an upload that keeps sending is never cut off
+DRAIN_LIMIT = 16 * 1024 * 1024  # body bytes read and dropped after an early answer, then close
 STATUS: dict[type[VaultError], int] = {
     InputError: 400,
     AuthError: 401,
@@ -341,6 +342,12 @@ class BodyHandler(BaseHandler):
     _body_busy = False
     _body_seen = 0.0
 
+    # Set where every request method does nothing once ``failed`` (the upload handlers): an
+    # error answered while the body is still coming is then followed by draining the body.
+    DRAIN_AFTER_ERROR = False
+    _answered_early = False
+    _drained = 0
+
     async def take_chunk(self, chunk: bytes) -> None:
         """Consume one chunk of the body (override)."""
 
@@ -349,6 +356,9 @@ class BodyHandler(BaseHandler):
 
     async def data_received(self, chunk: bytes) -> None:
         if self.failed:
+            self._drained += len(chunk)
+            if self._drained > DRAIN_LIMIT:
+                self.connection.close()  # the client had the answer and went on sending
             return
         self._body_busy = True  # storing a chunk is the server's time, not the client's
         try:
@@ -362,6 +372,41 @@ class BodyHandler(BaseHandler):
         finally:
             self._body_busy = False
             self._body_seen = tornado.ioloop.IOLoop.current().time()
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """An error while the client is still sending the body it did not announce with
+        ``Expect: 100-continue``: closing now would reset the connection under the answer
+        (curl: exit 55, status 000). So the answer goes out whole, the rest of the body is
+        read and dropped (at most DRAIN_LIMIT bytes, and within the body timer), and the
+        request ends when the body does or when the client, answered, closes."""
+        if self.DRAIN_AFTER_ERROR and self._body_coming() and not self._headers_written:
+            self._answered_early = self.failed = True
+            # Tornado would refuse a body over the small default cap outright: the drain,
+            # not that cap, bounds what is read now.
+            self.connection.set_max_body_size(2**63 - 1)
+            if self._body_timer is None:
+                self.watch_body()
+        super().send_error(status_code, **kwargs)
+
+    def _body_coming(self) -> bool:
+        unread = not getattr(self.connection, "_read_finished", True)
+        return unread and self.request.headers.get("Expect", "").lower() != "100-continue"
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> "asyncio.Future[None]":
+        if self._answered_early and self._body_coming():
+            # Out now, complete (Content-Length), but the request goes on reading its body.
+            if not self._headers_written:
+                body = json.dumps(chunk) if isinstance(chunk, dict) else chunk or b""
+                body = body.encode() if isinstance(body, str) else body
+                self.set_header("Content-Length", str(len(body)))
+                self.write(body)
+            return self.flush()
+        return super().finish(chunk)
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if self._answered_early and not self._finished:
+            super().finish()  # the client closed once answered: log and audit the answer
 
     def watch_body(self, *, upload: bool = False) -> None:
         """Answer 408 if the body sends nothing for ``body_timeout`` seconds. An upload may

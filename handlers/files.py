@@ -73,6 +73,7 @@ def expected_digest(headers: Any) -> bytes | None:
 class UploadHandler(BodyHandler):
     """Shared by both upload routes: auth and admission in ``prepare``, clean-up on failure."""
 
+    DRAIN_AFTER_ERROR = True  # put() and post() do nothing once failed
     upload: Upload | None = None
     slack = 0
 

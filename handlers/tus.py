@@ -90,6 +90,7 @@ def apply_method_override(request: HTTPServerRequest) -> None:
 class TusHandler(BodyHandler):
     """Protocol headers, OPTIONS discovery, and the body streaming both write routes share."""
 
+    DRAIN_AFTER_ERROR = True  # post() and patch() do nothing once failed
     session: ResumedUpload | None = None
 
     def set_default_headers(self) -> None:

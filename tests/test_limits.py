@@ -1,8 +1,11 @@
 """Issue 6 limits: concurrent uploads per user (429) and stalled request bodies (408)."""
 
 import json
+import shutil
 import ssl
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +215,68 @@ def test_every_partial_body_is_cut_off_anonymous_included(fresh_server: Server) 
     assert all(statuses <= {408, 0} for statuses in answers.values()), answers
     assert answers[("POST", "/login")] == {408}  # a handler that reads the body says why
     assert server.request("GET", "/health").status == 200
+
+
+def whole_put(server: Server, token: str, name: str, size: int) -> tuple[int, bytes]:
+    """A PUT that sends its whole body at once, without Expect: 100-continue, then reads the
+    answer (0: the connection was reset or closed under it)."""
+    head = (
+        f"PUT /upload/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Length: {size}\r\n\r\n"
+    )
+    sock = open_tls(server)
+    try:
+        sock.sendall(head.encode() + b"x" * size)
+        status, _, body = read_response(sock, timeout=30)
+    except (ConnectionError, ssl.SSLError):
+        return 0, b""
+    finally:
+        sock.close()
+    return status, body
+
+
+def test_upload_refused_before_its_body_is_read_still_gets_its_answer(fresh_server: Server) -> None:
+    """429 (uploads_per_user) and 413 (quota) are decided before the body is read; a client
+    sending the body without waiting for 100 Continue must still read the answer, not a reset."""
+    fresh_server.env = {"VAULT_UPLOADS_PER_USER": "1", "VAULT_USER_QUOTA": str(6 * 1024 * 1024)}
+    server = fresh_server.start()
+    _, token = server.new_user()
+    held = partial_put(server, token, "held.bin")  # takes the only slot
+    try:
+        for _ in range(3):
+            status, body = whole_put(server, token, "second.bin", 4 * 1024 * 1024)
+            assert status == 429, body
+            assert json.loads(body) == {"message": json.loads(body)["message"], "status": 429}
+    finally:
+        held.close()
+    for _ in range(3):
+        status, body = whole_put(server, token, "big.bin", 8 * 1024 * 1024)
+        assert status == 413, body
+        assert json.loads(body)["message"].startswith("Quota exceeded")
+    assert server.put_file(token, "small.bin", b"fits").status == 201  # the connection state is clean
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the curl binary is not installed")
+@pytest.mark.parametrize("expect", ["100-continue", ""])
+def test_curl_prints_the_413_with_and_without_expect(
+    fresh_server: Server, tmp_path: Path, expect: str
+) -> None:
+    fresh_server.env = {"VAULT_USER_QUOTA": "1000000"}
+    server = fresh_server.start()
+    _, token = server.new_user()
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * (16 * 1024 * 1024))
+    for _ in range(4):
+        done = subprocess.run(
+            ["curl", "-sS", "--cacert", str(server.cert), "-H", f"Authorization: Bearer {token}",
+             "-H", f"Expect: {expect}", "-T", str(big), "-w", "\n%{http_code}",
+             f"{server.url}/upload/big.bin"],
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr  # not 55 (send failure) after a reset
+        body, _, status = done.stdout.rpartition(b"\n")
+        assert status == b"413"
+        assert json.loads(body) == {
+            "message": "Quota exceeded: 1000000 bytes of your quota are left",
+            "status": 413,
+        }
