@@ -212,7 +212,8 @@ def test_every_partial_body_is_cut_off_anonymous_included(fresh_server: Server) 
         finally:
             sock.close()
         answers.setdefault(route, set()).add(status)
-    assert all(statuses <= {408, 0} for statuses in answers.values()), answers
+    # 408, an error decided before the body (413: GET /s/... takes none), or closed: not held.
+    assert all(statuses <= {408, 413, 0} for statuses in answers.values()), answers
     assert answers[("POST", "/login")] == {408}  # a handler that reads the body says why
     assert server.request("GET", "/health").status == 200
 
