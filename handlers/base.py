@@ -381,6 +381,7 @@ class BodyHandler(BaseHandler):
         request ends when the body does or when the client, answered, closes."""
         if self.DRAIN_AFTER_ERROR and self._body_coming() and not self._headers_written:
             self._answered_early = self.failed = True
+            self._release_slot()  # only draining is left: the next upload may start now
             # Tornado would refuse a body over the small default cap outright: the drain,
             # not that cap, bounds what is read now.
             self.connection.set_max_body_size(2**63 - 1)
@@ -447,6 +448,9 @@ class BodyHandler(BaseHandler):
         if self._body_timer is not None:
             tornado.ioloop.IOLoop.current().remove_timeout(self._body_timer)
             self._body_timer = None
+        self._release_slot()
+
+    def _release_slot(self) -> None:
         if self._upload_slot is not None:
             self.core.uploads.release(self._upload_slot)
             self._upload_slot = None

@@ -81,13 +81,15 @@ class UploadHandler(BodyHandler):
         self.identity: Identity = await self.authenticated()
         self.check_request()
         length = declared_length(self.request.headers)
+        self.digest = expected_digest(self.request.headers)
+        # The slot before the reservation, and nothing that can fail after it: a request
+        # refused here holds no quota while its body drains (see BodyHandler.send_error).
+        self.take_upload_slot(self.identity.user_id)
         self.upload = await self.files.begin_upload(self.identity.user_id, length, slack=self.slack)
         limit = self.upload.max_size
         assert limit is not None
         # Tornado's own cap (a bare 400) sits one chunk above ours, so ours answers first: 413.
         self.connection.set_max_body_size(limit + self.slack + CHUNK_ALLOWANCE)
-        self.digest = expected_digest(self.request.headers)
-        self.take_upload_slot(self.identity.user_id)
         self.watch_body(upload=True)
 
     def check_request(self) -> None:
