@@ -421,3 +421,30 @@ def test_errors_from_the_server_are_shown_for_413_quota_and_429(
         assert message.startswith("Too many") and "429" not in message
     finally:
         srv.stop()
+
+
+def test_register_with_an_invite_code_when_the_server_asks_for_one(
+    tabs: Callable[..., Tab], tmp_path: Path
+) -> None:
+    srv = Server(tmp_path / "invite", env={"VAULT_REGISTRATION": "invite"}).start()
+    try:
+        done = srv.admin("invite")
+        assert done.returncode == 0, done.stderr
+        code = done.stdout.decode().strip().splitlines()[-1]
+        tab = tabs(srv)
+        tab.allowed = NETWORK_ERRORS  # the 403 of the attempt without a code
+        page = tab.open()
+        assert not page.is_visible("#invite")  # signing in asks for no code
+        page.click("#signin-toggle")
+        name = "u" + uuid.uuid4().hex[:10]
+        page.fill("#username", name)
+        page.fill("#password", PASSWORD)
+        page.click("#signin-submit")
+        page.wait_for_selector("#error:not(.hidden)")
+        assert "invite" in page.text_content("#error").lower()  # the server's message, shown
+        page.fill("#invite", code)
+        page.click("#signin-submit")
+        page.wait_for_selector("#files:not(.hidden)")
+        assert page.text_content("#who") == name
+    finally:
+        srv.stop()

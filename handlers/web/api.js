@@ -76,8 +76,10 @@ export async function signIn(user, password) {
   adopt(await sessionCall("", { username: user, password }));
 }
 
-export async function register(user, password) {
-  await call("POST", "/register", { json: { username: user, password }, anonymous: true });
+export async function register(user, password, invite) {
+  const json = { username: user, password };
+  if (invite) json.invite = invite; // registration: invite (the default) asks for one
+  await call("POST", "/register", { json, anonymous: true });
 }
 
 // Renew with the refresh cookie. Refresh tokens rotate, and presenting a used one ends the

@@ -97,6 +97,8 @@ $("signin-toggle").addEventListener("click", () => {
   $("signin-submit").textContent = registering ? "Create account" : "Sign in";
   $("signin-toggle").textContent = registering ? "I have an account" : "Create an account";
   $("password").autocomplete = registering ? "new-password" : "current-password";
+  show("invite-label", registering);
+  show("invite", registering);
 });
 
 $("signin-form").addEventListener("submit", (e) => {
@@ -104,7 +106,7 @@ $("signin-form").addEventListener("submit", (e) => {
   guarded(async () => {
     const user = $("username").value;
     const password = $("password").value;
-    if (registering) await api.register(user, password);
+    if (registering) await api.register(user, password, $("invite").value.trim());
     await api.signIn(user, password);
     $("password").value = "";
     signedIn();
