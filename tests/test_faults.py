@@ -33,7 +33,17 @@ import pytest
 
 from storage.sqlite import SQLiteStore
 from tests.server import Server
-from tests.test_tus import create, listing, offset_of, patch, payload
+from tests.test_tus import (
+    assert_patched,
+    assert_stored,
+    create,
+    create_path,
+    cut_off_patch,
+    listing,
+    offset_of,
+    patch,
+    payload,
+)
 from vault.errors import OffsetMismatch
 from vault.store import Resumable
 
@@ -156,6 +166,32 @@ def test_a_write_from_an_old_offset_never_replaces_a_saved_segment(tmp_path: Pat
     with closing(sqlite3.connect(db)) as conn:
         rows = conn.execute("SELECT idx, data FROM segments ORDER BY idx").fetchall()
     assert rows == [(0, b"saved"), (1, b"saved"), (2, b"the partial one"), (3, b"beyond")]
+
+
+def test_head_right_after_a_cut_off_patch_reports_the_offset_the_next_patch_needs(
+    fresh_server: Server,
+) -> None:
+    """A PATCH cut off mid-body saves what arrived after its connection is gone. A HEAD asked
+    meanwhile used to answer the old offset, and the PATCH at that offset got 409 (another
+    request is writing) or, once the save ended, 409 (wrong offset). HEAD waits for that save:
+    here it cannot end while another process holds the database's write lock."""
+    server = fresh_server
+    server.env["VAULT_BUSY_TIMEOUT"] = "60"
+    server.start()
+    _, token = server.new_user()
+    data = payload(3 * MiB, seed=11)
+    path = create_path(server, token, "cut.bin", len(data), body=data[:100])
+    answers: list[int] = []
+    head = threading.Thread(target=lambda: answers.append(offset_of(server, token, path)))
+    with outside_write_lock(server):
+        cut_off_patch(server, token, path, 100, len(data) - 100, data[100:5100])  # the server hung up
+        head.start()
+        head.join(timeout=3)
+        assert answers == [], "HEAD answered before the cut-off PATCH's bytes were saved"
+    head.join(timeout=60)
+    assert answers == [5100]
+    assert_patched(patch(server, token, path, 5100, data[5100:]), len(data))
+    assert_stored(server, token, "cut.bin", data)
 
 
 # --------------------------------------------------------------------------- busy and partial failures

@@ -1,6 +1,7 @@
 """Resumable (tus) uploads: created with a wrapped key and an authenticated description, then
 appended to by one request at a time (docs/FORMAT.md, "Resumable uploads")."""
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -25,6 +26,9 @@ class Resumables:
         self._pipe = pipe
         self.ttl = ttl
         self._busy: set[str] = set()  # uploads a request is writing to right now
+        # uploads whose request stopped receiving (ended or cut off) and is saving what arrived:
+        # set when that save is over, so a HEAD or PATCH asked meanwhile waits for its offset
+        self._saving: dict[str, asyncio.Event] = {}
         # tus_id -> (offset, SHA-256 of the segments before it, last used): saves re-reading them
         self._hashes: dict[str, tuple[int, hashlib._Hash, float]] = {}
 
@@ -68,8 +72,21 @@ class Resumables:
         )
 
     async def state(self, owner: int, tus_id: str) -> UploadState:
-        """Where the owner's upload stands (verified)."""
+        """Where the owner's upload stands (verified), once a save under way has ended: the
+        offset a PATCH will be accepted at."""
+        await self.settled(tus_id)
         return UploadState.of(await self.get(owner, tus_id))
+
+    def saving(self, tus_id: str) -> None:
+        """The request writing ``tus_id`` stopped receiving and saves what arrived."""
+        self._saving.setdefault(tus_id, asyncio.Event())
+
+    async def settled(self, tus_id: str) -> None:
+        """Wait until no save of ``tus_id`` is under way (a request still receiving is not
+        waited for: it may go on for as long as its client sends)."""
+        saving = self._saving.get(tus_id)
+        if saving is not None:
+            await saving.wait()
 
     async def get(self, owner: int, tus_id: str) -> Resumable:
         upload = await self._pipe.store.get_resumable(owner, tus_id)
@@ -120,6 +137,9 @@ class Resumables:
     def end(self, upload: Resumable) -> None:
         """A request stopped writing to ``upload``; pair with each successful ``resume``."""
         self._busy.discard(upload.tus_id)
+        saving = self._saving.pop(upload.tus_id, None)
+        if saving is not None:
+            saving.set()
         self._pipe.pins.release(upload.file_id)
 
     def completed(self, upload: Resumable) -> None:
@@ -216,6 +236,7 @@ class ResumedUpload:
         if self._done:
             raise RuntimeError("resumed upload already saved or discarded")
         resumable = self.resumable
+        self._uploads.saving(resumable.tus_id)
         try:
             if self._upload.size == resumable.length:
                 self.info = await self._upload.finish(resumable.name)
@@ -228,6 +249,7 @@ class ResumedUpload:
     async def discard(self) -> None:
         """Forget what this request sent: the stored offset stays where it was."""
         if not self._done:
+            self._uploads.saving(self.resumable.tus_id)
             try:
                 await self._upload.checkpoint()  # let segment writes under way finish first
             finally:
