@@ -42,15 +42,24 @@ def server_message(response: httpx.Response) -> str:
     """The server's one-line ``message``, or the status when the body says nothing useful."""
     try:
         response.read()
-        body = json.loads(response.content[:65536])
+        content = response.content[:65536]
+    except httpx.HTTPError:
+        content = b""
+    return body_message(response.status_code, response.reason_phrase, content)
+
+
+def body_message(status: int, reason: str, content: bytes) -> str:
+    """``message`` from an error answer's JSON body, in one line with the status."""
+    try:
+        body = json.loads(content)
         message = body.get("message") if isinstance(body, dict) else None
-    except (ValueError, httpx.HTTPError):
+    except ValueError:
         message = None
-    text = str(message) if message else response.reason_phrase or "error"
-    return f"{text} (HTTP {response.status_code})".replace("\n", " ")
+    text = str(message) if message else reason or "error"
+    return f"{text} (HTTP {status})".replace("\n", " ")
 
 
-def transport_message(url: str, exc: httpx.TransportError) -> str:
+def transport_message(url: str, exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return f"cannot verify {url}'s TLS certificate ({text}); trust its CA with --cacert or VAULT_CACERT"
@@ -67,13 +76,17 @@ def tls_context(cacert: str | None) -> ssl.SSLContext:
         raise CliError(f"cannot use the CA file {cacert}: {exc}") from None
 
 
-def make_http(base_url: str, cacert: str | None) -> httpx.Client:
+def user_agent() -> str:
+    return f"vault-cli/{version()}"
+
+
+def make_http(base_url: str, tls: ssl.SSLContext) -> httpx.Client:
     """httpx honours HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY (``trust_env``)."""
     return httpx.Client(
         base_url=base_url,
-        verify=tls_context(cacert),
+        verify=tls,
         timeout=TIMEOUT,
-        headers={"User-Agent": f"vault-cli/{version()}"},
+        headers={"User-Agent": user_agent()},
         trust_env=True,
         follow_redirects=False,
     )
@@ -87,7 +100,8 @@ class Session:
         self.creds = creds
         self.url = creds.url
         self.sent_token: str | None = None
-        self.http = make_http(creds.url, cacert or os.environ.get("VAULT_CACERT") or creds.cacert)
+        self.tls = tls_context(cacert or os.environ.get("VAULT_CACERT") or creds.cacert)
+        self.http = make_http(creds.url, self.tls)
 
     @classmethod
     def open(cls, store: Store, cacert: str | None = None) -> "Session":

@@ -1,6 +1,8 @@
 """``vault get``: streamed downloads that resume, never splice versions, and verify.
 
-Bytes go to ``PATH.part`` and become ``PATH`` only when the whole file's SHA-256 equals the
+The body arrives on the lean path of ``vaultcli.fetch`` (http.client, 1 MiB ``readinto`` into
+one reusable buffer), then is hashed and written in those 1 MiB blocks with ``os``-level
+writes. Bytes go to ``PATH.part`` and become ``PATH`` only when the whole file's SHA-256 equals the
 server's ``Repr-Digest``. The ETag the download started with is saved (state file) before the
 first byte is written; a later run resumes with ``Range`` and ``If-Range: <that ETag>``, so a
 file replaced meanwhile comes back whole (200) and the download starts again instead of
@@ -9,18 +11,21 @@ answer is read as a message, never written to the file. A mismatching digest kee
 ``.part`` file and exits with the integrity status.
 """
 
+import contextlib
 import hashlib
 import os
 import re
+import ssl
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote
 
 import httpx
 
-from vaultcli.client import Session, server_message, transport_message
+from vaultcli import fetch
+from vaultcli.client import Session, body_message, transport_message, user_agent
 from vaultcli.errors import CliError, IntegrityFailure, LoginNeeded
 from vaultcli.progress import Progress
 from vaultcli.upload import BLOCK, Backoff, hash_prefix, repr_digest
@@ -33,9 +38,11 @@ _FILENAME = re.compile(r'filename\s*=\s*"([^"]*)"', re.IGNORECASE)
 @dataclass
 class Source:
     """Where the file comes from: ``path`` on ``http`` (a session's client, or a plain one for
-    a public link), and ``key``, which names it in the state file."""
+    a public link; its base URL and ``tls`` serve the lean GET), and ``key``, which names it in
+    the state file."""
 
     http: httpx.Client
+    tls: ssl.SSLContext
     path: str
     key: str
     session: Session | None = None
@@ -45,6 +52,38 @@ class Source:
     def auth(self) -> Any:
         """A link's password as HTTP Basic with an empty user name, or the client default."""
         return httpx.BasicAuth("", self.password) if self.password is not None else httpx.USE_CLIENT_DEFAULT
+
+    def headers(self) -> dict[str, str]:
+        """What every GET carries: a fresh access token, or the link's password."""
+        headers = {"Accept": "*/*", "User-Agent": user_agent()}
+        if self.session is not None:
+            headers["Authorization"] = f"Bearer {self.session.token()}"
+        elif self.password is not None:
+            headers["Authorization"] = fetch.basic_auth(self.password)
+        return headers
+
+    @contextlib.contextmanager
+    def get(self, headers: dict[str, str]) -> Iterator[fetch.Reply]:
+        with fetch.get(str(self.http.base_url), self.tls, self.path, headers) as reply:
+            yield reply
+
+
+def reply_message(reply: fetch.Reply) -> str:
+    return body_message(reply.status_code, reply.reason_phrase, reply.error_body())
+
+
+def pour(reply: fetch.Reply, out: IO[bytes], digest: "hashlib._Hash", progress: Progress) -> int:
+    """The body into ``out`` (unbuffered) and ``digest``, 1 MiB at a time; its length."""
+    buffer = memoryview(bytearray(BLOCK))
+    size = 0
+    while n := reply.readinto(buffer):
+        block = buffer[:n]
+        digest.update(block)
+        while block:
+            block = block[out.write(block) or 0 :]
+        size += n
+        progress.advance(n)
+    return size
 
 
 def disposition_name(header: str) -> str | None:
@@ -96,7 +135,7 @@ class Download:
         while True:
             try:
                 result = self._attempt(etag, offset)
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, fetch.FetchError) as exc:
                 self.backoff.wait(transport_message(str(self.source.http.base_url), exc))
                 etag = self._saved_etag()
                 offset = os.path.getsize(self.part) if etag else 0
@@ -106,29 +145,26 @@ class Download:
             etag, offset = None, 0  # a new version: start again
 
     def _headers(self, etag: str | None, offset: int) -> dict[str, str]:
-        headers = {"Accept": "*/*"}
+        headers = self.source.headers()
         if etag and offset:
             headers.update({"Range": f"bytes={offset}-", "If-Range": etag})
-        if self.source.session is not None:
-            headers["Authorization"] = f"Bearer {self.source.session.token()}"
         return headers
 
     def _attempt(self, etag: str | None, offset: int, renewed: bool = False) -> dict[str, Any] | None:
-        auth = self.source.auth
         headers = self._headers(etag, offset)
-        with self.source.http.stream("GET", self.source.path, headers=headers, auth=auth) as r:
+        with self.source.get(headers) as r:
             if r.status_code == 416 and etag:
                 return self._complete_already(etag, offset)
             if r.status_code == 401 and self.source.session is not None and not renewed:
                 self.source.session.token(rejected=headers["Authorization"].removeprefix("Bearer "))
                 return self._attempt(etag, offset, renewed=True)
             if r.status_code == 401 and self.source.session is not None:
-                raise LoginNeeded(f"{server_message(r)}: run `vault login` again")
+                raise LoginNeeded(f"{reply_message(r)}: run `vault login` again")
             if r.status_code >= 500:
-                self.backoff.wait(server_message(r))
+                self.backoff.wait(reply_message(r))
                 return self._attempt(self._saved_etag(), offset)
             if r.status_code not in (200, 206):
-                raise CliError(server_message(r))  # the error body never reaches the file
+                raise CliError(reply_message(r))  # the error body never reaches the file
             new_etag = r.headers.get("ETag", "")
             if r.status_code == 206 and not self._same_version(r, etag, offset):
                 return None
@@ -140,24 +176,19 @@ class Download:
             self._save_etag(new_etag)
             return self._receive(r, offset)
 
-    def _same_version(self, r: httpx.Response, etag: str | None, offset: int) -> bool:
+    def _same_version(self, r: fetch.Reply, etag: str | None, offset: int) -> bool:
         match = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", ""))
         return bool(match) and int(match.group(1)) == offset and r.headers.get("ETag") == etag  # type: ignore[union-attr]
 
-    def _receive(self, r: httpx.Response, offset: int) -> dict[str, Any]:
+    def _receive(self, r: fetch.Reply, offset: int) -> dict[str, Any]:
         expected = repr_digest(r.headers)
         total = offset + int(r.headers.get("Content-Length", 0))
         mode = "r+b" if offset else "wb"
-        # TLS hands over at most one 16 KiB record per read: a 1 MiB buffer turns those into
-        # 1 MiB writes without another copy per piece.
-        with open(self.part, mode, buffering=BLOCK) as out:
+        with open(self.part, mode, buffering=0) as out:
             digest = hash_prefix(out, offset)
             out.truncate(offset)
             self.progress.start(os.path.basename(self.dest), total, initial=offset)
-            for chunk in r.iter_raw():
-                out.write(chunk)
-                digest.update(chunk)
-                self.progress.advance(len(chunk))
+            pour(r, out, digest, self.progress)
             self.progress.finish()
         self.backoff.succeeded()
         return self._finish(digest.digest(), expected, total, offset)
@@ -194,32 +225,21 @@ class Download:
 
 def to_stdout(source: Source, progress: Progress) -> dict[str, Any]:
     """``-o -``: streamed to stdout (not resumable), verified at the end all the same."""
-    headers = {"Accept": "*/*"}
-    if source.session is not None:
-        headers["Authorization"] = f"Bearer {source.session.token()}"
-    auth = source.auth
     try:
-        with source.http.stream("GET", source.path, headers=headers, auth=auth) as r:
+        with source.get(source.headers()) as r:
             if r.status_code != 200:
-                raise CliError(server_message(r))
+                raise CliError(reply_message(r))
             expected = repr_digest(r.headers)
-            digest, size = hashlib.sha256(), 0
+            digest = hashlib.sha256()
             progress.start("-", int(r.headers.get("Content-Length", 0)) or None)
-            for chunk in _chunks(r):
-                sys.stdout.buffer.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                progress.advance(len(chunk))
             sys.stdout.buffer.flush()
+            with open(sys.stdout.fileno(), "wb", buffering=0, closefd=False) as out:
+                size = pour(r, out, digest, progress)
             progress.finish()
-    except httpx.TransportError as exc:
+    except fetch.FetchError as exc:
         raise CliError(transport_message(str(source.http.base_url), exc)) from None
     if digest.digest() != expected:
         raise IntegrityFailure(
             "integrity check failed: the SHA-256 of what was written differs from Repr-Digest"
         )
     return {"path": "-", "size": size, "sha256": digest.hexdigest(), "resumed_from": 0}
-
-
-def _chunks(r: httpx.Response) -> Iterator[bytes]:
-    yield from r.iter_raw()

@@ -14,9 +14,18 @@ from urllib.parse import urlsplit
 import httpx
 
 from vaultcli import completion, download, upload
-from vaultcli.client import Session, make_http, path_of, server_message, transport_message, version
+from vaultcli.client import (
+    Session,
+    make_http,
+    path_of,
+    server_message,
+    tls_context,
+    transport_message,
+    version,
+)
 from vaultcli.config import Credentials, Store
 from vaultcli.errors import EXIT_INTERRUPTED, CliError, LoginNeeded, UsageError
+from vaultcli.fetch import FetchError
 from vaultcli.progress import Progress
 
 EXIT_CODES = """exit status:
@@ -121,7 +130,7 @@ def cmd_login(args: argparse.Namespace, store: Store) -> None:
     password = read_secret("Password: ", "VAULT_PASSWORD")
     cacert = args.cacert or os.environ.get("VAULT_CACERT")
     cacert = os.path.abspath(cacert) if cacert else None
-    http = make_http(url, cacert)
+    http = make_http(url, tls_context(cacert))
     try:
         response = http.post("/login", json={"username": user, "password": password})
     except httpx.TransportError as exc:
@@ -245,7 +254,7 @@ def cmd_get(args: argparse.Namespace, session: Session | None, store: Store) -> 
             path = f"/shared/{path_of(owner)}/{path_of(name)}"
         else:
             name, path = target, "/download/" + path_of(target)
-        source = download.Source(session.http, path, f"{session.url}{path}", session=session)
+        source = download.Source(session.http, session.tls, path, f"{session.url}{path}", session=session)
     progress = Progress(args.quiet)
     try:
         if args.output == "-":
@@ -255,7 +264,7 @@ def cmd_get(args: argparse.Namespace, session: Session | None, store: Store) -> 
             if args.output is None and os.path.exists(dest):
                 raise CliError(f"{dest} already exists: remove it or choose another name with -o")
             result = download.Download(source, dest, progress).run()
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, FetchError) as exc:
         raise CliError(transport_message(str(source.http.base_url), exc)) from None
     finally:
         progress.close()
@@ -273,7 +282,8 @@ def _link_source(args: argparse.Namespace, url: str) -> tuple[download.Source, s
     cacert = (
         args.cacert or os.environ.get("VAULT_CACERT") or (creds.cacert if same_server and creds else None)
     )
-    http = make_http(origin, cacert)
+    tls = tls_context(cacert)
+    http = make_http(origin, tls)
     password = None
     response = http.head(parts.path)
     if response.status_code == 401:
@@ -282,7 +292,7 @@ def _link_source(args: argparse.Namespace, url: str) -> tuple[download.Source, s
     if response.status_code != 200:
         raise CliError(_head_message(http, parts.path, response, password))
     name = download.disposition_name(response.headers.get("Content-Disposition", "")) or "download"
-    return download.Source(http, parts.path, url, password=password), name
+    return download.Source(http, tls, parts.path, url, password=password), name
 
 
 def _head_message(http: httpx.Client, path: str, response: httpx.Response, password: str | None) -> str:

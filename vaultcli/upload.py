@@ -5,9 +5,12 @@ before any byte is sent, so running the same command again after Ctrl-C, a crash
 connection asks the server for its offset (``HEAD``) and sends only the rest. Each ``PATCH``
 carries one chunk (64 MiB by default) with ``Upload-Checksum: sha256``; the server keeps a
 chunk only if it arrived whole and matches, so a resumed upload never holds a torn chunk.
-Chunks are read from the file twice (once to hash, once to send) in 1 MiB blocks: memory is
-flat at any file size. At the end the server's SHA-256 of the stored file (its
-``Repr-Digest``) must equal the client's own.
+The checksum has to be known before the chunk's first byte goes out, so chunks are read twice
+in 1 MiB blocks (memory is flat at any file size): once in a thread that hashes the next
+chunk, its one read feeding both the chunk's SHA-256 and the whole file's, while the chunk
+before it is being sent (the server never waits for the client's hashing), and once to send.
+At the end the server's SHA-256 of the stored file (its ``Repr-Digest``) must equal the
+client's own.
 
 Standard input (``-``) cannot be read twice or resumed: it goes as one streamed
 ``PUT /upload/<name>`` and is checked against the ``sha256`` in the reply.
@@ -15,11 +18,13 @@ Standard input (``-``) cannot be read twice or resumed: it goes as one streamed
 
 import base64
 import hashlib
+import http.client
 import os
 import re
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -38,7 +43,7 @@ RETRIES = 8
 _DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/=]+):", re.IGNORECASE)
 
 
-def repr_digest(headers: httpx.Headers) -> bytes | None:
+def repr_digest(headers: "httpx.Headers | http.client.HTTPMessage") -> bytes | None:
     match = _DIGEST.search(headers.get("Repr-Digest", ""))
     return base64.b64decode(match.group(1)) if match else None
 
@@ -94,6 +99,47 @@ def hash_prefix(f: IO[bytes], length: int) -> "hashlib._Hash":
     return digest
 
 
+class Checksums:
+    """Each chunk's SHA-256 and the whole file's up to its end, one chunk ahead: ``take``
+    returns the digests of the chunk at ``offset`` (computed meanwhile if it was the one
+    expected next) and starts hashing the chunk after it in a thread (hashlib lets go of the
+    GIL while it hashes) while the caller sends this one."""
+
+    def __init__(self, f: IO[bytes], size: int, chunk: int) -> None:
+        self.fd, self.size, self.chunk = f.fileno(), size, chunk
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vault-checksums")
+        self.ahead: tuple[int, Future[tuple[bytes, hashlib._Hash]]] | None = None
+
+    def take(self, offset: int, whole: "hashlib._Hash") -> tuple[bytes, "hashlib._Hash"]:
+        """(the chunk's digest, the whole-file hash after it); ``whole`` is the hash of the
+        file before ``offset``, used when the chunk was not the one expected."""
+        if self.ahead is not None and self.ahead[0] == offset:
+            checksum, after = self.ahead[1].result()
+        else:
+            checksum, after = self._hash(offset, whole.copy())
+        self.ahead = None
+        end = offset + min(self.chunk, self.size - offset)
+        if end < self.size:
+            self.ahead = (end, self.pool.submit(self._hash, end, after.copy()))
+        return checksum, after
+
+    def _hash(self, offset: int, whole: "hashlib._Hash") -> tuple[bytes, "hashlib._Hash"]:
+        chunk = hashlib.sha256()
+        buffer = memoryview(bytearray(BLOCK))
+        end = offset + min(self.chunk, self.size - offset)
+        while offset < end:
+            n = os.preadv(self.fd, [buffer[: min(BLOCK, end - offset)]], offset)
+            if not n:
+                raise CliError("the file is shorter than expected: did it change meanwhile?")
+            chunk.update(buffer[:n])
+            whole.update(buffer[:n])
+            offset += n
+        return chunk.digest(), whole
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 @dataclass
 class Outcome:
     """What ``put`` reports for one file."""
@@ -132,8 +178,13 @@ class TusUpload:
                 self.progress.note(f"vault: resuming {self.name} at {offset:,} of {self.size:,} bytes")
             whole = hash_prefix(f, offset)
             self.progress.start(self.name, self.size, initial=offset)
-            while offset < self.size:
-                offset, whole = self._send_chunk(f, url, offset, whole)
+            checksums = Checksums(f, self.size, self.chunk)
+            try:
+                while offset < self.size:
+                    checksum, after = checksums.take(offset, whole)
+                    offset, whole = self._send_chunk(f, url, offset, checksum, whole, after)
+            finally:
+                checksums.close()
             self.progress.finish()
         self._forget()
         self._verify(whole.digest())
@@ -207,19 +258,25 @@ class TusUpload:
 
     # -- chunks ---------------------------------------------------------------------------
 
-    def _send_chunk(self, f: IO[bytes], url: str, offset: int, whole: "hashlib._Hash") -> tuple[int, Any]:
-        """One PATCH; on a failure the server's offset says where to go on."""
+    def _send_chunk(
+        self,
+        f: IO[bytes],
+        url: str,
+        offset: int,
+        checksum: bytes,
+        whole: "hashlib._Hash",
+        after: "hashlib._Hash",
+    ) -> tuple[int, "hashlib._Hash"]:
+        """One PATCH of the chunk at ``offset`` whose SHA-256 is ``checksum``; the whole file's
+        hash is ``whole`` before it and ``after`` it. On a failure the server's offset says
+        where to go on."""
         length = min(self.chunk, self.size - offset)
-        chunk_sha, after = hashlib.sha256(), whole.copy()
-        for block in blocks(f, offset, length):
-            chunk_sha.update(block)
-            after.update(block)
         headers = {
             **TUS,
             "Upload-Offset": str(offset),
             "Content-Type": OFFSET_TYPE,
             "Content-Length": str(length),
-            "Upload-Checksum": "sha256 " + base64.b64encode(chunk_sha.digest()).decode(),
+            "Upload-Checksum": "sha256 " + base64.b64encode(checksum).decode(),
         }
         sent = [0]
         try:
