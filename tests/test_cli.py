@@ -5,11 +5,15 @@ it untouched): the test waits until a known number of bytes went through, then k
 client with SIGINT or SIGKILL, and runs the same command again.
 """
 
+import base64
 import hashlib
+import http.client
+import http.server
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -100,6 +104,60 @@ class Relay:
                 sock.close()
             except OSError:
                 pass
+
+
+Tamper = Callable[[str, str, http.client.HTTPMessage, bytes], bytes]
+
+
+class TamperingProxy:
+    """A TLS-terminating HTTP proxy in front of the real server, with the server's own
+    certificate (so the client trusts it as it trusts the server): requests go through as they
+    are, and ``tamper(method, path, headers, body)`` may change each answer's headers (in place)
+    and returns its body. Bodies are small in these tests: each is read whole."""
+
+    def __init__(self, server: Server, tamper: Tamper) -> None:
+        upstream = server.ssl_context()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=upstream, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                    answer = conn.getresponse()
+                    content = answer.read()
+                finally:
+                    conn.close()
+                headers = answer.headers
+                content = tamper(self.command, self.path, headers, content)
+                self.send_response(answer.status, answer.reason)
+                for key, value in headers.items():
+                    if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(key, value)
+                length = headers.get("Content-Length") if self.command == "HEAD" else str(len(content))
+                self.send_header("Content-Length", length or "0")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(content)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(server.cert, server.workdir / "certs" / "key.pem")
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class Cli:
@@ -441,6 +499,69 @@ def test_get_with_a_corrupt_partial_file_exits_with_the_integrity_code(
     assert not (cli.home / "big.bin").exists()
 
 
+FORGED = "sha-256=:" + base64.b64encode(hashlib.sha256(b"forged").digest()).decode() + ":"
+
+
+@pytest.mark.parametrize("tampered", ["nothing", "digest", "body"])
+def test_get_refuses_an_answer_tampered_in_transit(
+    server: Server, cli: Cli, alice: tuple[str, str], tampered: str
+) -> None:
+    data = os.urandom(128 * 1024).hex().encode()  # text, for -o - too
+    put_via_server(server, alice[1], "t.txt", data)
+    seen: list[str] = []
+
+    def tamper(method: str, path: str, headers: http.client.HTTPMessage, body: bytes) -> bytes:
+        if method == "GET" and path == "/download/t.txt":
+            seen.append(path)
+            if tampered == "digest":
+                headers.replace_header("Repr-Digest", FORGED)
+            elif tampered == "body":
+                body = body[:1000] + bytes([body[1000] ^ 1]) + body[1001:]
+        return body
+
+    proxy = TamperingProxy(server, tamper)
+    try:
+        cli.login(alice[0], proxy.url)
+        done = cli.run("get", "t.txt")
+        to_stdout = cli.run("get", "t.txt", "-o", "-")
+    finally:
+        proxy.close()
+    assert len(seen) == 2
+    if tampered == "nothing":  # the proxy itself changes nothing the client checks
+        assert done.returncode == 0 and to_stdout.returncode == 0, done.stderr + to_stdout.stderr
+        assert (cli.home / "t.txt").read_bytes() == data
+        return
+    assert done.returncode == EXIT_INTEGRITY, done.stderr
+    assert "integrity check failed" in done.stderr
+    assert not (cli.home / "t.txt").exists()  # no file claims to be the complete one
+    assert (cli.home / "t.txt.part").stat().st_size == len(data)  # kept, not deleted
+    assert to_stdout.returncode == EXIT_INTEGRITY, to_stdout.stderr
+    assert "integrity check failed" in to_stdout.stderr
+
+
+def test_put_refuses_a_stored_digest_tampered_in_transit(
+    server: Server, cli: Cli, alice: tuple[str, str]
+) -> None:
+    seen: list[str] = []
+
+    def tamper(method: str, path: str, headers: http.client.HTTPMessage, body: bytes) -> bytes:
+        if method == "HEAD" and path == "/download/up.bin":
+            headers.replace_header("Repr-Digest", FORGED)
+            seen.append(path)
+        return body
+
+    (cli.home / "up.bin").write_bytes(os.urandom(300_000))
+    proxy = TamperingProxy(server, tamper)
+    try:
+        cli.login(alice[0], proxy.url)
+        done = cli.run("put", "up.bin")
+    finally:
+        proxy.close()
+    assert seen
+    assert done.returncode == EXIT_INTEGRITY, done.stderr
+    assert "integrity check failed" in done.stderr
+
+
 def test_get_missing_file_prints_404_and_writes_nothing(cli: Cli, alice: tuple[str, str]) -> None:
     done = cli.run("get", "nope.bin")
     assert done.returncode == 1
@@ -570,10 +691,22 @@ def test_bash_completion_completes_commands_and_options(cli: Cli) -> None:
 
 
 def test_proxy_variables_are_honoured(server: Server, cli: Cli, alice: tuple[str, str]) -> None:
+    data = os.urandom(300_000)
+    put_via_server(server, alice[1], "p.bin", data)
     proxy = Relay(server.port, rate=0, connect=True)
+    via = {"HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}"}
     try:
-        done = cli.run("ls", env={"HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}"})
+        done = cli.run("ls", env=via)
         assert done.returncode == 0, done.stderr
         assert proxy.tunnels and proxy.tunnels[0] == f"CONNECT 127.0.0.1:{server.port} HTTP/1.1".encode()
+        tunnels = len(proxy.tunnels)
+        done = cli.run("get", "p.bin", env=via)  # the download's own connection (vaultcli.fetch)
+        assert done.returncode == 0, done.stderr
+        assert len(proxy.tunnels) > tunnels and proxy.counts["down"] > len(data)
+        tunnels = len(proxy.tunnels)
+        done = cli.run("get", "p.bin", "-o", "again.bin", env={**via, "NO_PROXY": "127.0.0.1"})
+        assert done.returncode == 0, done.stderr
+        assert len(proxy.tunnels) == tunnels
     finally:
         proxy.close()
+    assert (cli.home / "p.bin").read_bytes() == (cli.home / "again.bin").read_bytes() == data
