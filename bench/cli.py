@@ -1,6 +1,7 @@
 """The ``vault`` client against curl, same file, same server, same run.
 
     python -m bench.cli [--size 1GiB] [--runs 3] [--chunk-size 64M] [--json out.json]
+                        [--baseline TREE]
 
 Each run uploads the file with ``curl -T`` (``PUT /upload/``) and with ``vault put`` (tus,
 per-chunk sha256, final digest check), then downloads it with ``curl -o FILE`` and ``vault get
@@ -9,7 +10,8 @@ alternates between runs. Times are wall-clock around each whole command (so the 
 start-up, token renewal and final check count against it); the client's CPU time comes from
 ``wait4`` of that one process, its peak RSS (VmHWM) and the server's CPU from /proc. Reported:
 median MB/s of each, the ratio vault/curl per run (median, min-max), CPU-s/GB of client and
-server, the client's peak RSS.
+server, the client's peak RSS. ``--baseline TREE`` also runs the client of another source tree
+(say main before a change, from ``git archive``) in the same runs, reported as ``base``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ PASSWORD = "bench password 1"  # noqa: S105 (a throwaway account on a throwaway 
 
 @dataclass
 class Run:
-    client: str  # curl | vault
+    client: str  # curl | vault | base (the --baseline tree's vault)
     kind: str  # put | get
     seconds: float
     client_cpu: float
@@ -70,7 +72,11 @@ def timed(argv: list[str], env: dict[str, str], server: ProcStats, size: int, cl
     """Run one command to completion; its own CPU from wait4, its peak RSS from /proc."""
     cpu0 = server.cpu_seconds()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if client == "base":
+        env = {**env, "PYTHONPATH": str(env["VAULT_BASELINE"])}
+    proc = subprocess.Popen(  # from its own tree: ``python -m`` looks in the current directory first
+        argv, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     rss = PeakRss(proc.pid)
     rss.start()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -97,7 +103,10 @@ def main() -> int:
     parser.add_argument("--chunk-size", default="64M")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--tmpdir", type=Path)
+    parser.add_argument("--baseline", type=Path, help="also run the vault client of this source tree")
     args = parser.parse_args()
+    if args.baseline and not (args.baseline / "vaultcli").is_dir():
+        parser.error(f"--baseline: no vaultcli/ in {args.baseline}")
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
         results = bench(Path(tmp), args)
     report(results, args)
@@ -115,6 +124,10 @@ def bench(tmp: Path, args: argparse.Namespace) -> list[Run]:
         env.update(
             {"VAULT_CONFIG_DIR": str(tmp / "cli"), "PYTHONPATH": str(ROOT), "VAULT_PASSWORD": PASSWORD}
         )
+        clients = ["curl", "vault"]
+        if args.baseline:
+            env["VAULT_BASELINE"] = str(args.baseline.resolve())
+            clients.append("base")
         vault = [sys.executable, "-m", "vaultcli", "--quiet"]
         login = [*vault, "login", server.url, "-u", user, "--cacert", str(server.cert)]
         subprocess.run(login, env=env, check=True, stdin=subprocess.DEVNULL)
@@ -133,9 +146,12 @@ def bench(tmp: Path, args: argparse.Namespace) -> list[Run]:
             ("curl", "get"): [*curl, "-o", str(tmp / "curl.out"), f"{server.url}/download/curl.bin"],
             ("vault", "get"): [*vault, "get", "vault.bin", "-o", str(tmp / "vault.out")],
         }
+        base_put = [a.replace("vault.bin", "base.bin") for a in commands[("vault", "put")]]
+        commands[("base", "put")] = base_put
+        commands[("base", "get")] = [*vault, "get", "base.bin", "-o", str(tmp / "base.out")]
         results: list[Run] = []
         for run in range(args.runs):
-            order = ["curl", "vault"] if run % 2 == 0 else ["vault", "curl"]
+            order = clients if run % 2 == 0 else clients[::-1]
             for kind in ("put", "get"):
                 for client in order:
                     argv = commands[(client, kind)]
@@ -145,7 +161,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> list[Run]:
                     result = timed(argv, env, stats, source.size, client, kind)
                     results.append(result)
                     print(f"run {run + 1} {client} {kind}: {result.mb_s:.0f} MB/s", file=sys.stderr)
-            for out in ("curl.out", "vault.out"):
+            for out in (f"{client}.out" for client in clients):
                 if sha256_file(tmp / out) != source.sha256:
                     raise SystemExit(f"{out}: wrong bytes")
                 (tmp / out).unlink()
@@ -157,11 +173,12 @@ def bench(tmp: Path, args: argparse.Namespace) -> list[Run]:
 def report(results: list[Run], args: argparse.Namespace) -> None:
     load = os.getloadavg()
     print(f"vault client vs curl, {args.size / MiB:.0f} MiB, {args.runs} runs, load average {load[0]:.1f}")
+    if args.baseline:
+        print(f"  base: the client of {args.baseline}")
+    clients = ["curl", "vault", "base"] if args.baseline else ["curl", "vault"]
     for kind in ("put", "get"):
-        curl = [r for r in results if r.client == "curl" and r.kind == kind]
-        vault = [r for r in results if r.client == "vault" and r.kind == kind]
-        ratios = [v.mb_s / c.mb_s for v, c in zip(vault, curl, strict=True)]
-        for name, runs in (("curl", curl), ("vault", vault)):
+        runs_of = {name: [r for r in results if r.client == name and r.kind == kind] for name in clients}
+        for name, runs in runs_of.items():
             print(
                 f"  {kind} {name:5}: {statistics.median(r.mb_s for r in runs):6.0f} MB/s"
                 f" ({min(r.mb_s for r in runs):.0f}-{max(r.mb_s for r in runs):.0f}),"
@@ -169,8 +186,14 @@ def report(results: list[Run], args: argparse.Namespace) -> None:
                 f" server {statistics.median(r.per_gb(r.server_cpu) for r in runs):.2f} CPU-s/GB,"
                 f" client peak RSS {max(r.client_maxrss for r in runs) / MiB:.1f} MiB"
             )
-        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-        print(f"  {kind} ratio vault/curl: {statistics.median(ratios):.2f} ({spread})")
+        for name in clients[1:]:
+            speed = [v.mb_s / c.mb_s for v, c in zip(runs_of[name], runs_of["curl"], strict=True)]
+            cpu = [v.client_cpu / c.client_cpu for v, c in zip(runs_of[name], runs_of["curl"], strict=True)]
+            print(
+                f"  {kind} ratio {name}/curl: speed {statistics.median(speed):.2f}"
+                f" ({min(speed):.2f}-{max(speed):.2f}), client CPU {statistics.median(cpu):.2f}"
+                f" ({min(cpu):.2f}-{max(cpu):.2f})"
+            )
     if args.json:
         args.json.write_text(json.dumps([{**asdict(r), "mb_s": r.mb_s} for r in results], indent=1))
 

@@ -4,8 +4,6 @@ not ``--quiet``; otherwise every call is a no-op."""
 import sys
 from typing import Any
 
-from tqdm import tqdm
-
 
 class Progress:
     """One bar per file, plus a total bar when several files move in one command."""
@@ -19,6 +17,8 @@ class Progress:
         self.bar: Any = None
 
     def _bar(self, label: str, size: int | None, position: int, initial: int = 0, leave: bool = True) -> Any:
+        from tqdm import tqdm  # only with bars on: a script's commands start faster without it
+
         return tqdm(
             total=size,
             initial=initial,
@@ -71,6 +71,8 @@ class Progress:
         if self.quiet:
             return
         if self.enabled:
+            from tqdm import tqdm
+
             tqdm.write(message, file=sys.stderr)
         else:
             print(message, file=sys.stderr, flush=True)
