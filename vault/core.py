@@ -19,7 +19,8 @@ from vault.files import FileService
 from vault.keys import Keyring, load_jwt_secret, load_keyring
 from vault.limits import UploadSlots
 from vault.sharing import Sharing
-from vault.store import Store
+from vault.state import LocalState
+from vault.store import StateStore, Store
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Core:
     sharing: Sharing
     audit: AuditLog
     uploads: UploadSlots
+    state: StateStore  # what several processes serving this vault share (LocalState: one)
 
 
 @asynccontextmanager
@@ -43,9 +45,13 @@ async def open_core(
     *,
     keyring: Keyring | None = None,
     environ: Mapping[str, str] | None = None,
+    state: StateStore | None = None,
 ) -> AsyncIterator[Core]:
     """The core on ``store``. The master keyring and JWT secret come from ``environ`` (default:
-    the process environment) or the data directory (README, Keys), unless ``keyring`` is given."""
+    the process environment) or the data directory (README, Keys), unless ``keyring`` is given.
+    ``state`` is what this process shares with the others serving the same vault (default: a
+    ``LocalState``, this process alone); the caller opens and closes it, like the store."""
+    state = LocalState() if state is None else state
     environ = os.environ if environ is None else environ
     keyring = load_keyring(settings.data_dir, environ) if keyring is None else keyring
     jwt_secret = load_jwt_secret(settings.data_dir, environ)
@@ -81,7 +87,15 @@ async def open_core(
         await audit.start()
         sharing = Sharing(store, files, keyring, auth)
         yield Core(
-            settings, store, keyring, files, auth, sharing, audit, UploadSlots(settings.uploads_per_user)
+            settings,
+            store,
+            keyring,
+            files,
+            auth,
+            sharing,
+            audit,
+            UploadSlots(settings.uploads_per_user),
+            state,
         )
         await files.close()
         await audit.close()

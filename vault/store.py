@@ -6,6 +6,7 @@ name) -> DELETED (replaced or deleted, segments purged when no download still re
 """
 
 from collections.abc import Callable, Collection
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -290,6 +291,113 @@ class AuditStore(Protocol):
 
     async def audit_entries(self, after: int, limit: int) -> list[AuditEntry]:
         """Entries with seq > after, in seq order, at most ``limit``."""
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Part of a limited counter that one process holds (StateStore.hold): ``amount`` units of
+    (``kind``, ``key``), e.g. one upload slot of a user or bytes of a user's quota. ``id`` is
+    unique among all holds, ever."""
+
+    id: str
+    kind: str
+    key: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Counter:
+    """A small shared record (StateStore.counter): a ``count``, a time ``stamp`` (seconds since
+    the epoch) and a ``version`` that every change raises; version 0: never set, or expired."""
+
+    count: int = 0
+    stamp: float = 0.0
+    version: int = 0
+
+
+class StateStore(Protocol):
+    """The state every process serving one vault must see alike, as a few primitives that SQL
+    does well (docs/ARCHITECTURE.md, "Several processes"). vault/state.py ``LocalState`` keeps
+    it in memory (one process: the default); storage/ keeps it in the database for several.
+
+    - **Holds** (counters with limits, leased): upload slots per user, quota bytes held by
+      uploads under way, link bytes reserved by downloads under way, pins (files a transfer
+      reads or writes: purge leaves them, and a STAGED row nobody pins is a crashed upload),
+      the one PATCH at a time of a tus upload. A hold belongs to this process (``holder``),
+      which renews its lease (``renew``); when a process dies its holds die with its lease.
+    - **Counters** (compare-and-set records with expiry): login failures per account and per
+      address, registrations per window, and the version of a (kind, key) whose stored total
+      changed (a user's bytes after a commit, a link's bytes served), so a hold computed from a
+      total read before the change is refused and the caller reads again.
+    - **Mutexes**: one password guess at a time per link.
+
+    Every call is one atomic operation: the in-memory implementation has no await between its
+    check and its update, a SQL one runs it in one transaction (``BEGIN IMMEDIATE``; in
+    PostgreSQL an ``UPDATE ... RETURNING`` or a transaction-scoped advisory lock on the key).
+    ``kind`` and ``key`` are short strings (at most 64 characters). The audit chain head needs
+    no primitive here: ``AuditStore.append_audit`` numbers and chains each entry inside its own
+    insert transaction, which a store must serialise across processes. Revoked sessions are read
+    from ``AccountStore.revoked_families``, polled (``shared``: at least every second)."""
+
+    holder: str  # this process's id; its holds live as long as its lease
+    shared: bool  # False: this process is the only one (nothing to poll, start-up purges all)
+
+    async def hold(
+        self,
+        kind: str,
+        key: str,
+        amount: int,
+        limit: int | None,
+        *,
+        need: int | None = None,
+        version: int | None = None,
+    ) -> Hold | None:
+        """Atomically, with H the sum of the live holds of (kind, key): grant
+        ``g = min(amount, limit - H)`` (``amount`` when ``limit`` is None). If ``g < need``
+        (default ``amount``), or ``version`` is given and differs from the version of the
+        counter (kind, key), record nothing and return None; else record a hold of ``g`` by
+        this process and return it (``g`` may be 0 when ``need`` allows)."""
+
+    async def resize(
+        self, hold: Hold, amount: int, limit: int | None, *, version: int | None = None
+    ) -> Hold | None:
+        """Atomically change ``hold`` to ``amount`` if the live holds of its (kind, key),
+        ``hold`` counted at its new amount, stay within ``limit`` (None: always) and the
+        version matches as for ``hold``; the resized hold, or None (nothing changed). A hold
+        that is no longer recorded (its lease lapsed) is None too."""
+
+    async def release(self, hold: Hold) -> None:
+        """Forget ``hold``; releasing one twice, or one whose lease lapsed, does nothing."""
+
+    async def held(self, kind: str, key: str) -> int:
+        """The sum of the live holds of (kind, key), every process's."""
+
+    async def held_keys(self, kind: str) -> set[str]:
+        """The keys of ``kind`` with a live hold, every process's (e.g. the pinned files)."""
+
+    async def counter(self, kind: str, key: str) -> Counter:
+        """The counter (kind, key); ``Counter()`` if it was never set or has expired."""
+
+    async def set_counter(
+        self, kind: str, key: str, count: int, stamp: float, *, version: int, expires: float | None
+    ) -> Counter | None:
+        """Compare-and-set: if the counter's version is still ``version`` (0: not set or
+        expired), store ``count`` and ``stamp`` with the next version, forgotten after
+        ``expires`` (seconds since the epoch; None: kept); the new counter, or None."""
+
+    async def bump(self, kind: str, key: str) -> int:
+        """Raise the counter's version by one, keeping count and stamp; the new version."""
+
+    def mutex(self, kind: str, key: str) -> AbstractAsyncContextManager[None]:
+        """Exclusive use of (kind, key) among all processes, waited for in turn; a holder that
+        dies gives it up with its lease."""
+
+    async def renew(self) -> None:
+        """Extend this process's lease, and forget the holds of processes whose lease lapsed
+        (called every ``lease / 3`` seconds while serving)."""
+
+    async def close(self) -> None:
+        """Release everything this process holds."""
 
 
 class Store(FileStore, AccountStore, SharingStore, AuditStore, Protocol):
