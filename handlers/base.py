@@ -43,6 +43,7 @@ from vault.errors import (
 from vault.files import FileService
 from vault.metrics import Metrics
 from vault.sharing import Sharing
+from vault.store import Hold
 from vault.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,8 @@ class BodyHandler(BaseHandler):
     """
 
     failed = False  # a chunk failed and was answered: ignore the rest of the body
-    _upload_slot: int | None = None
+    _upload_slot: Hold | None = None
+    _ended = False
     _body_timer: object | None = None
     _body_busy = False
     _body_seen = 0.0
@@ -419,12 +421,13 @@ class BodyHandler(BaseHandler):
         self._body_seen = loop.time()
         self._body_timer = loop.call_at(self._body_seen + timeout, self._check_body)
 
-    def take_upload_slot(self, user_id: int) -> None:
+    async def take_upload_slot(self, user_id: int) -> None:
         """Count this request among the user's uploads in progress (429 beyond the limit)
         until it ends; ``end_request`` gives the slot back exactly once."""
         if self._upload_slot is None:
-            self.core.uploads.acquire(user_id)
-            self._upload_slot = user_id
+            self._upload_slot = await self.core.uploads.acquire(user_id)
+            if self._ended:  # the connection closed while a shared state was asked
+                self._release_slot()
 
     def _check_body(self) -> None:
         self._body_timer = None
@@ -445,6 +448,7 @@ class BodyHandler(BaseHandler):
             self.connection.close()
 
     def end_request(self) -> None:
+        self._ended = True
         if self._body_timer is not None:
             tornado.ioloop.IOLoop.current().remove_timeout(self._body_timer)
             self._body_timer = None
@@ -452,7 +456,9 @@ class BodyHandler(BaseHandler):
 
     def _release_slot(self) -> None:
         if self._upload_slot is not None:
-            self.core.uploads.release(self._upload_slot)
+            # From here on the slot is free: a one-process state gives it back in the task's
+            # first step, before the loop reads another request.
+            asyncio.ensure_future(self.core.uploads.release(self._upload_slot))
             self._upload_slot = None
 
 

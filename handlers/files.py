@@ -84,7 +84,7 @@ class UploadHandler(BodyHandler):
         self.digest = expected_digest(self.request.headers)
         # The slot before the reservation, and nothing that can fail after it: a request
         # refused here holds no quota while its body drains (see BodyHandler.send_error).
-        self.take_upload_slot(self.identity.user_id)
+        await self.take_upload_slot(self.identity.user_id)
         self.upload = await self.files.begin_upload(self.identity.user_id, length, slack=self.slack)
         limit = self.upload.max_size
         assert limit is not None
@@ -193,7 +193,7 @@ class FileSender(BaseHandler):
 
     range_start = 0  # the first byte the response sends (set before before_body)
 
-    def before_body(self, nbytes: int, size: int) -> None:
+    async def before_body(self, nbytes: int, size: int) -> None:
         """Called with the body's length (what a GET would send, for HEAD too) and the file's
         size before any header is sent; may refuse by raising."""
 
@@ -250,7 +250,7 @@ class FileSender(BaseHandler):
             "Repr-Digest", "sha-256=:" + base64.b64encode(bytes.fromhex(info.sha256)).decode() + ":"
         )
         self.range_start = start
-        self.before_body(end - start, info.size)
+        await self.before_body(end - start, info.size)
         if send_body:
             await self._stream(download.read(start, end))
         if not self._abandoned and not self._finished:

@@ -159,6 +159,7 @@ class PublicLinkHandler(PageHeaders, FileSender):
     reservation: Reservation | None = None
     charge_whole = False  # an empty file: one budget byte per download
     page = False  # errors are answered as a page (a browser asked)
+    _closed = False  # the connection closed
 
     def prepare(self) -> None:
         limit = MAX_FORM_BYTES if self.request.method == "POST" else 0
@@ -210,13 +211,15 @@ class PublicLinkHandler(PageHeaders, FileSender):
         self.link = link
         await self.send_file(download, send_body=True)
 
-    def before_body(self, nbytes: int, size: int) -> None:
+    async def before_body(self, nbytes: int, size: int) -> None:
         if self.request.method == "HEAD":  # costs nothing, but answers what a GET would: 410
-            self.sharing.check_left(self.link, size, 1 if size == 0 else nbytes, self.range_start)
+            await self.sharing.check_left(self.link, size, 1 if size == 0 else nbytes, self.range_start)
             return
         self.charge_whole = size == 0
         nbytes = 1 if self.charge_whole else nbytes
-        self.reservation = self.sharing.reserve(self.link, size, nbytes, self.range_start)
+        self.reservation = await self.sharing.reserve(self.link, size, nbytes, self.range_start)
+        if self._closed:  # the client left while the shared state was asked
+            self._settle()
 
     def body_done(self) -> None:
         if self.reservation is not None and self.charge_whole:
@@ -233,6 +236,7 @@ class PublicLinkHandler(PageHeaders, FileSender):
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
+        self._closed = True
         self._settle()
 
     def _settle(self) -> None:

@@ -196,7 +196,7 @@ class TusCreateHandler(TusHandler):
         )
         if has_body:
             self.expect_body(length)
-            self.take_upload_slot(identity.user_id)
+            await self.take_upload_slot(identity.user_id)
         else:
             self.connection.set_max_body_size(0)
             self.body_sha = None
@@ -250,7 +250,7 @@ class TusUploadHandler(TusHandler):
             if offset != upload.offset:
                 raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
             self.expect_body(upload.length - offset)
-            self.take_upload_slot(self.identity.user_id)
+            await self.take_upload_slot(self.identity.user_id)
             self.session = await self.files.resumables.resume(
                 self.identity.user_id, self.path_args[0], offset
             )

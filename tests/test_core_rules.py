@@ -235,7 +235,9 @@ async def download(core: Core, token: str, nbytes: int | None = None, password: 
     link, opened = await core.sharing.open_link(token, password)
     try:
         length = opened.size if nbytes is None else nbytes
-        reservation = core.sharing.reserve(link, opened.size, max(length, 1) if opened.size == 0 else length)
+        reservation = await core.sharing.reserve(
+            link, opened.size, max(length, 1) if opened.size == 0 else length
+        )
         reservation.sent = max(length, 1) if opened.size == 0 else length
         await reservation.close()
     finally:
@@ -259,7 +261,7 @@ def test_a_link_is_gone_when_its_budget_is_spent_to_the_byte(tmp_path: Path) -> 
         link, opened = await core.sharing.open_link(token, None)
         opened.close()
         with pytest.raises(Gone, match="no downloads left"):
-            core.sharing.reserve(link, 1000, 2)
+            await core.sharing.reserve(link, 1000, 2)
         await download(core, token, 1)
         with pytest.raises(Gone, match="no downloads left"):
             await core.sharing.open_link(token, None)

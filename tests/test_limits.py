@@ -1,5 +1,6 @@
 """Issue 6 limits: concurrent uploads per user (429) and stalled request bodies (408)."""
 
+import asyncio
 import json
 import shutil
 import ssl
@@ -57,25 +58,30 @@ def partial_put(server: Server, token: str, name: str) -> ssl.SSLSocket:
 
 
 def test_upload_slots_count_each_users_uploads_exactly() -> None:
-    slots = UploadSlots(3)
-    for expected in (1, 2, 3):
-        slots.acquire(7)
-        assert slots.in_progress(7) == expected
-    slots.acquire(8)
-    assert (slots.in_progress(7), slots.in_progress(8), slots.in_progress(9)) == (3, 1, 0)
-    with pytest.raises(TooManyUploads, match="^Too many uploads in progress: at most 3 at once$"):
-        slots.acquire(7)
-    assert slots.in_progress(7) == 3  # a refused upload takes nothing
-    for expected in (2, 1, 0):
-        slots.release(7)
-        assert slots.in_progress(7) == expected
-    assert slots.in_progress(8) == 1  # another user's slots are their own
-    slots.release(7)  # one release too many neither fails nor gives an extra slot
-    assert slots.in_progress(7) == 0
-    for _ in range(3):
-        slots.acquire(7)
-    with pytest.raises(TooManyUploads):
-        slots.acquire(7)
+    async def scenario() -> None:
+        slots = UploadSlots(3)
+        held = []
+        for expected in (1, 2, 3):
+            held.append(await slots.acquire(7))
+            assert slots.in_progress(7) == expected
+        other = await slots.acquire(8)
+        assert (slots.in_progress(7), slots.in_progress(8), slots.in_progress(9)) == (3, 1, 0)
+        with pytest.raises(TooManyUploads, match="^Too many uploads in progress: at most 3 at once$"):
+            await slots.acquire(7)
+        assert slots.in_progress(7) == 3  # a refused upload takes nothing
+        for expected in (2, 1, 0):
+            await slots.release(held.pop())
+            assert slots.in_progress(7) == expected
+        assert slots.in_progress(8) == 1 and slots.total() == 1  # another user's slots are their own
+        await slots.release(other)
+        await slots.release(other)  # one release too many neither fails nor gives an extra slot
+        assert slots.in_progress(8) == 0
+        for _ in range(3):
+            await slots.acquire(7)
+        with pytest.raises(TooManyUploads):
+            await slots.acquire(7)
+
+    asyncio.run(scenario())
 
 
 def test_uploads_per_user_429_and_slots_free(fresh_server: Server) -> None:

@@ -6,7 +6,8 @@ user's token epoch (``epoch``). ``authenticate()`` refuses it once its family is
 refresh-token reuse) or the user's epoch has moved on (log out everywhere, password change):
 the epoch is read from the authenticated user row and cached for EPOCH_CACHE_SECONDS, updated
 at once by changes made here, so that a change from another process (``run.py admin
-reset-password`` beside a running server) takes effect within that time.
+reset-password`` beside a running server) takes effect within that time; among the processes
+of one server (``shared``) within SHARED_POLL.
 """
 
 import asyncio
@@ -48,6 +49,7 @@ REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud", "sid", "epoch"]
 TOKEN_TYPE = "access"  # noqa: S105 (a claim value, not a secret)
 DEFAULT_REFRESH_TTL = 30 * 86400
 EPOCH_CACHE_SECONDS = 2.0
+SHARED_POLL = 0.5  # with several processes: revocations and epochs are at most this old
 CHANGE_ATTEMPTS = 3  # compare-and-set rounds for log out everywhere
 EPOCH_CACHE_MAX = 10_000  # users whose epoch is cached; the cache is emptied past that
 _SESSION_RE = re.compile(r"[0-9a-f]{32}")
@@ -138,10 +140,14 @@ class Authenticator:
         executor: Executor,
         refresh_ttl: int = DEFAULT_REFRESH_TTL,
         registration: str = "open",
+        shared: bool = False,
     ) -> None:
         self._store = store
         self._registration = registration
-        self._refresh = RefreshTokens(store, keyring, ttl=refresh_ttl, access_ttl=ttl)
+        # Several processes: what another one revoked is read at least every SHARED_POLL seconds.
+        poll = SHARED_POLL if shared else None
+        self._refresh = RefreshTokens(store, keyring, ttl=refresh_ttl, access_ttl=ttl, poll=poll)
+        self._epoch_cache = SHARED_POLL if shared else EPOCH_CACHE_SECONDS
         self._epochs: dict[int, tuple[int | None, float]] = {}  # user id -> (epoch, read at)
         self._epoch_changes = 0
         self._keyring = keyring
@@ -370,10 +376,10 @@ class Authenticator:
 
     async def _epoch(self, user_id: int) -> int | None:
         """The user's token epoch from the verified row (None: no such account, or its row
-        fails its check), cached for EPOCH_CACHE_SECONDS."""
+        fails its check), cached for EPOCH_CACHE_SECONDS (SHARED_POLL when ``shared``)."""
         now = time.monotonic()
         cached = self._epochs.get(user_id)
-        if cached is not None and now - cached[1] < EPOCH_CACHE_SECONDS:
+        if cached is not None and now - cached[1] < self._epoch_cache:
             return cached[0]
         changes = self._epoch_changes
         user = await self._store.get_user_by_id(user_id)

@@ -70,6 +70,7 @@ async def open_core(
             resumable_ttl=settings.resumable_ttl,
             segments_in_flight=settings.segments_in_flight,
             default_quota=settings.user_quota,
+            state=state,
         )
         auth = Authenticator(
             store,
@@ -82,10 +83,11 @@ async def open_core(
             audience=settings.jwt_audience,
             executor=bcrypt_pool,
             registration=settings.registration,
+            shared=state.shared,
         )
         audit = AuditLog(store, keyring)
         await audit.start()
-        sharing = Sharing(store, files, keyring, auth)
+        sharing = Sharing(store, files, keyring, auth, state)
         yield Core(
             settings,
             store,
@@ -94,7 +96,7 @@ async def open_core(
             auth,
             sharing,
             audit,
-            UploadSlots(settings.uploads_per_user),
+            UploadSlots(settings.uploads_per_user, state),
             state,
         )
         await files.close()

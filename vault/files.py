@@ -26,7 +26,8 @@ from vault.pipeline import Pins, Pipeline
 from vault.quota import Quotas
 from vault.records import FileInfo, Usage
 from vault.resumable import Resumables
-from vault.store import FileStore, StoredFile
+from vault.state import LocalState
+from vault.store import FileStore, StateStore, StoredFile
 from vault.upload import Upload
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,16 @@ class FileService:
         resumable_ttl: int = 86400,
         segments_in_flight: int = 8,
         default_quota: int = 0,
+        state: StateStore | None = None,
     ) -> None:
         sfs.check_seg_size(seg_size)
         self.store = store
         self.keyring = keyring
         self.max_file_size = max_file_size
-        self.quotas = Quotas(store, default_quota=default_quota, max_file_size=max_file_size)
+        self.state: StateStore = LocalState() if state is None else state
+        self.quotas = Quotas(
+            store, default_quota=default_quota, max_file_size=max_file_size, state=self.state
+        )
         self.pipe = Pipeline(
             store=store,
             keyring=keyring,
@@ -62,8 +67,9 @@ class FileService:
             max_file_size=max_file_size,
             pipeline_depth=pipeline_depth,
             slots=asyncio.Semaphore(segments_in_flight),
-            pins=Pins(),
+            pins=Pins(self.state),
             quotas=self.quotas,
+            state=self.state,
             committed=self.schedule_purge,
         )
         self.resumables = Resumables(self.pipe, resumable_ttl)
@@ -105,7 +111,7 @@ class FileService:
     async def delete(self, owner: int, name: str) -> None:
         if not await self.store.delete_file(owner, check_filename(name)):
             raise FileNotFound()
-        self.quotas.changed(owner)
+        await self.quotas.changed(owner)
         try:  # the delete is committed: a purge that fails now only leaves work for the next
             await self.purge()
         except Exception:
@@ -116,6 +122,9 @@ class FileService:
         cut off by a crash, except those a transfer still uses."""
         now = time.time()
         self.resumables.prune(now)
+        # Shared state: every upload in progress, in any process, pins its STAGED row, so one
+        # that no live process pins was cut off (its process died, and with it its lease).
+        staged_too = staged_too or self.state.shared
         return await self.store.purge(keep=self.pipe.pins, staged_too=staged_too, now=now)
 
     async def close(self) -> None:
@@ -146,7 +155,7 @@ class FileService:
             stored = await self.store.get_file(owner, name)
             if stored is None:
                 raise FileNotFound()
-            pins.pin(stored.header.file_id)
+            await pins.pin(stored.header.file_id)
             # Pinned: no purge removes it from now on. Was it replaced (and so perhaps being
             # purged already) between the lookup and the pin? Then take the new version.
             again = await self.store.get_file(owner, name)

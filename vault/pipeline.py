@@ -17,23 +17,48 @@ from vault import format as sfs
 from vault.errors import IntegrityError
 from vault.keys import Keyring
 from vault.quota import Quotas
-from vault.store import FileStore
+from vault.store import FileStore, Hold, StateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+PIN = "pin"  # the hold kind of a pinned file, keyed by the file id in hex
+
+
 class Pins:
-    """Files a transfer still reads or writes: purging leaves them alone. Counted, so each
-    ``pin`` pairs with exactly one ``release``."""
+    """Files a transfer still reads or writes: purging leaves them alone, in every process
+    (each pin is also a hold in the shared state, which a SQL store's purge consults), and a
+    STAGED row nobody pins is an upload cut off by a crash. Counted, so each ``pin`` pairs
+    with exactly one ``release``. Iterating gives this process's pins: the live view that
+    ``FileStore.purge`` checks as ``keep``."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
         self._count: collections.Counter[bytes] = collections.Counter()
+        self._holds: dict[bytes, list[Hold]] = {}
 
-    def pin(self, file_id: bytes) -> None:
-        self._count[file_id] += 1
+    async def pin(self, file_id: bytes) -> None:
+        self._count[file_id] += 1  # at once: a purge running meanwhile in this process sees it
+        try:
+            hold = await self._state.hold(PIN, file_id.hex(), 1, None)
+        except BaseException:
+            self._unpin(file_id)
+            raise
+        assert hold is not None  # an unlimited hold is always granted
+        self._holds.setdefault(file_id, []).append(hold)
 
     def release(self, file_id: bytes) -> None:
+        """Unpin (the shared hold goes in the background: a task's first step)."""
+        self._unpin(file_id)
+        holds = self._holds.get(file_id)
+        if holds:
+            hold = holds.pop()
+            if not holds:
+                del self._holds[file_id]
+            asyncio.ensure_future(self._state.release(hold))
+
+    def _unpin(self, file_id: bytes) -> None:
         self._count[file_id] -= 1
         if self._count[file_id] <= 0:
             del self._count[file_id]
@@ -62,6 +87,7 @@ class Pipeline:
     slots: asyncio.Semaphore
     pins: Pins
     quotas: Quotas
+    state: StateStore  # what every process serving this vault shares
     committed: Callable[[], None]  # called after each commit (a replaced version is purged)
 
     def crypto(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:

@@ -1,37 +1,41 @@
 """Upload admission: the one place size limits and quotas are reasoned about.
 
 A user's usage is what the store counts (LIVE files, plus the declared length of resumable
-uploads under way) plus what uploads in this process hold: ``admit`` checks the limits and
-reserves bytes for one upload, and its :class:`Reservation` is charged as the upload streams,
-grows if the upload outruns what it declared, and is given back exactly once.
+uploads under way) plus what uploads under way hold, in every process: ``admit`` checks the
+limits and reserves bytes for one upload, and its :class:`Reservation` is charged as the upload
+streams, grows if the upload outruns what it declared, and is given back exactly once.
 
-Check and update are atomic: each decision is made on numbers read before it, with no await
-between the check and the update of ``held``. A reservation whose bytes the store now counts
-(a committed file, a created resumable upload) ``settle``\\ s: its hold is dropped and the
-owner's generation bumped, and a read of the store's usage that overlapped such a change is
-taken again, so a byte is never counted in neither place. Holds live in memory: one server
-process per data directory (run.py takes a lock).
+The bytes held are holds in the shared state (vault/store.py StateStore, kind ``quota``, keyed
+by the owner), each taken or grown in one atomic operation against a limit of ``quota - stored``.
+A reservation whose bytes the store now counts (a committed file, a created resumable upload)
+``settle``\\ s: the owner's version is raised, then the hold dropped. A hold computed from a
+store count read before such a change names the version it read and is refused, so the count
+is read again: a byte is never counted in neither place, whichever process committed it.
 """
 
-import collections
 import logging
 
 from vault.errors import TooLarge
 from vault.records import Limits, Usage
-from vault.store import FileStore
+from vault.state import LocalState
+from vault.store import FileStore, Hold, StateStore
 
 log = logging.getLogger(__name__)
 
 
+QUOTA = "quota"  # the hold kind and counter of a user's bytes, keyed by user id
+STALE_READS = 20  # store counts read again because another upload committed meanwhile
+
+
 class Quotas:
-    def __init__(self, store: FileStore, *, default_quota: int, max_file_size: int) -> None:
+    def __init__(
+        self, store: FileStore, *, default_quota: int, max_file_size: int, state: StateStore | None = None
+    ) -> None:
         self._store = store
+        self._state: StateStore = LocalState() if state is None else state
         self.default_quota = default_quota  # 0: none
         self.max_file_size = max_file_size
-        self._held: collections.Counter[int] = collections.Counter()  # owner -> bytes reserved
-        # owner -> bumped whenever the store's count for the owner changed under this process
-        self._generation: collections.Counter[int] = collections.Counter()
-        self._stored: dict[int, tuple[int, int]] = {}  # owner -> (generation, bytes stored then)
+        self._stored: dict[int, tuple[int, int]] = {}  # owner -> (version, bytes stored then)
 
     async def limits(self, owner: int) -> Limits:
         quota, max_file_size = await self._store.get_limits(owner)
@@ -41,8 +45,8 @@ class Quotas:
     async def usage(self, owner: int) -> Usage:
         """What the owner stores, counting the bytes uploads under way hold."""
         limits = await self.limits(owner)
-        stored, files = await self._read_usage(owner)
-        return Usage(stored + self._held[owner], files, limits)
+        _, stored, files = await self._read_usage(owner)
+        return Usage(stored + await self._state.held(QUOTA, str(owner)), files, limits)
 
     async def admit(self, owner: int, length: int | None, *, slack: int = 0) -> "Reservation":
         """Admit an upload of ``length`` bytes (None: not known yet) or raise TooLarge, and
@@ -54,59 +58,65 @@ class Quotas:
             raise TooLarge(f"File too large: the limit is {limits.max_file_size} bytes")
         if limits.quota is None:
             return Reservation(self, owner, limits.max_file_size, None)
-        stored, _ = await self._read_usage(owner)
-        # From here to the end: no await, so no other admission can interleave.
-        room = max(limits.quota - stored - self._held[owner], 0)
-        if length is not None and length > room + slack:
-            raise TooLarge(f"Quota exceeded: {room} bytes of your quota are left")
-        reservation = Reservation(self, owner, limits.max_file_size, limits.quota)
-        reservation.reserved = min(length or 0, room)
-        self._held[owner] += reservation.reserved
-        return reservation
+        want = length or 0
+        need = max(want - slack, 0)
+        for _ in range(STALE_READS):
+            version, stored, _ = await self._read_usage(owner)
+            # One atomic check and update: min(want, room) is held unless less than need fits.
+            hold = await self._state.hold(
+                QUOTA, str(owner), want, limits.quota - stored, need=need, version=version
+            )
+            if hold is not None:
+                reservation = Reservation(self, owner, limits.max_file_size, limits.quota)
+                reservation.hold = hold
+                return reservation
+            if (await self._state.counter(QUOTA, str(owner))).version == version:
+                room = max(limits.quota - stored - await self._state.held(QUOTA, str(owner)), 0)
+                raise TooLarge(f"Quota exceeded: {room} bytes of your quota are left")
+        raise TooLarge("Quota exceeded: your usage is changing too fast to admit this upload")
 
     def unmetered(self, owner: int) -> "Reservation":
         """For appending to a resumable upload, whose whole length was reserved when it was
         created: charges nothing."""
         return Reservation(self, owner, None, None)
 
-    def changed(self, owner: int) -> None:
+    async def changed(self, owner: int) -> None:
         """The store's count for ``owner`` changed (a commit, delete or termination): reads
-        taken before are stale."""
-        self._generation[owner] += 1
+        taken before are stale, in every process."""
         self._stored.pop(owner, None)
+        await self._state.bump(QUOTA, str(owner))
 
-    async def _read_usage(self, owner: int) -> tuple[int, int]:
-        """(bytes, files) the store counts, read with no settle overlapping the read."""
-        while True:
-            generation = self._generation[owner]
-            stored, files = await self._store.usage(owner)
-            if self._generation[owner] == generation:
-                self._stored[owner] = (generation, stored)
-                return stored, files
+    async def _read_usage(self, owner: int) -> tuple[int, int, int]:
+        """(version, bytes, files): the store's count, with the version read before it."""
+        version = (await self._state.counter(QUOTA, str(owner))).version
+        stored, files = await self._store.usage(owner)
+        self._stored[owner] = (version, stored)
+        return version, stored, files
 
-    def _grow(self, reservation: "Reservation", nbytes: int) -> None:
-        """Reserve ``nbytes`` more for an upload that outran its reservation, against the
-        store's count as last read (still exact if nothing changed it since) or refuse."""
-        owner, quota = reservation.owner, reservation.quota
-        assert quota is not None
-        cached = self._stored.get(owner)
-        if cached is None or cached[0] != self._generation[owner]:
-            raise _Stale()
-        room = quota - cached[1] - self._held[owner]
-        if nbytes > room:
-            left = max(room, 0) + reservation.reserved - reservation.charged
-            raise TooLarge(f"Quota exceeded: this upload could use {left} more bytes of your quota")
-        self._held[owner] += nbytes
-        reservation.reserved += nbytes
+    async def _grow(self, reservation: "Reservation", total: int) -> None:
+        """Hold ``total`` bytes for an upload that outran its reservation, against the store's
+        count as last read (exact while its version holds: else it is read again) or refuse."""
+        owner, quota, hold = reservation.owner, reservation.quota, reservation.hold
+        assert quota is not None and hold is not None
+        for _ in range(STALE_READS):
+            cached = self._stored.get(owner)
+            if cached is None:
+                await self._read_usage(owner)
+                continue
+            version, stored = cached
+            grown = await self._state.resize(hold, total, quota - stored, version=version)
+            if grown is not None:
+                reservation.hold = grown
+                return
+            if (await self._state.counter(QUOTA, str(owner))).version == version:
+                room = quota - stored - await self._state.held(QUOTA, str(owner))
+                left = max(room, 0) + reservation.reserved - reservation.charged
+                raise TooLarge(f"Quota exceeded: this upload could use {left} more bytes of your quota")
+            self._stored.pop(owner, None)
+        raise TooLarge("Quota exceeded: your usage is changing too fast to admit this upload")
 
-    def _drop(self, owner: int, nbytes: int) -> None:
-        self._held[owner] -= nbytes
-        if self._held[owner] <= 0:
-            del self._held[owner]
-
-
-class _Stale(Exception):
-    """The store's count must be read again before a reservation grows."""
+    async def _drop(self, hold: Hold) -> None:
+        await self._state.release(hold)
 
 
 class Reservation:
@@ -118,8 +128,12 @@ class Reservation:
         self.owner = owner
         self.max_size = max_size  # largest file, None: no check here
         self.quota = quota  # None: nothing to hold
-        self.reserved = 0
+        self.hold: Hold | None = None  # the bytes held in the shared state
         self.charged = 0
+
+    @property
+    def reserved(self) -> int:
+        return 0 if self.hold is None else self.hold.amount
 
     async def charge(self, nbytes: int) -> None:
         """Count ``nbytes`` more of the upload, or raise TooLarge (nothing is then counted)."""
@@ -127,20 +141,16 @@ class Reservation:
         if self.max_size is not None and total > self.max_size:
             raise TooLarge(f"File too large: the limit is {self.max_size} bytes")
         if self.quota is not None and total > self.reserved:
-            try:
-                self._quotas._grow(self, total - self.reserved)
-            except _Stale:
-                await self._quotas._read_usage(self.owner)
-                self._quotas._grow(self, total - self.reserved)
+            await self._quotas._grow(self, total)
         self.charged = total
 
-    def settle(self) -> None:
+    async def settle(self) -> None:
         """The store now counts these bytes: stop holding them (before ``release``)."""
-        self._quotas.changed(self.owner)
-        self.release()
+        await self._quotas.changed(self.owner)
+        await self.release()
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Give back whatever is still held; safe to call any number of times."""
-        if self.reserved:
-            self._quotas._drop(self.owner, self.reserved)
-            self.reserved = 0
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            await self._quotas._drop(hold)

@@ -12,11 +12,12 @@ from vault.errors import IntegrityError, NotFound, OffsetMismatch
 from vault.names import check_new_filename
 from vault.pipeline import Pipeline
 from vault.records import FileInfo, ResumeState, UploadState
-from vault.store import Resumable
+from vault.store import Hold, Resumable
 from vault.upload import Upload
 
 log = logging.getLogger(__name__)
 RESUMABLE_ID_BYTES = 16
+WRITING = "tus"  # the hold kind of a request writing to a resumable upload (limit 1), by tus id
 
 
 class Resumables:
@@ -25,7 +26,7 @@ class Resumables:
     def __init__(self, pipe: Pipeline, ttl: int) -> None:
         self._pipe = pipe
         self.ttl = ttl
-        self._busy: set[str] = set()  # uploads a request is writing to right now
+        self._busy: dict[str, Hold] = {}  # uploads a request in this process is writing to now
         # uploads whose request stopped receiving (ended or cut off) and is saving what arrived:
         # set when that save is over, so a HEAD or PATCH asked meanwhile waits for its offset
         self._saving: dict[str, asyncio.Event] = {}
@@ -45,9 +46,9 @@ class Resumables:
         try:
             upload = self._new(owner, name, length, metadata)
             await self._pipe.store.create_resumable(upload)  # from now on the store counts it
-            reservation.settle()
+            await reservation.settle()
         finally:
-            reservation.release()
+            await reservation.release()
         return UploadState.of(upload)
 
     def _new(self, owner: int, name: str, length: int, metadata: str) -> Resumable:
@@ -120,13 +121,16 @@ class Resumables:
 
     async def resume(self, owner: int, tus_id: str, offset: int) -> "ResumedUpload":
         """Open a resumable upload for one request that appends at ``offset``."""
-        upload = await self.get(owner, tus_id)
-        if tus_id in self._busy:
-            raise OffsetMismatch("Another request is writing to this upload; retry with HEAD")
-        if offset != upload.offset:
-            raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
-        self._busy.add(tus_id)
-        self._pipe.pins.pin(upload.file_id)
+        await self.get(owner, tus_id)
+        await self._begin(tus_id, "Another request is writing to this upload; retry with HEAD")
+        try:
+            upload = await self.get(owner, tus_id)  # as it stands now that no one else writes
+            if offset != upload.offset:
+                raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
+        except BaseException:
+            self._done(tus_id)
+            raise
+        await self._pipe.pins.pin(upload.file_id)
         try:
             state = await self._resume_state(upload)
         except BaseException:
@@ -134,9 +138,21 @@ class Resumables:
             raise
         return ResumedUpload(self, upload, Upload(self._pipe, self._pipe.quotas.unmetered(owner), state))
 
+    async def _begin(self, tus_id: str, busy: str) -> None:
+        """Be the one request writing to ``tus_id`` (in every process), or OffsetMismatch."""
+        hold = await self._pipe.state.hold(WRITING, tus_id, 1, 1)
+        if hold is None:
+            raise OffsetMismatch(busy)
+        self._busy[tus_id] = hold
+
+    def _done(self, tus_id: str) -> None:
+        hold = self._busy.pop(tus_id, None)
+        if hold is not None:  # given back in a task's first step (at once, in one process)
+            asyncio.ensure_future(self._pipe.state.release(hold))
+
     def end(self, upload: Resumable) -> None:
         """A request stopped writing to ``upload``; pair with each successful ``resume``."""
-        self._busy.discard(upload.tus_id)
+        self._done(upload.tus_id)
         saving = self._saving.pop(upload.tus_id, None)
         if saving is not None:
             saving.set()
@@ -194,15 +210,14 @@ class Resumables:
 
     async def terminate(self, owner: int, tus_id: str) -> None:
         upload = await self.get(owner, tus_id)
-        if tus_id in self._busy:
-            raise OffsetMismatch("Another request is writing to this upload")
-        self._busy.add(tus_id)  # no PATCH may start while its segments are being deleted
+        # No PATCH may start while its segments are being deleted.
+        await self._begin(tus_id, "Another request is writing to this upload")
         try:
             self._hashes.pop(tus_id, None)
             await self._pipe.store.discard_file(upload.file_id)
-            self._pipe.quotas.changed(owner)
+            await self._pipe.quotas.changed(owner)
         finally:
-            self._busy.discard(tus_id)
+            self._done(tus_id)
 
 
 class ResumedUpload:

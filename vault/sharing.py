@@ -12,18 +12,21 @@ copies. HEAD and the HTML landing page cost nothing, and a short Range (a previe
 its length, which the allowance covers. Bytes charged to a response cut off before its end
 that may not have arrived (TCP had not acknowledged them, or a client receive buffer's worth
 before them) go back to the budget when the next request asks for them again, so ``curl -C -``
-resumes to completion; at most ``in_flight_allowance`` over a link's life. Usage is kept in
-memory and persisted after each request (one server process per data directory); the refunds
-given are counted in memory only.
+resumes to completion; at most ``in_flight_allowance`` over a link's life. The bytes served
+are in the store, charged after each request; the bytes reserved by responses under way are
+holds in the shared state (vault/store.py StateStore, kind ``link``), taken in one atomic
+operation against the budget less what was served, read after the link's version: each charge
+raises it, so a reservation computed from an older count is refused and computed again. What
+a cut-off response may not have delivered, and the refunds given, are counted in the memory of
+the process that served it (a resume that reaches another process gets no refund).
 """
 
-import asyncio
 import hashlib
 import logging
 import math
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vault.auth import Authenticator, Identity, check_password
 from vault.download import Download
@@ -40,7 +43,8 @@ from vault.keys import Keyring
 from vault.names import check_filename
 from vault.records import FileInfo
 from vault.rows import GRANT, LINK
-from vault.store import Grant, Link, SharingStore
+from vault.state import LocalState
+from vault.store import Grant, Hold, Link, SharingStore, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,9 @@ MAX_DOWNLOADS = 1_000_000
 PREVIEW_ALLOWANCE = 64 * 1024
 IN_FLIGHT_ALLOWANCE = 16 * 1024 * 1024  # given back in all to resumed downloads (in_flight_allowance)
 RECEIVE_SLACK = 8 * 1024 * 1024  # a client's receive buffer (Linux: up to 6 MiB), lost when it dies
+LINK_BYTES = "link"  # the hold kind and counter of a link's bytes reserved and served, by link id
+LINK_GUESS = "link-password"  # noqa: S105 (a state kind, not a secret): the mutex of a link's password guesses, by link id
+STALE_READS = 20  # budgets computed again because another download was charged meanwhile
 
 
 def in_flight_allowance(size: int) -> int:
@@ -111,15 +118,9 @@ class LinkInfo:
 
 
 @dataclass
-class _PasswordLock:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0  # requests holding or awaiting the lock
-
-
-@dataclass
 class _Usage:
-    served: int
-    reserved: int = 0
+    """What this process remembers of a link's cut-off responses."""
+
     refunded: int = 0  # given back to resumed downloads, at most in_flight_allowance(size)
     doubt: tuple[int, int] | None = None  # bytes [start, end) the last response may not have delivered
 
@@ -130,8 +131,10 @@ class Reservation:
     not have arrived: the last ``unacked`` (what the socket had not had acknowledged when last
     measured) and RECEIVE_SLACK before them (what the client's own buffers may have lost)."""
 
-    def __init__(self, sharing: "Sharing", link: Link, reserved: int, start: int, refund: int) -> None:
-        self._sharing, self._link, self._reserved = sharing, link, reserved
+    def __init__(
+        self, sharing: "Sharing", link: Link, hold: Hold | None, reserved: int, start: int, refund: int
+    ) -> None:
+        self._sharing, self._link, self._hold, self._reserved = sharing, link, hold, reserved
         self._start, self._refund = start, refund
         self.sent = 0
         self.unacked = 0
@@ -147,16 +150,21 @@ class Reservation:
             # unacknowledged at the end, could be fetched twice).
             cut = 0 < sent < self._reserved
             doubt = (max(end - self.unacked - RECEIVE_SLACK, self._start), end) if cut else None
-            await self._sharing._charge(self._link, self._reserved, sent, self._refund, doubt)
+            await self._sharing._charge(self._link, self._hold, sent, self._refund, doubt)
 
 
 class Sharing:
     def __init__(
-        self, store: SharingStore, files: FileService, keyring: Keyring, auth: Authenticator
+        self,
+        store: SharingStore,
+        files: FileService,
+        keyring: Keyring,
+        auth: Authenticator,
+        state: StateStore | None = None,
     ) -> None:
         self._store, self._files, self._keyring, self._auth = store, files, keyring, auth
+        self._state: StateStore = LocalState() if state is None else state
         self._usage: dict[str, _Usage] = {}
-        self._password_locks: dict[str, _PasswordLock] = {}
 
     # ------------------------------------------------------------------ grants
 
@@ -280,7 +288,7 @@ class Sharing:
         sizes = {info.name: info.size for info in await self._files.list(owner.user_id)}
         for link in await self._store.links_of(owner.user_id):
             if self._link_ok(link):
-                infos.append(LinkInfo.of(link, sizes.get(link.name, 0), self._usage_of(link).served))
+                infos.append(LinkInfo.of(link, sizes.get(link.name, 0), link.bytes_served))
         return infos
 
     async def revoke_link(self, owner: Identity, link_id: str) -> None:
@@ -305,7 +313,7 @@ class Sharing:
             download = await self._files.open(link.owner, link.name)
         except FileNotFound:
             raise Gone("The file behind this link is no longer available") from None
-        left = self._left(link, download.size)
+        left = await self._left(link, download.size)
         if left is not None and left <= 0:
             download.close()
             raise Gone("This link has no downloads left")
@@ -315,18 +323,11 @@ class Sharing:
         """One guess at a time per link, each seeing the failures before it: guesses sent all
         at once cannot all be tried before the lock-out starts. The lock stays while anyone
         holds or awaits it (a new lock beside a busy one would let guesses run in parallel)."""
-        entry = self._password_locks.setdefault(link.id, _PasswordLock())
-        entry.users += 1
-        try:
-            async with entry.lock:
-                fresh = await self._store.get_link(link.token_hash)
-                if fresh is None or fresh.id != link.id:
-                    raise NotFound("Link not found")
-                await self._check_password_once(fresh, password, time.time())
-        finally:
-            entry.users -= 1
-            if not entry.users:
-                del self._password_locks[link.id]
+        async with self._state.mutex(LINK_GUESS, link.id):
+            fresh = await self._store.get_link(link.token_hash)
+            if fresh is None or fresh.id != link.id:
+                raise NotFound("Link not found")
+            await self._check_password_once(fresh, password, time.time())
 
     async def _check_password_once(self, link: Link, password: str | None, now: float) -> None:
         if now < link.locked_until:
@@ -341,23 +342,37 @@ class Sharing:
         await self._store.add_link_failure(link.id, time.time(), lock_out)
         raise InvalidCredentials("Wrong password for this link")
 
-    def check_left(self, link: Link, size: int, nbytes: int, start: int = 0) -> None:
+    async def check_left(self, link: Link, size: int, nbytes: int, start: int = 0) -> None:
         """Gone unless the link could send ``nbytes`` from ``start`` now."""
-        left = self._left(link, size)
+        left = await self._left(link, size)
         if left is not None and nbytes > left + self._refund(link, size, start):
             raise Gone("This link has no downloads left")
 
-    def reserve(self, link: Link, size: int, nbytes: int, start: int = 0) -> Reservation:
+    async def reserve(self, link: Link, size: int, nbytes: int, start: int = 0) -> Reservation:
         """Hold ``nbytes`` of the link's budget for one response from byte ``start`` (none
         needed without a limit); a resumed download first gets back what its cut-off
         predecessor was charged for but evidently did not deliver."""
-        self.check_left(link, size, nbytes, start)
-        usage, refund = self._usage_of(link), self._refund(link, size, start)
-        usage.served -= refund
-        usage.refunded += refund
-        usage.doubt = None  # only the next request can claim it
-        usage.reserved += nbytes
-        return Reservation(self, link, nbytes, start, refund)
+        if link.max_downloads is None:
+            return Reservation(self, link, None, nbytes, start, 0)
+        for _ in range(STALE_READS):
+            version, served = await self._served(link)
+            refund = self._refund(link, size, start)
+            limit = link_budget(link.max_downloads, size) - served + refund
+            hold = await self._state.hold(LINK_BYTES, link.id, nbytes, limit, version=version)
+            if hold is not None:
+                usage = self._usage_of(link)
+                usage.refunded += refund
+                usage.doubt = None  # only the next request can claim it
+                return Reservation(self, link, hold, nbytes, start, refund)
+            if (await self._state.counter(LINK_BYTES, link.id)).version == version:
+                break
+        raise Gone("This link has no downloads left")
+
+    async def _served(self, link: Link) -> tuple[int, int]:
+        """(version, bytes served): the store's count, read after the version."""
+        version = (await self._state.counter(LINK_BYTES, link.id)).version
+        fresh = await self._store.get_link(link.token_hash)
+        return version, link.bytes_served if fresh is None else fresh.bytes_served
 
     def _refund(self, link: Link, size: int, start: int) -> int:
         """A request that starts inside the bytes the previous response may not have delivered
@@ -368,26 +383,32 @@ class Sharing:
             return 0
         return max(min(usage.doubt[1] - start, in_flight_allowance(size) - usage.refunded), 0)
 
-    def _left(self, link: Link, size: int) -> int | None:
-        """Bytes the link may still send (None: no limit)."""
+    async def _left(self, link: Link, size: int) -> int | None:
+        """Bytes the link may still send (None: no limit), as of ``link``'s count of bytes
+        served, less what responses under way hold."""
         if link.max_downloads is None:
             return None
-        usage = self._usage_of(link)
-        return link_budget(link.max_downloads, size) - usage.served - usage.reserved
+        held = await self._state.held(LINK_BYTES, link.id)
+        return link_budget(link.max_downloads, size) - link.bytes_served - held
 
     def _usage_of(self, link: Link) -> _Usage:
         usage = self._usage.get(link.id)
         if usage is None:
-            usage = self._usage[link.id] = _Usage(link.bytes_served)
+            usage = self._usage[link.id] = _Usage()
         return usage
 
     async def _charge(
-        self, link: Link, reserved: int, sent: int, refund: int, doubt: tuple[int, int] | None
+        self, link: Link, hold: Hold | None, sent: int, refund: int, doubt: tuple[int, int] | None
     ) -> None:
-        usage = self._usage_of(link)
-        usage.reserved -= reserved
-        usage.served += sent
-        if doubt is not None:
-            usage.doubt = doubt
-        if sent != refund:
-            await self._store.charge_link(link.id, sent - refund)
+        """Count what a response sent (less its refund) in the store, raise the link's version,
+        and only then give its hold back, so no budget is computed from a count without it."""
+        try:
+            if doubt is not None:
+                self._usage_of(link).doubt = doubt
+            if sent != refund:
+                await self._store.charge_link(link.id, sent - refund)
+                if hold is not None:
+                    await self._state.bump(LINK_BYTES, link.id)
+        finally:
+            if hold is not None:
+                await self._state.release(hold)

@@ -63,10 +63,10 @@ class LocalState:
         if version is not None and self._counter(kind, key).version != version:
             return None
         holds = self._holds.get((kind, key), {})
-        granted = amount if limit is None else min(amount, limit - sum(holds.values()))
+        granted = amount if limit is None else min(amount, max(limit - sum(holds.values()), 0))
         if granted < (amount if need is None else need):
             return None
-        hold = Hold(new_hold_id(), kind, key, max(granted, 0))
+        hold = Hold(new_hold_id(), kind, key, granted)
         self._holds.setdefault((kind, key), {})[hold.id] = hold.amount
         return hold
 

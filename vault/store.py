@@ -353,7 +353,7 @@ class StateStore(Protocol):
         version: int | None = None,
     ) -> Hold | None:
         """Atomically, with H the sum of the live holds of (kind, key): grant
-        ``g = min(amount, limit - H)`` (``amount`` when ``limit`` is None). If ``g < need``
+        ``g = min(amount, max(limit - H, 0))`` (``amount`` when ``limit`` is None). If ``g < need``
         (default ``amount``), or ``version`` is given and differs from the version of the
         counter (kind, key), record nothing and return None; else record a hold of ``g`` by
         this process and return it (``g`` may be 0 when ``need`` allows)."""

@@ -7,7 +7,9 @@ presented again means that two parties hold the family (the client and whoever c
 token), so the whole family is revoked and the caller gets 401; the next refresh by the other
 party fails too. Access tokens name their family (the ``sid`` claim), so revoking a family ends
 its access tokens at once: the revoked families are kept in memory for as long as an access
-token of theirs could live, and reloaded from the database after a restart.
+token of theirs could live, and reloaded from the database after a restart. With several
+processes (``poll``), each reads the families revoked since its last look at most every
+``poll`` seconds, so a logout in one reaches the others within that time.
 
 Every row carries a tag over all of its columns (``used`` and ``revoked`` included), rewritten
 with them under the primary master key, so that clearing a row's ``revoked`` without the master
@@ -32,6 +34,7 @@ REFRESH_BYTES = 32  # 256 bits; token_urlsafe gives 43 characters
 FAMILY_BYTES = 16
 MAX_REFRESH_CHARS = 256  # longer is not one of ours: not even hashed
 REVOKED_PRUNE_AT = 10_000  # remembered families before expired ones are swept
+POLL_OVERLAP = 10.0  # seconds each poll reads again: a revocation is stamped before it commits
 
 
 def refresh_id(token: str) -> bytes:
@@ -56,14 +59,17 @@ class RefreshTokens:
         ttl: int,
         access_ttl: int,
         clock: Callable[[], float] = time.time,
+        poll: float | None = None,
     ) -> None:
         self._store = store
+        self._poll = poll  # seconds between reads of revocations made elsewhere; None: never
         self._keyring = keyring
         self.ttl = ttl
         self._access_ttl = access_ttl
         self._clock = clock
         self._revoked: dict[str, float] = {}  # family -> until when its access tokens may live
         self._loaded = False
+        self._polled = 0.0  # when the revoked families were last read
 
     def _sealed(self, token: RefreshToken) -> RefreshToken:
         """The row under the primary key, with its tag computed over every column."""
@@ -135,9 +141,11 @@ class RefreshTokens:
             self._remember(family, now)
 
     async def family_revoked(self, family: str) -> bool:
-        if not self._loaded:
-            now = self._clock()
-            for revoked, when in await self._store.revoked_families(now - self._access_ttl):
+        now = self._clock()
+        if not self._loaded or (self._poll is not None and now - self._polled >= self._poll):
+            since = now - self._access_ttl if not self._loaded else self._polled - POLL_OVERLAP
+            self._polled = now  # before the read: requests meanwhile do not read again
+            for revoked, when in await self._store.revoked_families(max(since, now - self._access_ttl)):
                 self._remember(revoked, when)
             self._loaded = True
         until = self._revoked.get(family)

@@ -41,6 +41,7 @@ class Upload:
         self._hashed: Awaitable[None] | None = None
         self._inflight: collections.deque[asyncio.Future[None]] = collections.deque()
         self._staged = resume is not None
+        self._pinned = False  # pinned by this object (a one-shot upload's STAGED row)
         self._closed = False
         self._committed = False
         self._lock = asyncio.Lock()  # write, finish and abort never interleave
@@ -56,8 +57,7 @@ class Upload:
             raise InputError("The body goes beyond the declared Upload-Length")
         await self._reservation.charge(len(data))
         if not self._staged:
-            await self._pipe.store.stage_file(self.file_id, self.owner, time.time())
-            self._staged = True
+            await self._stage()
         self.size += len(data)
         view = memoryview(data)
         while view:
@@ -69,6 +69,19 @@ class Upload:
             view = view[room:]
         if self.length is not None and len(self._segment) == self._seg_size and self.size < self.length:
             await self._emit(final=False)  # the declared length says more follows
+
+    async def _stage(self) -> None:
+        """Reserve the STAGED row, pinned first: a STAGED row no process pins is an upload cut
+        off by a crash, which a purge removes (a resumed upload is pinned by Resumables)."""
+        await self._pipe.pins.pin(self.file_id)
+        self._pinned = True
+        await self._pipe.store.stage_file(self.file_id, self.owner, time.time())
+        self._staged = True
+
+    def _unpin(self) -> None:
+        if self._pinned:
+            self._pinned = False
+            self._pipe.pins.release(self.file_id)
 
     async def _emit(self, final: bool) -> None:
         segment, self._segment = self._segment, bytearray()
@@ -130,8 +143,7 @@ class Upload:
 
     async def _finish(self, name: str, expected_sha256: bytes | None) -> FileInfo:
         if not self._staged:
-            await self._pipe.store.stage_file(self.file_id, self.owner, time.time())
-            self._staged = True
+            await self._stage()
         if self.length is not None and self.size != self.length:
             raise InputError("The upload is not complete")
         await self._emit(final=True)
@@ -164,7 +176,8 @@ class Upload:
         )
         await self._pipe.store.commit_file(stored)
         self._committed = True
-        self._reservation.settle()
+        self._unpin()
+        await self._reservation.settle()
         return FileInfo.of(stored)
 
     async def abort(self) -> None:
@@ -175,7 +188,11 @@ class Upload:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
             self._inflight.clear()
-            self._reservation.release()
+            await self._reservation.release()
             if self._staged and not self._committed:
                 self._staged = False
-                await self._pipe.store.discard_file(self.file_id)
+                try:
+                    await self._pipe.store.discard_file(self.file_id)
+                finally:
+                    self._unpin()
+            self._unpin()
