@@ -28,16 +28,19 @@ from handlers.base import Context, InFlight
 from handlers.metrics import make_metrics_app
 from handlers.redact import redact_logs
 from storage.sqlite import SQLiteStore
+from storage.sqlite_state import SQLiteState
 from vault import cli
 from vault.admin import Admin
 from vault.audit import WRITER_TASK
 from vault.config import Settings, load_settings, unknown_variables
 from vault.core import Core, open_core
 from vault.errors import ConfigError, InvalidField, StorageFull, VaultError
-from vault.keys import KEYRING_FILE, add_primary_key
+from vault.keys import KEYRING_FILE, add_primary_key, load_jwt_secret, load_keyring
 from vault.memory import tune_malloc
-from vault.throttle import LoginThrottle
+from vault.store import StateStore
+from vault.throttle import LoginThrottle, SharedLoginThrottle, Throttle
 from vault.tls import ensure_certificate, server_context
+from vault.workers import Worker, WorkerFailed, supervise
 
 log = logging.getLogger("vault")
 HERE = Path(__file__).resolve().parent
@@ -105,10 +108,36 @@ async def open_store(settings: Settings) -> AsyncIterator[SQLiteStore]:
 
 
 @asynccontextmanager
-async def open_server_core(settings: Settings) -> AsyncIterator[Core]:
-    """The core on the SQLite store of ``settings``."""
-    async with open_store(settings) as store, open_core(settings, store) as core:
-        yield core
+async def open_server_core(settings: Settings, shared: bool = False) -> AsyncIterator[Core]:
+    """The core on the SQLite store of ``settings``; ``shared``: with the state shared with
+    the other workers in the same database (storage/sqlite_state.py), else in memory."""
+    async with open_store(settings) as store:
+        state = (
+            await SQLiteState.open(settings.db_path, settings.worker_lease, settings.busy_timeout)
+            if shared
+            else None
+        )
+        try:
+            async with open_core(settings, store, state=state) as core:
+                yield core
+        finally:
+            if state is not None:
+                await state.close()
+
+
+def make_throttle(settings: Settings, state: StateStore) -> Throttle:
+    """The login throttle: in memory for one process, on the shared state for several."""
+    s = settings
+    if state.shared:
+        return SharedLoginThrottle(
+            state, free=s.login_free_attempts, max_backoff=s.login_max_backoff,
+            trusted_proxies=s.trusted_proxies, register_per_address=s.register_per_address,
+            register_per_hour=s.register_per_hour,
+        )  # fmt: skip
+    return LoginThrottle(
+        free=s.login_free_attempts, max_backoff=s.login_max_backoff, trusted_proxies=s.trusted_proxies,
+        register_per_address=s.register_per_address, register_per_hour=s.register_per_hour,
+    )  # fmt: skip
 
 
 def warn_if_exposed(settings: Settings, sockets: list[socket.socket]) -> None:
@@ -126,18 +155,73 @@ def warn_if_exposed(settings: Settings, sockets: list[socket.socket]) -> None:
         )
 
 
-async def serve(settings: Settings) -> None:
-    lock_data_dir(settings.data_dir)
-    sockets = listen(settings)  # before anything touches the data: a busy port changes nothing
+@dataclasses.dataclass(frozen=True)
+class Listeners:
+    """The sockets bound before anything touches the data (and, with workers, before the
+    fork, so that every worker accepts on the same ones)."""
+
+    https: list[socket.socket]
+    plain: list[socket.socket]
+    metrics: list[socket.socket]
+
+
+def start(settings: Settings) -> Listeners:
+    """Take the data directory, bind the ports, make sure there is a certificate: everything
+    a start-up can fail on before the database is opened (a busy port changes nothing)."""
+    lock_data_dir(settings.data_dir)  # held by every worker: the descriptor is inherited
+    https = listen(settings)
+    # Loopback only, whatever `host` says: plain HTTP exists to measure what TLS costs, and
+    # metrics are never on the public port.
+    plain = _loopback(settings.plain_http_port)
+    metrics = _loopback(settings.metrics_port)
     if ensure_certificate(settings.tls_cert, settings.tls_key, settings.tls_names):
         log.warning("generated a self-signed certificate: %s (key %s)", settings.tls_cert, settings.tls_key)
+    return Listeners(https, plain, metrics)
+
+
+def _loopback(port: int) -> list[socket.socket]:
+    return tornado.netutil.bind_sockets(port, "127.0.0.1") if port else []
+
+
+def listening(settings: Settings, listeners: Listeners) -> str:
+    port = listeners.https[0].getsockname()[1]
+    return f"vault listening on https://{settings.host}:{port} (data in {settings.data_dir})"
+
+
+async def prepare_data(settings: Settings) -> None:
+    load_keyring(settings.data_dir, os.environ)
+    load_jwt_secret(settings.data_dir, os.environ)
+    async with open_store(settings):
+        pass
+
+
+def run_server(settings: Settings) -> None:
+    """One process (``workers: 1``), or a supervisor forking ``workers`` that share the port."""
+    listeners = start(settings)
+    if settings.workers == 1:
+        asyncio.run(serve(settings, listeners))
+        return
+    warn_if_exposed(settings, listeners.https)
+    # Once, before the fork: the database created or migrated, the keys generated if missing
+    # (workers doing it at once would race), and no thread left running (aiosqlite's end here).
+    asyncio.run(prepare_data(settings))
+
+    def work(worker: Worker) -> None:
+        asyncio.run(serve(settings, listeners, worker))
+
+    supervise(settings.workers, work, listening(settings, listeners))
+
+
+async def serve(settings: Settings, listeners: Listeners, worker: Worker | None = None) -> None:
+    """Serve until SIGTERM; ``worker``: as one of several processes (workers.py)."""
     ssl_context = server_context(settings.tls_cert, settings.tls_key)
-    async with open_server_core(settings) as core:
+    async with open_server_core(settings, shared=worker is not None) as core:
         try:
-            await core.files.purge(staged_too=True)  # uploads cut off by a crash or kill
+            # Uploads cut off by a crash or kill. With workers, only those no live worker pins.
+            await core.files.purge(staged_too=True)
         except StorageFull:
             log.error("the disk is full: serving what can be read; uploads answer 507 until space is freed")
-        await _serve(core, sockets, ssl_context)
+        await _serve(core, listeners, ssl_context, worker)
 
 
 def failure(exc: BaseException) -> str:
@@ -149,16 +233,11 @@ def failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLContext) -> None:
-    settings, files = core.settings, core.files
-    throttle = LoginThrottle(
-        free=settings.login_free_attempts,
-        max_backoff=settings.login_max_backoff,
-        trusted_proxies=settings.trusted_proxies,
-        register_per_address=settings.register_per_address,
-        register_per_hour=settings.register_per_hour,
-    )
-    ctx = Context(core, throttle)
+async def _serve(
+    core: Core, listeners: Listeners, ssl_context: ssl.SSLContext, worker: Worker | None
+) -> None:
+    settings, files, sockets = core.settings, core.files, listeners.https
+    ctx = Context(core, make_throttle(settings, core.state), worker=os.getpid() if worker else 0)
     app = make_app(ctx)
     server = tornado.httpserver.HTTPServer(
         app,
@@ -175,32 +254,38 @@ async def _serve(core: Core, sockets: list[socket.socket], ssl_context: ssl.SSLC
     )
     server.read_chunk_size = TLS_READ_SIZE  # TCPServer's attribute, given to each new stream
     server.add_sockets(sockets)
-    purger = tornado.ioloop.PeriodicCallback(files.purge, PURGE_INTERVAL * 1000)
-    purger.start()
-    port = sockets[0].getsockname()[1]
+    # With workers, each purges every lease: a dead worker's staged uploads go once it lapsed.
+    interval = settings.worker_lease if worker else PURGE_INTERVAL
+    timers = [tornado.ioloop.PeriodicCallback(files.purge, interval * 1000)]
+    if worker:
+        timers.append(tornado.ioloop.PeriodicCallback(core.state.renew, settings.worker_lease * 1000 / 3))
+    for timer in timers:
+        timer.start()
     plain = None
-    if settings.plain_http_port:
-        # Loopback only, whatever `host` says: it exists to measure what TLS costs.
+    if listeners.plain:
         plain = tornado.httpserver.HTTPServer(
             app, max_body_size=SMALL_BODY_LIMIT, body_timeout=settings.body_timeout, chunk_size=BODY_CHUNK
         )
-        plain.listen(settings.plain_http_port, "127.0.0.1")
+        plain.add_sockets(listeners.plain)
         log.warning("plain HTTP for benchmarks on http://127.0.0.1:%d", settings.plain_http_port)
     metrics = None
-    if settings.metrics_port:
-        # Loopback only, whatever `host` says, and never on the public port.
+    if listeners.metrics:
         metrics = tornado.httpserver.HTTPServer(make_metrics_app(ctx))
-        metrics.listen(settings.metrics_port, "127.0.0.1")
+        metrics.add_sockets(listeners.metrics)
         log.warning("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
-    warn_if_exposed(settings, sockets)
-    print(f"vault listening on https://{settings.host}:{port} (data in {settings.data_dir})", flush=True)
+    if worker is None:
+        warn_if_exposed(settings, sockets)
+        print(listening(settings, listeners), flush=True)
+    else:
+        worker.ready()
     stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: hurry.set() if stop.is_set() else stop.set())
     loop.add_signal_handler(signal.SIGHUP, reload_certificate, settings, ssl_context)
     await stop.wait()
-    purger.stop()
+    for timer in timers:
+        timer.stop()
     servers = [s for s in (server, plain, metrics) if s is not None]
     await drain(servers, ctx.requests, settings.shutdown_grace, hurry)
     await settle(SHUTDOWN_GRACE)
@@ -310,10 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         tune_malloc(settings.segment_size, os.environ)  # before the threads start: vault/memory.py
         redact_logs()  # link secrets masked in every line, not only the access log
-        asyncio.run(serve(settings))
+        run_server(settings)
     except ConfigError as exc:
         print(f"vault: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:
+        print(f"vault: cannot start: {exc} (its message is above)", file=sys.stderr)
+        return 1
     except (VaultError, OSError, sqlite3.Error) as exc:
         log.debug("start-up failed", exc_info=exc)
         print(f"vault: cannot start: {failure(exc)}", file=sys.stderr)

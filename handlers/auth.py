@@ -34,7 +34,7 @@ class RegisterHandler(PasswordCheckHandler):
     async def post(self) -> None:
         body = self.json_body()
         self.audit_actor = str(body.get("username"))[:64]
-        self.throttle.registrations.check(self.client_address())  # 429 before bcrypt runs
+        await self.throttle.check_registration(self.client_address())  # 429 before bcrypt runs
         await self.auth.sign_up(body.get("username"), body.get("password"), body.get("invite"))
         self.write_json(201, {"message": "User registered successfully"})
 
@@ -51,7 +51,7 @@ class LoginHandler(PasswordCheckHandler):
         username = body.get("username")
         account = username if isinstance(username, str) else ""
         try:
-            with self.throttle.attempt(account, self.client_address()):
+            async with self.throttle.guard(account, self.client_address()):
                 pair = await self.auth.login(username, body.get("password"))
         except VaultError:
             # What was typed as a user name is often a password: the audit log names only
@@ -105,7 +105,7 @@ class PasswordHandler(PasswordCheckHandler):
         """Check and change the password (web.py's route too); the new session's pair."""
         identity = await self.authenticated()
         body = self.json_body()
-        with self.throttle.attempt(identity.username, self.client_address()):
+        async with self.throttle.guard(identity.username, self.client_address()):
             return await self.auth.change_password(
                 identity, body.get("old_password"), body.get("new_password")
             )

@@ -44,7 +44,7 @@ from vault.files import FileService
 from vault.metrics import Metrics
 from vault.sharing import Sharing
 from vault.store import Hold
-from vault.throttle import LoginThrottle
+from vault.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,10 @@ class Context:
     requests in flight, for a graceful stop)."""
 
     core: Core
-    throttle: LoginThrottle
+    throttle: Throttle
     requests: InFlight = field(default_factory=InFlight)
     metrics: Metrics = field(default_factory=Metrics)
+    worker: int = 0  # with workers > 1: this worker's pid, sent as X-Vault-Worker
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -137,6 +138,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
+        if ctx.worker:
+            self.set_header("X-Vault-Worker", str(ctx.worker))
         self.audit_actor = "-"
         ctx.requests.enter()
         self._in_flight = True
@@ -178,7 +181,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.ctx.core.auth
 
     @property
-    def throttle(self) -> LoginThrottle:
+    def throttle(self) -> Throttle:
         return self.ctx.throttle
 
     @property
@@ -186,6 +189,9 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.ctx.core.settings
 
     def set_default_headers(self) -> None:
+        worker = getattr(getattr(self, "ctx", None), "worker", 0)  # after initialize (errors)
+        if worker:
+            self.set_header("X-Vault-Worker", str(worker))
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
         self.set_header("Strict-Transport-Security", "max-age=31536000")

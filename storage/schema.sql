@@ -138,3 +138,32 @@ CREATE TABLE IF NOT EXISTS audit (
     key_id  INTEGER NOT NULL,
     mac     BLOB NOT NULL
 );
+
+-- Shared state of the processes serving this database together (workers: N; vault/store.py
+-- StateStore, storage/sqlite_state.py). Each process is a holder with a lease it renews; its
+-- holds (upload slots, quota bytes, link bytes, pins, locks) count only while the lease runs.
+-- Counters: login failures, registrations, and versions raised when a total changes.
+CREATE TABLE IF NOT EXISTS state_holders (
+    holder  TEXT PRIMARY KEY,
+    pid     INTEGER NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state_holds (
+    id     TEXT PRIMARY KEY,
+    kind   TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    amount INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS state_holds_key ON state_holds (kind, key);
+CREATE TABLE IF NOT EXISTS state_counters (
+    kind    TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    count   INTEGER NOT NULL,
+    stamp   REAL NOT NULL,
+    version INTEGER NOT NULL,
+    expires REAL,
+    PRIMARY KEY (kind, key)
+);
+-- purge looks for STAGED and DELETED rows often when several processes share the database
+CREATE INDEX IF NOT EXISTS files_unlive ON files (state) WHERE state != 1;

@@ -29,6 +29,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.format import Header
+from vault.pipeline import PIN
 from vault.store import Account, AuditEntry, Grant, Link, RefreshToken, Resumable, StoredFile, User
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,11 @@ _FILE_COLUMNS = (
 # A grant or link is written only beside a LIVE file of its name, in the same statement: one
 # created while its file is deleted cannot survive to serve the next upload of that name.
 _FILE_IS_LIVE = f"EXISTS (SELECT 1 FROM files WHERE owner = ? AND name = ? AND state = {LIVE})"
+# A file that a transfer of a live process pinned in the shared state (storage/sqlite_state.py).
+_PINNED = (
+    "EXISTS (SELECT 1 FROM state_holds h JOIN state_holders p ON p.holder = h.holder"
+    f" WHERE h.kind = '{PIN}' AND h.key = lower(hex(files.file_id)) AND p.expires > ?)"
+)
 _AUDIT_COLUMNS = "seq, at, actor, address, action, target, outcome, key_id, mac"
 _GRANT_COLUMNS = "owner, name, grantee, created, key_id, tag"
 _USER_COLUMNS = "id, username, password_hash, key_id, tag, token_epoch, disabled"
@@ -228,6 +234,7 @@ class SQLiteStore:
         self._lock = asyncio.Lock()
         self._busy_timeout = busy_timeout
         self._busy_ms = int(busy_timeout * 1000)  # the writer's busy_timeout now
+        self._orphans_checked = False  # purge has looked for segments without a file row
 
     @classmethod
     async def open(cls, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> "SQLiteStore":
@@ -467,12 +474,15 @@ class SQLiteStore:
     async def discard_file(self, file_id: bytes) -> None:
         await self._remove(file_id, STAGED)
 
-    async def _remove(self, file_id: bytes, state: int) -> int:
+    async def _remove(self, file_id: bytes, state: int, unpinned: bool = False) -> int:
         """Remove a file in ``state``: mark it DELETED, delete its segments in batches, then the
         row. A crash part-way leaves a DELETED row for the next purge; a file that is no longer
-        in ``state`` (say, it committed meanwhile) is left alone. Returns 1 if it removed it."""
+        in ``state`` (say, it committed meanwhile), or, if ``unpinned``, that a live process has
+        pinned in the shared state, is left alone. Returns 1 if it removed it."""
+        pinned = f" AND NOT {_PINNED}" if unpinned else ""
         changed = await self._write(
-            "UPDATE files SET state = ? WHERE file_id = ? AND state = ?", (DELETED, file_id, state)
+            f"UPDATE files SET state = ? WHERE file_id = ? AND state = ?{pinned}",
+            (DELETED, file_id, state) + ((time.time(),) if unpinned else ()),
         )
         if changed != 1:
             return 0
@@ -806,18 +816,22 @@ class SQLiteStore:
         return [(int(idx), data) for idx, data in rows]
 
     async def purge(self, keep: Collection[bytes], staged_too: bool = False, now: float = 0.0) -> int:
+        """As FileStore.purge; a file pinned in the shared state (storage/sqlite_state.py: a
+        transfer in another process) is kept too, checked again in the statement that starts
+        removing it."""
         rows = await self._all(
-            "SELECT file_id, state FROM files WHERE state = ?"
+            "SELECT file_id, state FROM files WHERE (state = ?"
             " OR (state = ? AND tus_id IS NOT NULL AND expires < ?)"
-            " OR (state = ? AND tus_id IS NULL AND ?)",
-            (DELETED, STAGED, now, STAGED, staged_too),
+            f" OR (state = ? AND tus_id IS NULL AND ?)) AND NOT {_PINNED}",
+            (DELETED, STAGED, now, STAGED, staged_too, time.time()),
         )
         victims = [(bytes(fid), int(state)) for fid, state in rows]
         removed = 0
         for file_id, state in victims:
             if file_id not in keep:  # a live view: a transfer may have pinned it meanwhile
-                removed += await self._remove(file_id, state)
-        if staged_too:
+                removed += await self._remove(file_id, state, unpinned=True)
+        if staged_too and (removed or not self._orphans_checked):  # a full scan: not every time
+            self._orphans_checked = True
             await self._write("DELETE FROM segments WHERE file_id NOT IN (SELECT file_id FROM files)", ())
         if removed:
             log.info("purged %d replaced, deleted, expired or abandoned file(s)", removed)

@@ -3,14 +3,18 @@ limits, versions that refuse a stale hold, compare-and-set counters with expiry,
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from storage.sqlite_state import SQLiteState
+from vault.errors import InvalidCredentials, TooManyAttempts, TooManyRegistrations
 from vault.state import LocalState
 from vault.store import Counter, StateStore
+from vault.throttle import SharedLoginThrottle
 
 Factory = Callable[[Path], Any]  # an async context manager yielding a StateStore
 
@@ -24,7 +28,16 @@ async def local_state(tmp_path: Path) -> AsyncIterator[StateStore]:
         await state.close()
 
 
-FACTORIES: dict[str, Factory] = {"local": local_state}
+@contextlib.asynccontextmanager
+async def sqlite_state(tmp_path: Path) -> AsyncIterator[StateStore]:
+    state = await SQLiteState.open(tmp_path / "vault.db")
+    try:
+        yield state
+    finally:
+        await state.close()
+
+
+FACTORIES: dict[str, Factory] = {"local": local_state, "sqlite": sqlite_state}
 
 
 def run(tmp_path: Path, factory: Factory, scenario: Callable[[StateStore], Awaitable[None]]) -> None:
@@ -148,3 +161,141 @@ def test_a_mutex_lets_one_in_at_a_time_in_turn(tmp_path: Path, factory: Factory)
 def test_local_state_is_one_process_only() -> None:
     state = LocalState()
     assert state.shared is False and len(state.holder) == 16 and LocalState().holder != state.holder
+
+
+# --- the login throttle's rules on the shared state (vault/throttle.py SharedLoginThrottle) -------
+
+
+async def failed_login(throttle: SharedLoginThrottle, account: str, address: str) -> None:
+    with pytest.raises(InvalidCredentials):
+        async with throttle.guard(account, address):
+            raise InvalidCredentials()
+
+
+def test_shared_throttle_locks_after_the_free_failures_by_account_and_address(
+    tmp_path: Path, factory: Factory
+) -> None:
+    async def scenario(state: StateStore) -> None:
+        throttle = SharedLoginThrottle(state, free=3, max_backoff=60)
+        for n in range(3):
+            await failed_login(throttle, "Alice", f"192.0.2.{n}")  # three addresses, one account
+        with pytest.raises(TooManyAttempts) as locked:
+            async with throttle.guard("alice", "192.0.2.9"):
+                pytest.fail("a locked account was let in")
+        assert locked.value.retry_after == 1
+        async with throttle.guard("bob", "192.0.2.9"):  # another account, another address: free
+            pass
+        for n in range(3):
+            await failed_login(throttle, f"user{n}", "198.51.100.7")  # one address, three accounts
+        with pytest.raises(TooManyAttempts):
+            async with throttle.guard("carol", "198.51.100.7"):
+                pass
+
+    run(tmp_path, factory, scenario)
+
+
+def test_shared_throttle_counts_attempts_in_flight_and_a_success_clears_the_account(
+    tmp_path: Path, factory: Factory
+) -> None:
+    async def scenario(state: StateStore) -> None:
+        throttle = SharedLoginThrottle(state, free=2, max_backoff=60)
+        async with throttle.guard("alice", "192.0.2.1"), throttle.guard("alice", "192.0.2.2"):
+            with pytest.raises(TooManyAttempts):  # two in flight: as many as are free
+                async with throttle.guard("alice", "192.0.2.3"):
+                    pass
+        await failed_login(throttle, "alice", "192.0.2.1")
+        async with throttle.guard("alice", "192.0.2.2"):  # succeeds: the account starts over
+            pass
+        await failed_login(throttle, "alice", "192.0.2.3")
+        async with throttle.guard("alice", "192.0.2.4"):  # one failure since: not locked
+            pass
+        assert await state.held("login-pending", "login-account:alice") == 0  # none left in flight
+
+    run(tmp_path, factory, scenario)
+
+
+def test_shared_registration_limit_per_address_and_in_total(tmp_path: Path, factory: Factory) -> None:
+    async def scenario(state: StateStore) -> None:
+        throttle = SharedLoginThrottle(
+            state, free=5, max_backoff=60, register_per_address=2, register_per_hour=3
+        )
+        await throttle.check_registration("10.0.0.1")
+        await throttle.check_registration("10.0.0.1")
+        with pytest.raises(TooManyRegistrations):
+            await throttle.check_registration("10.0.0.1")
+        await throttle.check_registration("10.0.0.2")  # the third in total
+        with pytest.raises(TooManyRegistrations) as refused:
+            await throttle.check_registration("10.0.0.3")
+        assert 3590 <= refused.value.retry_after <= 3600
+
+    run(tmp_path, factory, scenario)
+
+
+# --- SQLite: several processes (each a connection and a holder of its own) on one database -------
+
+
+def test_sqlite_holds_stay_within_the_limit_across_processes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        states = [await SQLiteState.open(tmp_path / "vault.db") for _ in range(3)]
+        try:
+            holds = await asyncio.gather(*(s.hold("upload", "7", 1, 4) for s in states for _ in range(4)))
+            assert sum(h is not None for h in holds) == 4
+            assert [await s.held("upload", "7") for s in states] == [4, 4, 4]
+            versions = await asyncio.gather(*(s.bump("quota", "7") for s in states for _ in range(5)))
+            assert sorted(versions) == list(range(1, 16))  # each bump is one atomic step
+        finally:
+            for s in states:
+                await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_sqlite_a_dead_processs_holds_lapse_with_its_lease(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        alive, dead = (
+            await SQLiteState.open(tmp_path / "vault.db"),
+            await SQLiteState.open(tmp_path / "vault.db"),
+        )
+        try:
+            assert await dead.hold("upload", "7", 2, 2) is not None
+            assert await alive.hold("upload", "7", 1, 2) is None
+            assert await alive.held_keys("upload") == {"7"}
+            with sqlite3.connect(tmp_path / "vault.db") as db:  # its lease ran out (it was killed)
+                db.execute("UPDATE state_holders SET expires = 0 WHERE holder = ?", (dead.holder,))
+            assert await alive.held("upload", "7") == 0 and await alive.held_keys("upload") == set()
+            assert await alive.hold("upload", "7", 2, 2) is not None
+            await alive.renew()  # the survivor's renewal deletes the dead one's rows
+            with sqlite3.connect(tmp_path / "vault.db") as db:
+                holders = {row[0] for row in db.execute("SELECT holder FROM state_holders")}
+                owners = {row[0] for row in db.execute("SELECT DISTINCT holder FROM state_holds")}
+            assert holders == owners == {alive.holder}
+        finally:
+            await alive.close()
+            await dead.close()
+        with sqlite3.connect(tmp_path / "vault.db") as db:  # closing gives everything up
+            assert db.execute("SELECT COUNT(*) FROM state_holds").fetchone() == (0,)
+
+    asyncio.run(scenario())
+
+
+def test_sqlite_a_mutex_is_exclusive_across_processes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        states = [await SQLiteState.open(tmp_path / "vault.db") for _ in range(2)]
+        inside, most = 0, 0
+
+        async def visit(state: StateStore) -> None:
+            nonlocal inside, most
+            async with state.mutex("link-password", "L1"):
+                inside += 1
+                most = max(most, inside)
+                await asyncio.sleep(0.005)
+                inside -= 1
+
+        try:
+            await asyncio.gather(*(visit(s) for s in states for _ in range(3)))
+            assert most == 1
+        finally:
+            for s in states:
+                await s.close()
+
+    asyncio.run(scenario())

@@ -104,6 +104,16 @@ class Settings:
     shutdown_grace: int = _setting(
         30, "Seconds SIGTERM lets requests in flight finish (no new connections) before closing them."
     )
+    workers: int = _setting(
+        1,
+        "Server processes sharing the port (1: one process, as before); with more, they share"
+        " limits, locks and sessions through the database (README, Several workers).",
+    )
+    worker_lease: int = _setting(
+        10,
+        "With workers > 1: seconds after which what a dead worker held (upload slots, quota,"
+        " pins, its uploads in progress) is released and its staged uploads are purged.",
+    )
     registration: str = _setting(
         "invite",
         "Who may `POST /register`: `open` (anyone), `invite` (with a code from `run.py admin invite`)"
@@ -179,6 +189,8 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "uploads_per_user", 1, 10_000)
     _check_range(values, "busy_timeout", 1, 3600)
     _check_range(values, "shutdown_grace", 0, 86400)
+    _check_range(values, "workers", 1, 256)
+    _check_range(values, "worker_lease", 1, 3600)
     _check_range(values, "login_free_attempts", 1, 1_000_000)
     _check_range(values, "login_max_backoff", 1, 86400)
     _check_range(values, "register_per_address", 0, 1_000_000)

@@ -24,8 +24,9 @@ much by their address key. Until a cap-length window runs out, anyone trying the
 
 The client address is the socket's peer, unless the peer is one of the configured trusted
 proxies: then it is the last address in X-Forwarded-For (the one that proxy saw), which a client
-cannot forge past a proxy that appends to the header. State lives in this process (one server
-per data directory) and is lost on restart.
+cannot forge past a proxy that appends to the header. :class:`LoginThrottle` keeps the state in
+this process (one server process) and loses it on restart; :class:`SharedLoginThrottle` applies
+the same rules on the shared state (vault/store.py StateStore) of several processes.
 """
 
 import ipaddress
@@ -33,11 +34,13 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from vault.errors import ConfigError, InvalidCredentials, TooManyAttempts, TooManyRegistrations
+from vault.store import Hold, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,16 @@ def parse_networks(text: str) -> tuple[Network, ...]:
                 f"config key 'trusted_proxies': not an IP address or network: {item!r}"
             ) from None
     return tuple(networks)
+
+
+def client_address(trusted: tuple[Network, ...], peer: str, forwarded_for: str | None) -> str:
+    """The socket's ``peer``, or the last X-Forwarded-For entry when the peer is ``trusted``."""
+    peer_ip = _ip(peer)
+    if forwarded_for and peer_ip is not None and any(peer_ip in net for net in trusted):
+        forwarded = _ip(forwarded_for.rsplit(",", 1)[-1])
+        if forwarded is not None:
+            return str(forwarded)
+    return peer
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -224,12 +237,7 @@ class LoginThrottle:
 
     def client_address(self, peer: str, forwarded_for: str | None) -> str:
         """The socket's ``peer``, or the last X-Forwarded-For entry when the peer is trusted."""
-        peer_ip = _ip(peer)
-        if forwarded_for and peer_ip is not None and any(peer_ip in net for net in self._trusted):
-            forwarded = _ip(forwarded_for.rsplit(",", 1)[-1])
-            if forwarded is not None:
-                return str(forwarded)
-        return peer
+        return client_address(self._trusted, peer, forwarded_for)
 
     def check(self, account: str, address: str) -> None:
         """Raise TooManyAttempts if either key is locked; otherwise the attempt has begun and
@@ -273,6 +281,15 @@ class LoginThrottle:
             raise
         self.succeeded(account, address)
 
+    @asynccontextmanager
+    async def guard(self, account: str, address: str) -> AsyncIterator[None]:
+        """``attempt`` for the HTTP side, which also drives the shared throttle (Throttle)."""
+        with self.attempt(account, address):
+            yield
+
+    async def check_registration(self, address: str) -> None:
+        self.registrations.check(address)
+
     def tracked(self) -> tuple[int, int]:
         """(accounts, addresses) currently remembered."""
         return len(self._accounts), len(self._addresses)
@@ -280,3 +297,154 @@ class LoginThrottle:
 
 def _account_key(account: str) -> str:
     return account.lower()[:MAX_KEY_CHARS]
+
+
+class Throttle(Protocol):
+    """What the HTTP side asks of a login throttle, in one process or several."""
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str: ...
+
+    def guard(self, account: str, address: str) -> AbstractAsyncContextManager[None]:
+        """check(), then failed() if the body raises InvalidCredentials, succeeded() if it
+        returns, abandoned() on any other exception (LoginThrottle.attempt)."""
+
+    async def check_registration(self, address: str) -> None:
+        """Count one registration attempt from ``address``, or raise TooManyRegistrations."""
+
+
+ACCOUNT, ADDRESS = "login-account", "login-address"  # counters: failures and the last one's time
+PENDING = "login-pending"  # holds: attempts in flight, keyed by the counter's kind and key
+REGISTER = "register"  # counters: registrations in the window (stamp: when the window began)
+CAS_ROUNDS = 20
+
+
+class SharedLoginThrottle:
+    """The rules of :class:`LoginThrottle` (module docstring) on the shared state, so that they
+    hold in total across the processes serving one vault: failures are counters (count, time of
+    the last failure, forgotten ``max_backoff`` after the lock ends), attempts in flight are
+    holds (at most ``free - failures`` at once, one once in backoff; a process that dies gives
+    its own back with its lease), registrations are counters per window. Clock: wall time."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        *,
+        free: int,
+        max_backoff: int,
+        trusted_proxies: str = "",
+        register_per_address: int = 0,
+        register_per_hour: int = 0,
+    ) -> None:
+        if free < 1 or max_backoff < 1:
+            raise ValueError("free and max_backoff must be positive")
+        self._state = state
+        self._keys = _Keys("account", free, max_backoff, 1)  # for its window() only
+        self._free, self._max_backoff = free, max_backoff
+        self._trusted = parse_networks(trusted_proxies)
+        self._register = ((REGISTER, "*", register_per_hour), (REGISTER, "", register_per_address))
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        return client_address(self._trusted, peer, forwarded_for)
+
+    @asynccontextmanager
+    async def guard(self, account: str, address: str) -> AsyncIterator[None]:
+        keys = ((ACCOUNT, _account_key(account)), (ADDRESS, address_key(address)))
+        holds = await self._begin(keys)
+        try:
+            yield
+        except InvalidCredentials:
+            await self._end(keys, holds, failed=True)
+            raise
+        except BaseException:
+            await self._end(keys, holds)
+            raise
+        await self._end(keys, holds, reset=True)
+
+    async def _begin(self, keys: tuple[tuple[str, str], ...]) -> list[Hold]:
+        """Refuse (TooManyAttempts) while either key is locked, else count the attempt in flight
+        under both; each hold names the version of the failures it was allowed on."""
+        holds: list[Hold] = []
+        try:
+            for kind, key in keys:
+                holds.append(await self._take(kind, key))
+        except BaseException:
+            for hold in holds:
+                await self._state.release(hold)
+            raise
+        return holds
+
+    async def _take(self, kind: str, key: str) -> Hold:
+        for _ in range(CAS_ROUNDS):
+            counter = await self._state.counter(kind, key)
+            now = time.time()
+            wait = counter.stamp + self._keys.window(counter.count) - now if counter.version else 0.0
+            if wait > 0:
+                raise TooManyAttempts(max(math.ceil(wait), 1))
+            in_flight = max(self._free - counter.count, 1)  # one at a time once in backoff
+            hold = await self._state.hold(PENDING, f"{kind}:{key}", 1, in_flight, version=None)
+            if hold is None:
+                raise TooManyAttempts(BUSY_RETRY)
+            if (await self._state.counter(kind, key)).version == counter.version:
+                return hold
+            await self._state.release(hold)  # a failure was counted meanwhile: decide again
+        raise TooManyAttempts(BUSY_RETRY)
+
+    async def _end(
+        self,
+        keys: tuple[tuple[str, str], ...],
+        holds: list[Hold],
+        *,
+        failed: bool = False,
+        reset: bool = False,
+    ) -> None:
+        for (kind, key), hold in zip(keys, holds, strict=True):
+            try:
+                if failed:
+                    await self._fail(kind, key)
+                elif reset and kind == ACCOUNT:  # never the address: see the module docstring
+                    await self._reset(kind, key)
+            finally:
+                await self._state.release(hold)
+
+    async def _fail(self, kind: str, key: str) -> None:
+        for _ in range(CAS_ROUNDS):
+            counter = await self._state.counter(kind, key)
+            now = time.time()
+            failures = counter.count + 1
+            expires = now + self._keys.window(failures) + self._max_backoff
+            if await self._state.set_counter(
+                kind, key, failures, now, version=counter.version, expires=expires
+            ):
+                if failures == self._free:
+                    who = repr(key) if kind == ADDRESS else "an account"
+                    log.warning("login throttled for %s after %d failures", who, failures)
+                return
+        log.error("login failure not counted: %s changed %d times meanwhile", kind, CAS_ROUNDS)
+
+    async def _reset(self, kind: str, key: str) -> None:
+        counter = await self._state.counter(kind, key)
+        if counter.count:
+            await self._state.set_counter(kind, key, 0, 0.0, version=counter.version, expires=time.time())
+
+    async def check_registration(self, address: str) -> None:
+        for _ in range(CAS_ROUNDS):
+            now = time.time()
+            limited = []
+            for kind, key, limit in self._register:
+                key = key or address_key(address)
+                if limit:
+                    counter = await self._state.counter(kind, key)
+                    start, count = (counter.stamp, counter.count) if counter.version else (now, 0)
+                    if count >= limit:
+                        raise TooManyRegistrations(max(math.ceil(start + REGISTRATION_WINDOW - now), 1))
+                    limited.append((kind, key, start, count, counter.version))
+            counted = 0
+            for kind, key, start, count, version in limited:
+                expires = start + REGISTRATION_WINDOW
+                if await self._state.set_counter(
+                    kind, key, count + 1, start, version=version, expires=expires
+                ):
+                    counted += 1
+            if counted == len(limited):
+                return
+        raise TooManyRegistrations(BUSY_RETRY)
