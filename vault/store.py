@@ -182,7 +182,11 @@ class FileStore(Protocol):
 
     async def purge(self, keep: Collection[bytes], staged_too: bool = False, now: float = 0.0) -> int:
         """Remove DELETED files, resumable uploads that expired before ``now``, and (if asked)
-        other STAGED files, none of them in ``keep``; return how many."""
+        other STAGED files, none of them in ``keep`` (this process's pins) nor pinned by a live
+        process in the shared state, where the store keeps it (``StateStore``, kind ``pin``, key
+        the file id in hex: checked again in the statement that starts removing a file, since
+        with shared state ``staged_too`` is asked every lease and a STAGED row nobody pins is an
+        upload whose process died); return how many."""
 
     async def usage(self, owner: int) -> tuple[int, int]:
         """(bytes, files): LIVE files plus the declared length of resumable uploads under way."""
