@@ -147,14 +147,14 @@ CREATE TABLE IF NOT EXISTS state_holders (
     holder  TEXT PRIMARY KEY,
     pid     INTEGER NOT NULL,
     expires REAL NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state_holds (
     id     TEXT PRIMARY KEY,
     kind   TEXT NOT NULL,
     key    TEXT NOT NULL,
     holder TEXT NOT NULL,
     amount INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS state_holds_key ON state_holds (kind, key);
 CREATE TABLE IF NOT EXISTS state_counters (
     kind    TEXT NOT NULL,
@@ -164,6 +164,6 @@ CREATE TABLE IF NOT EXISTS state_counters (
     version INTEGER NOT NULL,
     expires REAL,
     PRIMARY KEY (kind, key)
-);
+) WITHOUT ROWID;
 -- purge looks for STAGED and DELETED rows often when several processes share the database
 CREATE INDEX IF NOT EXISTS files_unlive ON files (state) WHERE state != 1;
