@@ -8,6 +8,7 @@ import io
 import os
 import random
 import shutil
+import signal
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -448,3 +449,171 @@ def test_register_with_an_invite_code_when_the_server_asks_for_one(
         assert page.text_content("#who") == name
     finally:
         srv.stop()
+
+
+def test_upload_resumes_after_the_server_is_killed_and_restarted(
+    tabs: Callable[..., Tab], tmp_path: Path
+) -> None:
+    srv = Server(tmp_path / "restart").start()
+    try:
+        name, token = new_account(srv)
+        tab = tabs(srv)
+        tab.allowed = NETWORK_ERRORS  # the requests to the stopped server
+        page = tab.sign_in(name)
+        data = blob(5 * MiB + 7, 6)
+        src = tmp_path / "restart.bin"
+        src.write_bytes(data)
+        killed: list[int] = []
+
+        def kill_before_the_third_chunk(route: Any) -> None:
+            request = route.request
+            if not killed and request.method == "PATCH" and request.headers["upload-offset"] == str(2 * MiB):
+                srv.stop(signal.SIGKILL)  # no goodbye: the server keeps what it had made durable
+                killed.append(2 * MiB)
+            route.continue_()
+
+        page.route("**/tus/*", kill_before_the_third_chunk)
+        page.set_input_files("#picker", str(src))
+        wait_state(page, "restart.bin", "retrying")
+        assert killed
+        page.unroute("**/tus/*")
+        offsets: list[str] = []
+        page.on(
+            "request", lambda r: offsets.append(r.headers["upload-offset"]) if r.method == "PATCH" else None
+        )
+        srv.start()  # the same port and data
+        wait_state(page, "restart.bin", "done", timeout=90_000)
+        assert offsets == [str(n * MiB) for n in (2, 3, 4, 5)]  # from the server's offset on
+        assert stored(srv, token, "restart.bin") == data
+    finally:
+        srv.stop()
+
+
+# The focused element, and whether it shows a focus ring (a hidden file input's is on its label).
+FOCUS = """() => {
+  const a = document.activeElement;
+  const shown = a.matches('.visually-hidden') ? a.nextElementSibling : a;
+  const style = getComputedStyle(shown);
+  const name = a.getAttribute('aria-label') || a.labels?.[0]?.textContent || a.textContent.trim() || a.id;
+  const ring = style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2;
+  return { name, visible: ring && shown.getClientRects().length > 0 };
+}"""
+
+
+def tab_to(page: Any, name: str, limit: int = 80) -> None:
+    """Press Tab until the control called name has the focus; every stop shows its focus."""
+    passed = []
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        focus = page.evaluate(FOCUS)
+        assert focus["visible"], f"no visible focus on {focus['name']!r}"
+        if focus["name"] == name:
+            return
+        passed.append(focus["name"])
+    raise AssertionError(f"{name!r} not reached by Tab; passed {passed}")
+
+
+def test_keyboard_only_sign_in_upload_download_share_link_delete(
+    tabs: Callable[..., Tab], app_server: Server, tmp_path: Path
+) -> None:
+    name, token = new_account(app_server)
+    bob, bob_token = new_account(app_server)
+    data = blob(700_000, 7)
+    src = tmp_path / "keys.bin"
+    src.write_bytes(data)
+    page = tabs().open()
+    keys = page.keyboard
+    assert page.evaluate("document.activeElement.id") == "username"  # the page puts the caret there
+    keys.type(name)
+    tab_to(page, "Password")
+    keys.type(PASSWORD)
+    keys.press("Enter")
+    page.wait_for_selector("#files:not(.hidden)")
+
+    tab_to(page, "Choose files")
+    with page.expect_file_chooser() as chooser:
+        keys.press("Space")
+    chooser.value.set_files(str(src))
+    wait_state(page, "keys.bin", "done")
+    page.locator("#file-rows tr", has_text="keys.bin").wait_for()
+
+    tab_to(page, "Download keys.bin")
+    with page.expect_download() as download:
+        keys.press("Enter")
+    assert Path(download.value.path()).read_bytes() == data
+
+    tab_to(page, "Share keys.bin")
+    keys.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "share-user"  # focus moved into the dialog
+    keys.type(bob)
+    keys.press("Enter")
+    page.locator("#grantees li", has_text=bob).wait_for()
+    page.evaluate("document.querySelector('#file-rows tr').dataset.old = '1'")
+    keys.press("Escape")
+    page.wait_for_function("() => !document.querySelector('#file-rows tr[data-old]')")  # redrawn
+    assert page.evaluate(FOCUS)["name"] == "Share keys.bin"  # the place in the list is kept
+    assert app_server.request("GET", f"/shared/{name}/keys.bin", token=bob_token).body == data
+
+    tab_to(page, "Create a link to keys.bin")
+    keys.press("Enter")
+    tab_to(page, "Download limit (optional)")
+    keys.type("1")
+    keys.press("Enter")
+    page.wait_for_selector("#link-result:not(.hidden)")
+    assert page.evaluate("document.activeElement.id") == "link-url"
+    url = page.input_value("#link-url")
+    keys.press("Escape")
+    public = app_server.request("GET", url.removeprefix(app_server.url))
+    assert public.status == 200 and public.body == data
+
+    tab_to(page, "Delete keys.bin")
+    page.once("dialog", lambda d: d.accept())  # the browser's own confirm box: Enter accepts it
+    keys.press("Enter")
+    page.locator("#file-rows tr", has_text="keys.bin").wait_for(state="detached")
+    assert app_server.request("GET", "/download/keys.bin", token=token).status == 404
+
+
+# A dropped folder arrives as a directory entry. A headless browser cannot drag a folder from
+# the desktop, so the test builds a real one in the browser's sandboxed file system (the same
+# FileSystemDirectoryEntry API) and hands it to the page's drop handler in a drop event.
+DROP_FOLDER = """async () => {
+  const call = (fn) => new Promise((resolve, reject) => fn(resolve, reject));
+  const fs = await call((ok, no) => webkitRequestFileSystem(window.TEMPORARY, 1 << 20, ok, no));
+  const folder = (dir, name) => call((ok, no) => dir.getDirectory(name, { create: true }, ok, no));
+  const write = async (dir, name, text) => {
+    const entry = await call((ok, no) => dir.getFile(name, { create: true }, ok, no));
+    const writer = await call((ok, no) => entry.createWriter(ok, no));
+    await call((ok, no) => { writer.onwriteend = ok; writer.onerror = no; writer.write(new Blob([text])); });
+  };
+  const album = await folder(fs.root, "album");
+  await write(album, "c.txt", "c bytes");
+  await write(await folder(album, "deep"), "d.txt", "d bytes");
+  const drop = new Event("drop", { cancelable: true });
+  const items = [{ webkitGetAsEntry: () => album }];
+  Object.defineProperty(drop, "dataTransfer", { value: { items, files: [] } });
+  document.getElementById("drop").dispatchEvent(drop);
+}"""
+
+
+def test_a_chosen_or_dropped_folder_uploads_its_files_named_by_their_path(
+    tabs: Callable[..., Tab], app_server: Server, tmp_path: Path
+) -> None:
+    name, token = new_account(app_server)
+    page = tabs().sign_in(name)
+    folder = tmp_path / "photos"
+    (folder / "2026").mkdir(parents=True)
+    (folder / "a.txt").write_bytes(b"a bytes")
+    (folder / "2026" / "b.bin").write_bytes(blob(300_000, 8))
+    page.set_input_files("#folder-picker", str(folder))  # "Choose a folder"
+    wait_state(page, "photos_a.txt", "done")
+    wait_state(page, "photos_2026_b.bin", "done")
+    assert stored(app_server, token, "photos_a.txt") == b"a bytes"
+    assert stored(app_server, token, "photos_2026_b.bin") == blob(300_000, 8)
+
+    page.evaluate(DROP_FOLDER)
+    wait_state(page, "album_c.txt", "done")
+    wait_state(page, "album_deep_d.txt", "done")
+    assert stored(app_server, token, "album_c.txt") == b"c bytes"
+    assert stored(app_server, token, "album_deep_d.txt") == b"d bytes"
+    names = {f["filename"] for f in app_server.request("GET", "/files", token=token).json()["files"]}
+    assert names == {"photos_a.txt", "photos_2026_b.bin", "album_c.txt", "album_deep_d.txt"}

@@ -73,6 +73,18 @@ async function guarded(fn, target = "error") {
 
 const enc = encodeURIComponent;
 
+// Lists are redrawn whole; a keyboard user keeps their place: the control that had the focus
+// (known by its aria-label, which names the row's file or user) has it again afterwards.
+function replaceRows(container, rows) {
+  const focused = container.contains(document.activeElement)
+    ? document.activeElement.getAttribute("aria-label")
+    : null;
+  container.replaceChildren(...rows);
+  if (focused) {
+    [...container.querySelectorAll("[aria-label]")].find((n) => n.getAttribute("aria-label") === focused)?.focus();
+  }
+}
+
 // ---------------------------------------------------------------- signing in and out
 
 let registering = false;
@@ -216,7 +228,7 @@ function renderFiles() {
       ),
     ),
   );
-  $("file-rows").replaceChildren(...rows);
+  replaceRows($("file-rows"), rows);
   show("files-empty", files.length === 0);
 }
 
@@ -356,7 +368,7 @@ async function loadGrantees() {
       }),
     ),
   );
-  $("grantees").replaceChildren(...items);
+  replaceRows($("grantees"), items);
 }
 
 function openShare(name) {
@@ -401,7 +413,7 @@ async function loadShared() {
       ),
     ),
   );
-  $("shared-rows").replaceChildren(...rows);
+  replaceRows($("shared-rows"), rows);
   show("shared-empty", list.length === 0);
 }
 
@@ -432,6 +444,7 @@ $("link-form").addEventListener("submit", (e) => {
     $("link-url").value = link.url;
     show("link-form", false);
     show("link-result", true);
+    $("link-url").focus(); // the form that had the focus is gone
     $("link-url").select();
     // The QR code is drawn by the server from the URL sent in a POST body (never a URL).
     const resp = await api.call("POST", "/web/qr", { json: { text: link.url }, raw: true });
@@ -479,7 +492,7 @@ async function loadLinks() {
       ),
     ),
   );
-  $("link-rows").replaceChildren(...rows);
+  replaceRows($("link-rows"), rows);
   show("links-empty", links.length === 0);
 }
 
