@@ -3,6 +3,7 @@ real run.py over TLS. A console error or a CSP violation on any page fails the t
 
 Set VAULT_SCREENSHOTS=<folder> to save the screenshots the README shows (docs/)."""
 
+import base64
 import hashlib
 import io
 import os
@@ -617,3 +618,61 @@ def test_a_chosen_or_dropped_folder_uploads_its_files_named_by_their_path(
     assert stored(app_server, token, "album_deep_d.txt") == b"d bytes"
     names = {f["filename"] for f in app_server.request("GET", "/files", token=token).json()["files"]}
     assert names == {"photos_a.txt", "photos_2026_b.bin", "album_c.txt", "album_deep_d.txt"}
+
+
+def test_chunks_carry_checksums_and_renewed_tokens_and_cancel_deletes_the_upload(
+    tabs: Callable[..., Tab], tmp_path: Path
+) -> None:
+    srv = Server(tmp_path / "ttl", env={"VAULT_TOKEN_TTL": "3"}).start()  # expires within an upload
+    try:
+        name, _ = new_account(srv)
+        tab = tabs(srv)
+        tab.allowed = NETWORK_ERRORS  # a 401 a slow chunk may meet, and the cancelled chunk
+        page = tab.sign_in(name)
+        data = blob(3 * MiB + 1, 9)
+        src = tmp_path / "checked.bin"
+        src.write_bytes(data)
+        sent: list[tuple[str, str]] = []
+
+        def record(request: Any) -> None:
+            if request.method == "PATCH":
+                sent.append((request.headers["upload-offset"], request.headers["upload-checksum"]))
+            elif request.url.endswith("/web/session/refresh"):
+                sent.append(("refresh", ""))
+
+        page.on("request", record)
+        page.set_input_files("#picker", str(src))
+        wait_state(page, "checked.bin", "done")
+        chunks = [(off, checksum) for off, checksum in sent if off != "refresh"]
+        assert [off for off, _ in chunks] == [str(n * MiB) for n in range(4)]
+        for off, checksum in chunks:
+            piece = data[int(off) : int(off) + MiB]
+            assert checksum == "sha256 " + base64.b64encode(hashlib.sha256(piece).digest()).decode()
+        kinds = "".join("r" if off == "refresh" else "p" for off, _ in sent)
+        assert "pp" not in kinds and kinds.startswith("r"), kinds  # a renewal before each chunk
+        token = srv.request("POST", "/login", {"username": name, "password": PASSWORD}).json()["token"]
+        assert stored(srv, token, "checked.bin") == data
+
+        other = tmp_path / "cancelled.bin"
+        other.write_bytes(data)
+        page.route(
+            "**/tus/*",
+            lambda r: (
+                None
+                if r.request.method == "PATCH" and r.request.headers["upload-offset"] != "0"
+                else r.continue_()
+            ),
+        )
+        with page.expect_request(lambda r: r.method == "PATCH" and r.headers["upload-offset"] == str(MiB)):
+            page.set_input_files("#picker", str(other))
+        url = page.evaluate("Object.values(JSON.parse(localStorage.getItem('vault.uploads')))[0]")
+        with page.expect_response(lambda r: r.request.method == "DELETE" and r.url.endswith(url)) as deleted:
+            upload_row(page, "cancelled.bin").get_by_role("button", name="Cancel").click()
+        assert deleted.value.status == 204
+        wait_state(page, "cancelled.bin", "cancelled")
+        assert page.evaluate("localStorage.getItem('vault.uploads')") == "{}"
+        token = srv.request("POST", "/login", {"username": name, "password": PASSWORD}).json()["token"]
+        head = srv.request("HEAD", url, headers={"Tus-Resumable": "1.0.0"}, token=token)
+        assert head.status == 404  # gone from the server too
+    finally:
+        srv.stop()
