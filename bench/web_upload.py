@@ -122,8 +122,14 @@ def curl_put(srv: Server, token: str, path: Path, name: str) -> float:
     return time.monotonic() - start
 
 
-def stored_sha(srv: Server, token: str, name: str) -> str:
+def login(srv: Server, user: str) -> str:
+    """A fresh access token (a big upload outlasts one)."""
+    return str(srv.request("POST", "/login", {"username": user, "password": PASSWORD}).json()["token"])
+
+
+def stored_sha(srv: Server, user: str, name: str) -> str:
     """The stored file's SHA-256; the file is then deleted (a 10 GiB run keeps the disk free)."""
+    token = login(srv, user)
     files = srv.request("GET", "/files", token=token).json()["files"]
     sha = str(next(f["sha256"] for f in files if f["filename"] == name))
     assert srv.request("DELETE", f"/files/{name}", token=token).status == 200
@@ -147,16 +153,16 @@ BARE_PATCH = """async (name) => {
 }"""
 
 
-def run_size(page: Any, pid: int, srv: Server, token: str, scratch: Path, size: int) -> dict[str, Any]:
+def run_size(page: Any, pid: int, srv: Server, user: str, scratch: Path, size: int) -> dict[str, Any]:
     src = make_test_file(scratch / f"web-{size}.bin", size)
     stats = ProcStats(srv.process.pid if srv.process else 0)
     cpu0 = stats.cpu_seconds()
-    curl_s = curl_put(srv, token, src.path, "ref.bin")
+    curl_s = curl_put(srv, login(srv, user), src.path, "ref.bin")
     curl_cpu = stats.cpu_seconds() - cpu0
-    assert stored_sha(srv, token, "ref.bin") == src.sha256
+    assert stored_sha(srv, user, "ref.bin") == src.sha256
     page.set_input_files("#bench-file", str(src.path))
     bare_s = page.evaluate(BARE_PATCH, "bare.bin")
-    assert stored_sha(srv, token, "bare.bin") == src.sha256
+    assert stored_sha(srv, user, "bare.bin") == src.sha256
     idle, _ = chromium_rss(pid)
     sampler = PeakSampler(pid)
     sampler.start()
@@ -168,7 +174,7 @@ def run_size(page: Any, pid: int, srv: Server, token: str, scratch: Path, size: 
     web_cpu = stats.cpu_seconds() - cpu0
     sampler.stop.set()
     sampler.join()
-    assert stored_sha(srv, token, src.path.name) == src.sha256
+    assert stored_sha(srv, user, src.path.name) == src.sha256
     src.path.unlink()
     gb = size / 1e9
     return {
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         srv = Server(scratch / "srv").start()
         try:
-            name, token = srv.new_user(PASSWORD)
+            name, _ = srv.new_user(PASSWORD)
             with sync_playwright() as p:
                 browser = p.chromium.launch(
                     executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
@@ -222,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for size in sizes:
                     print(f"uploading {mib(size):.0f} MiB ...", file=sys.stderr)
-                    results.append(run_size(page, pid, srv, token, scratch, size))
+                    results.append(run_size(page, pid, srv, name, scratch, size))
+                    print(json.dumps(results[-1]), file=sys.stderr)
                 browser.close()
         finally:
             srv.stop()

@@ -289,9 +289,9 @@ def test_pause_and_resume(tabs: Callable[..., Tab], app_server: Server, tmp_path
     assert stored(app_server, token, "paused.bin") == data
 
 
-def test_share_with_a_user_who_downloads_it(tabs: Callable[..., Tab], app_server: Server) -> None:
+def test_share_with_a_user_who_downloads_it_then_revoke(tabs: Callable[..., Tab], app_server: Server) -> None:
     alice, alice_token = new_account(app_server)
-    bob, _ = new_account(app_server)
+    bob, bob_token = new_account(app_server)
     data = blob(300_000, 4)
     assert app_server.put_file(alice_token, "for-bob.bin", data).status == 201
     page = tabs().sign_in(alice)
@@ -307,6 +307,43 @@ def test_share_with_a_user_who_downloads_it(tabs: Callable[..., Tab], app_server
     with bob_page.expect_download() as download:
         link.click()
     assert Path(download.value.path()).read_bytes() == data
+
+    page.get_by_role("button", name="Share for-bob.bin").click()
+    page.get_by_role("button", name=f"Stop sharing with {bob}").click()
+    page.locator("#grantees li").wait_for(state="detached")
+    assert app_server.request("GET", f"/shared/{alice}/for-bob.bin", token=bob_token).status == 404
+
+
+def test_password_change_and_sign_out_everywhere_end_the_other_tabs_sessions(
+    tabs: Callable[..., Tab], app_server: Server
+) -> None:
+    name, _ = new_account(app_server)
+    first = tabs()
+    first.allowed = NETWORK_ERRORS  # the ended session's 401s
+    here = first.sign_in(name)
+    second = tabs()
+    second.allowed = NETWORK_ERRORS
+    there = second.sign_in(name)  # another browser
+    here.click("#nav button[data-view=account]")
+    here.fill("#old-password", PASSWORD)
+    here.fill("#new-password", "a new password 7")
+    here.get_by_role("button", name="Change password").click()
+    here.wait_for_selector("#status:has-text('Password changed')")
+    there.get_by_role("button", name="Links").click()  # its next call finds the session ended
+    there.wait_for_selector("#signin:not(.hidden)")
+    assert "session ended" in there.text_content("#status")
+
+    there.fill("#username", name)
+    there.fill("#password", "a new password 7")
+    there.click("#signin-submit")
+    there.wait_for_selector("#links:not(.hidden)")  # back where it was
+    there.click("#nav button[data-view=account]")
+    there.click("#signout-all")
+    there.wait_for_selector("#signin:not(.hidden)")
+    here.get_by_role("button", name="My files").click()  # this tab was still signed in
+    here.wait_for_selector("#signin:not(.hidden)")
+    here.reload()  # and stays signed out: the refresh cookie is dead
+    here.wait_for_selector("#signin:not(.hidden)")
 
 
 def test_password_link_with_qr_code_downloads_through_the_page(
