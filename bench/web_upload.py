@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -153,16 +154,20 @@ BARE_PATCH = """async (name) => {
 }"""
 
 
-def run_size(page: Any, pid: int, srv: Server, user: str, scratch: Path, size: int) -> dict[str, Any]:
+def run_size(
+    page: Any, pid: int, srv: Server, user: str, scratch: Path, size: int, web_only: bool = False
+) -> dict[str, Any]:
     src = make_test_file(scratch / f"web-{size}.bin", size)
     stats = ProcStats(srv.process.pid if srv.process else 0)
-    cpu0 = stats.cpu_seconds()
-    curl_s = curl_put(srv, login(srv, user), src.path, "ref.bin")
-    curl_cpu = stats.cpu_seconds() - cpu0
-    assert stored_sha(srv, user, "ref.bin") == src.sha256
-    page.set_input_files("#bench-file", str(src.path))
-    bare_s = page.evaluate(BARE_PATCH, "bare.bin")
-    assert stored_sha(srv, user, "bare.bin") == src.sha256
+    curl_s = curl_cpu = bare_s = math.nan
+    if not web_only:
+        cpu0 = stats.cpu_seconds()
+        curl_s = curl_put(srv, login(srv, user), src.path, "ref.bin")
+        curl_cpu = stats.cpu_seconds() - cpu0
+        assert stored_sha(srv, user, "ref.bin") == src.sha256
+        page.set_input_files("#bench-file", str(src.path))
+        bare_s = page.evaluate(BARE_PATCH, "bare.bin")
+        assert stored_sha(srv, user, "bare.bin") == src.sha256
     idle, _ = chromium_rss(pid)
     sampler = PeakSampler(pid)
     sampler.start()
@@ -196,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="256MiB,1GiB")
     parser.add_argument("--chunk", default="8MiB", help="the page's tus chunk size")
+    parser.add_argument(
+        "--web-only", action="store_true", help="only the web app (page memory of a big upload; no ratios)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
@@ -228,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for size in sizes:
                     print(f"uploading {mib(size):.0f} MiB ...", file=sys.stderr)
-                    results.append(run_size(page, pid, srv, name, scratch, size))
+                    results.append(run_size(page, pid, srv, name, scratch, size, args.web_only))
                     print(json.dumps(results[-1]), file=sys.stderr)
                 browser.close()
         finally:
