@@ -133,7 +133,12 @@ def stored_sha(srv: Server, user: str, name: str) -> str:
     token = login(srv, user)
     files = srv.request("GET", "/files", token=token).json()["files"]
     sha = str(next(f["sha256"] for f in files if f["filename"] == name))
-    assert srv.request("DELETE", f"/files/{name}", token=token).status == 200
+    conn = srv.connection(timeout=1800)  # deleting a 4 GiB file under load took over a minute
+    try:
+        conn.request("DELETE", f"/files/{name}", headers={"Authorization": f"Bearer {token}"})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
     return sha
 
 
