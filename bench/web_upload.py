@@ -209,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--web-only", action="store_true", help="only the web app (page memory of a big upload; no ratios)"
     )
+    parser.add_argument(
+        "--force-gc",
+        action="store_true",
+        help="collect the page's garbage every 500 ms (what memory is live)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
@@ -221,10 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             name, _ = srv.new_user(PASSWORD)
             with sync_playwright() as p:
-                browser = p.chromium.launch(
-                    executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+                flags = ["--no-sandbox", "--disable-gpu"] + (
+                    ["--js-flags=--expose-gc"] if args.force_gc else []
                 )
+                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
                 context = browser.new_context(ignore_https_errors=True)
+                if args.force_gc:  # garbage is then never more than half a second old
+                    context.add_init_script("setInterval(() => window.gc(), 500);")
                 context.add_init_script(
                     f"localStorage.setItem('vault.chunkSize', '{parse_size(args.chunk)}')"
                 )
