@@ -1,4 +1,4 @@
--- vault schema, version 3 (PRAGMA user_version). See docs/FORMAT.md for the columns' meaning.
+-- vault schema, version 4 (PRAGMA user_version). See docs/FORMAT.md for the columns' meaning.
 -- id is random (not a counter); tag = HMAC under a key derived from master key key_id over
 -- id, username, password_hash and token_epoch, so a row cannot be forged or edited without the
 -- master key. Raising token_epoch revokes every access token issued before (version 2).
@@ -60,12 +60,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS files_live_name ON files (owner, name) WHERE s
 CREATE UNIQUE INDEX IF NOT EXISTS files_tus_id ON files (tus_id) WHERE tus_id IS NOT NULL;
 
 -- One row per encrypted segment: data = IV || ciphertext || HMAC tag; tag repeats the last 32
--- bytes of data, before it, so all of a file's tags read without touching the blobs.
+-- bytes of data, before it, so all of a file's tags read without touching the blobs. With
+-- blob_store: s3 (version 4) data is empty and size holds the object's length (NULL: in data).
 CREATE TABLE IF NOT EXISTS segments (
     file_id BLOB NOT NULL,
     idx     INTEGER NOT NULL,
     tag     BLOB NOT NULL,
     data    BLOB NOT NULL,
+    size    INTEGER,
     PRIMARY KEY (file_id, idx)
 );
 

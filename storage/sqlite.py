@@ -35,7 +35,8 @@ from vault.store import Account, AuditEntry, Grant, Link, RefreshToken, Resumabl
 log = logging.getLogger(__name__)
 INVITE_REFUSED = "Invite code unknown, used or expired"
 
-SCHEMA_VERSION = 3  # 2: users.token_epoch and refresh_tokens; 3: users.disabled, last_login, invites
+# 2: users.token_epoch and refresh_tokens; 3: users.disabled, last_login, invites; 4: segments.size
+SCHEMA_VERSION = 4
 STAGED, LIVE, DELETED = 0, 1, 2
 PURGE_BATCH = 32  # segments deleted per write transaction, so purging never holds the lock long
 WAL_LIMIT = 16 * 1024 * 1024  # bytes of WAL between checkpoints, and kept (not freed) after one
@@ -155,7 +156,7 @@ def _convert_file_row(row: Any) -> StoredFile:
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
-    """Bring a version 1 database to version 2 (schema.sql has already added the new tables)."""
+    """Bring an older database to this version (schema.sql has already added the new tables)."""
     async with db.execute("PRAGMA table_info(users)") as cursor:
         columns = {row[1] for row in await cursor.fetchall()}
     if "token_epoch" not in columns:
@@ -163,6 +164,9 @@ async def _migrate(db: aiosqlite.Connection) -> None:
     if "disabled" not in columns:  # version 3
         await db.execute("ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0")
         await db.execute("ALTER TABLE users ADD COLUMN last_login REAL")
+    async with db.execute("PRAGMA table_info(segments)") as cursor:
+        if "size" not in {row[1] for row in await cursor.fetchall()}:  # version 4
+            await db.execute("ALTER TABLE segments ADD COLUMN size INTEGER")
 
 
 async def _insert_refresh(db: aiosqlite.Connection, t: RefreshToken) -> None:
@@ -364,15 +368,17 @@ class SQLiteStore:
             (file_id, owner, STAGED, created),
         )
 
-    async def put_segment(self, file_id: bytes, index: int, tag: bytes, blob: bytes | bytearray) -> None:
+    async def put_segment(
+        self, file_id: bytes, index: int, tag: bytes, blob: bytes | bytearray, size: int | None = None
+    ) -> None:
         """Store (or replace) a segment of a staged file. A segment a resumable upload has
         already saved (wholly below its stored offset) is never replaced: a request that
         started from an old offset is refused (OffsetMismatch) before it can change it."""
         written = await self._write(
-            "INSERT OR REPLACE INTO segments (file_id, idx, tag, data) SELECT ?, ?, ?, ?"
+            "INSERT OR REPLACE INTO segments (file_id, idx, tag, data, size) SELECT ?, ?, ?, ?, ?"
             " WHERE NOT EXISTS (SELECT 1 FROM files WHERE file_id = ? AND state = ?"
             " AND upload_offset >= (? + 1) * seg_size)",
-            (file_id, index, tag, blob, file_id, STAGED, index),
+            (file_id, index, tag, blob, size, file_id, STAGED, index),
         )
         if written != 1:
             raise OffsetMismatch("This upload has moved on; ask HEAD for its offset")
@@ -808,12 +814,9 @@ class SQLiteStore:
             )
         return failures
 
-    async def read_segments(self, file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
-        rows = await self._all(
-            "SELECT idx, data FROM segments WHERE file_id = ? AND idx >= ? AND idx < ? ORDER BY idx",
-            (file_id, first, first + count),
-        )
-        return [(int(idx), data) for idx, data in rows]
+    async def read_segment(self, file_id: bytes, index: int, tag: bytes) -> bytes | None:
+        row = await self._one("SELECT data FROM segments WHERE file_id = ? AND idx = ?", (file_id, index))
+        return None if row is None else bytes(row[0])
 
     async def purge(self, keep: Collection[bytes], staged_too: bool = False, now: float = 0.0) -> int:
         """As FileStore.purge; a file pinned in the shared state (storage/sqlite_state.py: a
@@ -853,7 +856,7 @@ class SQLiteStore:
         rows = await self._all(
             "SELECT u.username, u.created, u.quota, u.disabled, u.last_login,"
             " COUNT(f.file_id), COALESCE(SUM(f.size), 0),"
-            " (SELECT COALESCE(SUM(length(s.data)), 0) FROM files g JOIN segments s"
+            " (SELECT COALESCE(SUM(COALESCE(s.size, length(s.data))), 0) FROM files g JOIN segments s"
             "  ON s.file_id = g.file_id WHERE g.owner = u.id)"
             " FROM users u LEFT JOIN files f ON f.owner = u.id AND f.state = ?"
             " GROUP BY u.id ORDER BY u.username COLLATE NOCASE",
@@ -863,7 +866,7 @@ class SQLiteStore:
 
     async def stored_bytes(self, owner: int) -> int:
         row = await self._one(
-            "SELECT COALESCE(SUM(length(s.data)), 0) FROM files f JOIN segments s"
+            "SELECT COALESCE(SUM(COALESCE(s.size, length(s.data))), 0) FROM files f JOIN segments s"
             " ON s.file_id = f.file_id WHERE f.owner = ?",
             (owner,),
         )

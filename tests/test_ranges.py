@@ -491,13 +491,13 @@ def _read_ranges(tmp_path: Path, ranges: list[tuple[int, int]]) -> list[tuple[by
 
 async def _read_one(svc: FileService, store: Store, start: int, end: int) -> tuple[bytes, list[int]]:
     fetched: list[int] = []
-    real = store.read_segments
+    real = store.read_segment
 
-    async def counting(file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
-        fetched.extend(range(first, first + count))
-        return await real(file_id, first, count)
+    async def counting(file_id: bytes, index: int, tag: bytes) -> bytes | None:
+        fetched.append(index)
+        return await real(file_id, index, tag)
 
-    store.read_segments = counting  # type: ignore[method-assign]
+    store.read_segment = counting  # type: ignore[method-assign]
     try:
         download = await svc.open(1, "segments.bin")
         try:
@@ -505,7 +505,7 @@ async def _read_one(svc: FileService, store: Store, start: int, end: int) -> tup
         finally:
             download.close()
     finally:
-        store.read_segments = real  # type: ignore[method-assign]
+        store.read_segment = real  # type: ignore[method-assign]
     return got, fetched
 
 

@@ -241,20 +241,19 @@ def test_appended_segment_is_never_served(db: Path, monkeypatch: pytest.MonkeyPa
     segments_read: list[int] = []
 
     async def counted(svc: FileService) -> tuple[bytes, BaseException | None]:
-        read_tags, read_segments = svc.store.read_tags, svc.store.read_segments
+        read_tags, read_segment = svc.store.read_tags, svc.store.read_segment
 
         async def counting_tags(file_id: bytes, count: int) -> list[tuple[int, bytes]]:
             rows = await read_tags(file_id, count)
             tags_read.extend(index for index, _ in rows)
             return rows
 
-        async def counting_segments(file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
-            rows = await read_segments(file_id, first, count)
-            segments_read.extend(index for index, _ in rows)
-            return rows
+        async def counting_segment(file_id: bytes, index: int, tag: bytes) -> bytes | None:
+            segments_read.append(index)
+            return await read_segment(file_id, index, tag)
 
         monkeypatch.setattr(svc.store, "read_tags", counting_tags)
-        monkeypatch.setattr(svc.store, "read_segments", counting_segments)
+        monkeypatch.setattr(svc.store, "read_segment", counting_segment)
         return await _read(svc, OWNER, NAME)
 
     assert run(db, counted) == (DATA, None)

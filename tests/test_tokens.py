@@ -463,3 +463,26 @@ def test_a_version_1_database_gains_the_token_epoch_column(tmp_path: Path) -> No
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert con.execute("SELECT COUNT(*) FROM refresh_tokens").fetchone() == (0,)
+
+
+def test_a_version_3_database_gains_the_segment_size_column(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    with sqlite3.connect(path) as con:
+        con.execute(
+            "CREATE TABLE segments (file_id BLOB NOT NULL, idx INTEGER NOT NULL, tag BLOB NOT NULL,"
+            " data BLOB NOT NULL, PRIMARY KEY (file_id, idx))"
+        )
+        con.execute("INSERT INTO segments VALUES (x'01', 0, x'02', x'0304')")
+        con.execute("PRAGMA user_version = 3")
+
+    async def upgrade() -> Any:
+        store = await SQLiteStore.open(path)
+        try:
+            return await store.read_segment(b"\x01", 0, b"\x02")
+        finally:
+            await store.close()
+
+    assert asyncio.run(upgrade()) == b"\x03\x04"
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        assert con.execute("SELECT size FROM segments").fetchall() == [(None,)]

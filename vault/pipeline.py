@@ -116,14 +116,12 @@ class Pipeline:
     ) -> bytes:
         """Read segment ``index``, check it is the one whose ``tag`` was committed, verify and
         decrypt it (``length`` plaintext bytes)."""
-        rows = await self.store.read_segments(file_id, index, 1)
-        if len(rows) != 1 or rows[0][0] != index or not hmac.compare_digest(rows[0][1][-sfs.TAG_LEN :], tag):
+        blob = await self.store.read_segment(file_id, index, tag)
+        if blob is None or not hmac.compare_digest(blob[-sfs.TAG_LEN :], tag):
             log.error("file %s: segment %d is missing or not the one committed", file_id.hex(), index)
             raise IntegrityError()
         try:
-            return await self.crypto(
-                sfs.open_segment, keys, file_id, seg_size, index, final, length, rows[0][1]
-            )
+            return await self.crypto(sfs.open_segment, keys, file_id, seg_size, index, final, length, blob)
         except IntegrityError:
             log.error("file %s: segment %d failed verification", file_id.hex(), index)
             raise

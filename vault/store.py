@@ -148,8 +148,12 @@ class FileStore(Protocol):
     async def stage_file(self, file_id: bytes, owner: int, created: float) -> None:
         """Reserve a STAGED row for an upload in progress."""
 
-    async def put_segment(self, file_id: bytes, index: int, tag: bytes, blob: bytes | bytearray) -> None:
-        """Insert a segment, replacing one at the same index (a resumed upload rewrites)."""
+    async def put_segment(
+        self, file_id: bytes, index: int, tag: bytes, blob: bytes | bytearray, size: int | None = None
+    ) -> None:
+        """Insert a segment, replacing one at the same index (a resumed upload rewrites). A blob
+        store in front (storage/s3.py) keeps the bytes elsewhere and passes ``blob=b""`` with
+        their ``size``, which ``stored_bytes`` and ``accounts`` count instead of ``len(blob)``."""
 
     async def read_tags(self, file_id: bytes, count: int) -> list[tuple[int, bytes]]:
         """(index, tag) of the segments with index < count that exist, in index order."""
@@ -168,8 +172,10 @@ class FileStore(Protocol):
     async def delete_file(self, owner: int, name: str) -> bool:
         """Mark the LIVE file DELETED and drop its grants and links; True if there was one."""
 
-    async def read_segments(self, file_id: bytes, first: int, count: int) -> list[tuple[int, bytes]]:
-        """(index, blob) pairs for indices first..first+count-1 that exist, in index order."""
+    async def read_segment(self, file_id: bytes, index: int, tag: bytes) -> bytes | None:
+        """The stored blob of segment ``index``, None if there is none. ``tag`` is the one the
+        header committed to: the caller still checks the blob against it, and a blob store
+        finds the object by it (so a rewritten segment is never read under its old tag)."""
 
     async def create_resumable(self, upload: Resumable) -> None: ...
 
