@@ -37,7 +37,7 @@ from vault.core import Core, open_core
 from vault.errors import ConfigError, InvalidField, StorageFull, VaultError
 from vault.keys import KEYRING_FILE, add_primary_key, load_jwt_secret, load_keyring
 from vault.memory import tune_malloc
-from vault.store import StateStore
+from vault.store import BlobCollector, StateStore, Store
 from vault.throttle import LoginThrottle, SharedLoginThrottle, Throttle
 from vault.tls import ensure_certificate, server_context
 from vault.workers import Worker, WorkerFailed, supervise
@@ -70,6 +70,15 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd  # held, and so locked, until the process exits
 
 
+def server_stopped(settings: Settings) -> bool:
+    """True (and the data directory locked until exit) if no server runs on it."""
+    try:
+        lock_data_dir(settings.data_dir)
+    except ConfigError:
+        return False
+    return True
+
+
 def listen(settings: Settings) -> list[socket.socket]:
     try:
         return tornado.netutil.bind_sockets(settings.port, settings.host)
@@ -99,9 +108,21 @@ async def settle(grace: float) -> None:
 
 
 @asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[SQLiteStore]:
-    store = await SQLiteStore.open(settings.db_path, settings.busy_timeout)
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """The metadata store, with the blob layer of ``blob_store`` in front of it."""
+    store: Store = await SQLiteStore.open(settings.db_path, settings.busy_timeout)
     try:
+        if settings.blob_store == "s3":
+            from storage.s3 import open_s3_segments  # aiohttp only when it is needed
+
+            store = await open_s3_segments(
+                store,
+                endpoint=settings.s3_endpoint,
+                bucket=settings.s3_bucket,
+                prefix=settings.s3_prefix,
+                region=settings.s3_region,
+                lease=settings.s3_gc_lease,
+            )
         yield store
     finally:
         await store.close()  # aiosqlite threads would otherwise keep the process alive
@@ -224,6 +245,16 @@ async def serve(settings: Settings, listeners: Listeners, worker: Worker | None 
         await _serve(core, listeners, ssl_context, worker)
 
 
+async def sweep(core: Core) -> None:
+    """Every purge interval: expired uploads and deleted files, then orphan objects."""
+    await core.files.purge()
+    if isinstance(core.store, BlobCollector):
+        try:
+            await core.store.collect()
+        except VaultError:
+            log.exception("object garbage collection failed; the next sweep retries")
+
+
 def failure(exc: BaseException) -> str:
     """One line for a start-up or admin command that cannot go on (never a traceback)."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -236,7 +267,7 @@ def failure(exc: BaseException) -> str:
 async def _serve(
     core: Core, listeners: Listeners, ssl_context: ssl.SSLContext, worker: Worker | None
 ) -> None:
-    settings, files, sockets = core.settings, core.files, listeners.https
+    settings, sockets = core.settings, listeners.https
     ctx = Context(core, make_throttle(settings, core.state), worker=os.getpid() if worker else 0)
     app = make_app(ctx)
     server = tornado.httpserver.HTTPServer(
@@ -256,7 +287,7 @@ async def _serve(
     server.add_sockets(sockets)
     # With workers, each purges every lease: a dead worker's staged uploads go once it lapsed.
     interval = settings.worker_lease if worker else PURGE_INTERVAL
-    timers = [tornado.ioloop.PeriodicCallback(files.purge, interval * 1000)]
+    timers = [tornado.ioloop.PeriodicCallback(lambda: sweep(core), interval * 1000)]
     if worker:
         timers.append(tornado.ioloop.PeriodicCallback(core.state.renew, settings.worker_lease * 1000 / 3))
     for timer in timers:
@@ -353,6 +384,13 @@ async def admin(settings: Settings, args: argparse.Namespace) -> int:
         lock_data_dir(settings.data_dir)  # a running server would not know the new key: refuse
         if args.command == "rotate-key":
             print(f"new primary master key {add_primary_key(settings.data_dir)}", file=sys.stderr)
+    if args.command == "gc":
+        args.offline = server_stopped(settings)  # then uploads cut off by a crash go too
+    if args.command == "migrate":
+        lock_data_dir(settings.data_dir)  # rows and objects change under a server: refuse
+        if args.blobs is not None:  # the blob layer, whichever way the segments go
+            overrides = {"data_dir": args.data_dir, "blob_store": "s3"}
+            settings = load_settings(args.config, os.environ, overrides)
     async with open_server_core(settings) as core:
         code = await Admin(core).run(args, read_password, sys.stdout.buffer, ask)
         if args.command == "backup" and code == 0:

@@ -1,5 +1,6 @@
-"""CI: pip-audit the pinned runtime dependencies (requirements.txt, and the command-line
-client's requirements-client.txt); exit 1 on any known vulnerability.
+"""CI: pip-audit the pinned runtime dependencies (requirements.txt, the command-line
+client's requirements-client.txt and the object-storage extra requirements-s3.txt); exit 1 on
+any known vulnerability.
 
 pip-audit needs a vulnerability service: PyPI's per-version JSON API (the default) or OSV. Where
 neither answers, pip-audit cannot audit anything, yet with the PyPI service it still exits 0
@@ -53,6 +54,8 @@ def main() -> int:
             "requirements.txt",
             "-r",
             "requirements-client.txt",
+            "-r",
+            "requirements-s3.txt",
             "--progress-spinner",
             "off",
         ]

@@ -252,7 +252,7 @@ def readme_settings_table() -> dict[str, list[str]]:
     rows: dict[str, list[str]] = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        match = re.fullmatch(r"`([a-z_]+)`", cells[0]) if line.startswith("|") else None
+        match = re.fullmatch(r"`([a-z0-9_]+)`", cells[0]) if line.startswith("|") else None
         if match:
             assert match.group(1) not in rows, f"{match.group(1)} documented twice"
             rows[match.group(1)] = cells
@@ -321,3 +321,26 @@ def test_the_shipped_config_yaml_restates_the_defaults() -> None:
         assert (str(value) if isinstance(default, Path) else value) == (
             str(default) if isinstance(default, Path) else default
         ), f"config.yaml sets {key}: {value}, the default (and README) say {default}"
+
+
+def test_s3_settings_are_validated(tmp_path: Path) -> None:
+    base = {"VAULT_BLOB_STORE": "s3", "VAULT_S3_ENDPOINT": "http://127.0.0.1:9", "VAULT_S3_BUCKET": "b-1"}
+    assert load_settings(None, base).blob_store == "s3"
+    for key, value, message in [
+        ("VAULT_BLOB_STORE", "s4", "'blob_store'"),
+        ("VAULT_S3_ENDPOINT", "ftp://x", "'s3_endpoint'"),
+        ("VAULT_S3_ENDPOINT", "http://x/path", "'s3_endpoint'"),
+        ("VAULT_S3_BUCKET", "Bad_Bucket", "'s3_bucket'"),
+        ("VAULT_S3_PREFIX", "a b", "'s3_prefix'"),
+        ("VAULT_S3_GC_LEASE", "10", "'s3_gc_lease'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_settings(None, {**base, key: value})
+
+
+def test_blob_store_s3_without_its_client_names_the_package_and_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage import s3
+
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if requirements-s3.txt were not installed
+    with pytest.raises(ConfigError, match=r"needs the package aiohttp: pip install -r requirements-s3.txt"):
+        s3._import_aiohttp()

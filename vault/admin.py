@@ -21,6 +21,7 @@ from vault.core import Core
 from vault.errors import ConfigError, FileNotFound, IntegrityError, NotFound, VaultError
 from vault.keys import JWT_SECRET_FILE, KEYRING_FILE, Keyring, remove_key
 from vault.rows import rotate
+from vault.store import BlobCollector
 from vault.units import format_size
 
 DATABASE_FILE = "vault.db"
@@ -95,6 +96,8 @@ class Admin:
             return await self.audit_verify(keyring)
         elif command == "rotate-key":
             await self.rewrap(keyring)
+        elif command == "gc":
+            await self.gc(args.lease, getattr(args, "offline", False))
         elif command == "retire-key":
             await self.retire_key(args.key_id)
         else:
@@ -221,6 +224,21 @@ class Admin:
         """VACUUM: the space of deleted files goes back to the file system."""
         before, after = await self.store.compact()
         self.out.write(f"database {format_size(before)} -> {format_size(after)}\n")
+
+    async def gc(self, lease: int | None, offline: bool) -> None:
+        """Purge replaced, deleted and expired files (and, with the server stopped, uploads cut
+        off by a crash); then, on a blob store, delete the objects no segment row names."""
+        purged = await self.files.purge(staged_too=offline)
+        self.out.write(f"purged {purged} replaced, deleted, expired or abandoned file(s)\n")
+        if not isinstance(self.store, BlobCollector):
+            self.out.write("blob_store: database: no objects to collect\n")
+            return
+        found = await self.store.collect(lease)
+        self.out.write(
+            f"objects: {found.objects} under the prefix, {found.referenced} in use;"
+            f" orphans: {found.removed} deleted ({format_size(found.removed_bytes)}),"
+            f" {found.young} younger than the lease kept; {found.foreign} foreign key(s) left alone\n"
+        )
 
     async def check_store(self) -> int:
         """SQLite's structural check; 1 if it finds anything."""

@@ -84,6 +84,16 @@ def _data_commands(commands: argparse._SubParsersAction) -> None:  # type: ignor
     commands.add_parser(
         "compact", help="give the space of deleted files back to the file system (server stopped)"
     )
+    gc = commands.add_parser(
+        "gc",
+        help="purge deleted files and, with blob_store: s3, delete orphan objects; report what was found",
+    )
+    gc.add_argument(
+        "--lease",
+        type=duration_arg,
+        help="keep orphan objects younger than this: 600, 1h (default: s3_gc_lease;"
+        " 0 only with the server stopped)",
+    )
     export = commands.add_parser("export", help="write a file, decrypted and verified, to stdout or -o FILE")
     export.add_argument("username")
     export.add_argument("filename")

@@ -131,6 +131,23 @@ class Settings:
     metrics_port: int = _setting(
         0, "Serve Prometheus metrics on http://127.0.0.1:<port>/metrics (0: off); loopback only."
     )
+    blob_store: str = _setting(
+        "database",
+        "Where sealed segments go: `database` (rows of the metadata store) or `s3` (one object per"
+        " segment in the bucket below; README, Object storage).",
+    )
+    s3_endpoint: str = _setting(
+        "",
+        "S3 endpoint URL for blob_store: s3, e.g. https://s3.eu-west-1.amazonaws.com (path-style requests).",
+    )
+    s3_bucket: str = _setting("", "Bucket for blob_store: s3 (it must exist).")
+    s3_prefix: str = _setting("segments/", "Key prefix of vault's objects in the bucket (`A-Za-z0-9/._-`).")
+    s3_region: str = _setting("us-east-1", "Region the requests are signed for (SigV4).")
+    s3_gc_lease: int = _setting(
+        3600,
+        "Seconds an object no segment row names is kept before garbage collection deletes it"
+        " (an upload writes each object just before its row).",
+    )
     access_log: str = _setting("text", "Access log lines: `text`, or `json` (one object per line).")
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
 
@@ -143,6 +160,9 @@ FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _PATHS = {"data_dir", "tls_cert", "tls_key"}
 _LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 REGISTRATION_MODES = ("open", "invite", "closed")
+BLOB_STORES = ("database", "s3")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
+_PREFIX = re.compile(r"[A-Za-z0-9/._-]*", re.ASCII)
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -214,12 +234,37 @@ def _validate(values: dict[str, Any]) -> None:
     if values["public_url"] and not values["public_url"].startswith("https://"):
         raise ConfigError("config key 'public_url': must start with https://")
     values["public_url"] = values["public_url"].rstrip("/")
+    _validate_blob_store(values)
     for key in ("host", "jwt_issuer", "jwt_audience"):
         if not values[key]:
             raise ConfigError(f"config key {key!r}: must not be empty")
 
 
-SECRET_VARIABLES = frozenset({"VAULT_MASTER_KEY", "VAULT_MASTER_KEY_COMMAND", "VAULT_JWT_SECRET"})
+def _validate_blob_store(values: dict[str, Any]) -> None:
+    if values["blob_store"] not in BLOB_STORES:
+        raise ConfigError(f"config key 'blob_store': must be one of {', '.join(BLOB_STORES)}")
+    _check_range(values, "s3_gc_lease", 60, 30 * 86400)
+    if not _PREFIX.fullmatch(values["s3_prefix"]):
+        raise ConfigError("config key 's3_prefix': only letters, digits and / . _ - are allowed")
+    if values["blob_store"] != "s3":
+        return
+    if not re.fullmatch(r"https?://[^/?#\s]+", values["s3_endpoint"].rstrip("/")):
+        raise ConfigError("config key 's3_endpoint': must be an http:// or https:// URL with no path")
+    if not _BUCKET.fullmatch(values["s3_bucket"]):
+        raise ConfigError("config key 's3_bucket': must be an S3 bucket name (3-63 of a-z 0-9 . -)")
+    if not values["s3_region"]:
+        raise ConfigError("config key 's3_region': must not be empty")
+
+
+SECRET_VARIABLES = frozenset(
+    {
+        "VAULT_MASTER_KEY",
+        "VAULT_MASTER_KEY_COMMAND",
+        "VAULT_JWT_SECRET",
+        "VAULT_S3_ACCESS_KEY_ID",
+        "VAULT_S3_SECRET_ACCESS_KEY",
+    }
+)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -30,7 +30,8 @@ VaultError
 ├── TooLarge                a body or file is over its configured limit
 ├── RangeNotSatisfiable     the requested byte range lies outside the file
 ├── Busy                    the server is at a configured limit; retry later
-│   └── StorageBusy         the database stayed locked (by another process) past busy_timeout
+│   ├── StorageBusy         the database stayed locked (by another process) past busy_timeout
+│   └── ObjectStoreError    the object store (blob_store: s3) failed or refused a request
 ├── StorageFull             the disk under the database is full
 └── IntegrityError          stored data failed authentication (never says which check)
 """
@@ -230,6 +231,12 @@ class StorageBusy(Busy):
     """The database stayed locked (by another process) for the whole ``busy_timeout``."""
 
     message = "The database is busy: retry shortly"
+
+
+class ObjectStoreError(Busy):
+    """The object store did not answer, or refused a request (the server log says why)."""
+
+    message = "The object store is unavailable: retry shortly"
 
 
 class StorageFull(VaultError):

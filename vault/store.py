@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from vault.format import Header
 
@@ -136,6 +136,27 @@ class RefreshToken:
     revoked: float | None
     key_id: int
     tag: bytes
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What one garbage collection of a blob store found (``run.py admin gc`` prints it)."""
+
+    objects: int  # under the store's prefix
+    referenced: int  # named by a segment row
+    removed: int  # orphans older than the lease: deleted
+    removed_bytes: int
+    young: int  # orphans younger than the lease: kept (an upload may be about to name them)
+    foreign: int  # keys vault does not write: left alone
+
+
+@runtime_checkable
+class BlobCollector(Protocol):
+    """A store that keeps segment bytes outside its rows (storage/s3.py) and so can leave
+    orphans behind: objects no segment row names."""
+
+    async def collect(self, lease: float | None = None) -> Collected:
+        """Delete the orphans older than ``lease`` seconds (default: the configured lease)."""
 
 
 class FileStore(Protocol):
