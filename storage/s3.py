@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import datetime
 import email.utils
+import hmac
 import logging
 import os
 import re
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from storage import sigv4
-from vault.errors import ConfigError, ObjectStoreError
+from vault.errors import ConfigError, IntegrityError, ObjectStoreError
 from vault.store import Collected, Store
 
 if TYPE_CHECKING:
@@ -289,6 +290,27 @@ class S3Segments:
 
     async def read_segment(self, file_id: bytes, index: int, tag: bytes) -> bytes | None:
         return await self.client.get(self.key(file_id, index, tag))
+
+    async def move_segment(self, file_id: bytes, index: int, tag: bytes, to_objects: bool) -> bool:
+        """Row to object: PUT, then empty the row. Object to row: fill the row, then DELETE.
+        Either way a crash in between leaves both copies, and the next run finishes the move."""
+        in_row = await self._inner.read_segment(file_id, index, tag)
+        if in_row is None:
+            raise IntegrityError()
+        key = self.key(file_id, index, tag)
+        if to_objects == (not in_row):
+            return False
+        blob = in_row if to_objects else await self.client.get(key)
+        if blob is None or not hmac.compare_digest(blob[-len(tag) :], tag):
+            log.error("file %s: segment %d is missing or not the one committed", file_id.hex(), index)
+            raise IntegrityError()
+        if to_objects:
+            await self.client.put(key, blob)
+            await self._inner.put_segment(file_id, index, tag, b"", len(blob))
+        else:
+            await self._inner.put_segment(file_id, index, tag, blob)
+            await self.client.delete(key)
+        return True
 
     async def discard_file(self, file_id: bytes) -> None:
         rows = await self._inner.read_tags(file_id, 2**62)

@@ -295,3 +295,70 @@ def test_object_store_down_gives_503_and_keeps_nothing(s3: S3Server, tmp_path: P
     finally:
         vault.stop()
         other.stop()
+
+
+def segment_bytes_in_database(server: Server) -> int:
+    return int(query(server, "SELECT COALESCE(SUM(length(data)), 0) FROM segments")[0][0])
+
+
+def test_migrate_moves_a_populated_vault_to_the_bucket_and_back_byte_identical(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    database_env = {"VAULT_SEGMENT_SIZE": str(S)}
+    s3_env = {**s3.env("migrated/"), **database_env}
+    vault = Server(tmp_path / "vault", env=database_env).start()
+    files: dict[tuple[str, str], bytes] = {}
+    try:
+        alice, alice_token = vault.new_user()
+        bob, bob_token = vault.new_user()
+        for size in (0, 1, S, 3 * S + 5):
+            files[(alice, f"a{size}.bin")] = payload(size)
+            upload(vault, alice_token, f"a{size}.bin", files[(alice, f"a{size}.bin")])
+        files[(bob, "b.bin")] = payload(2 * S + 1)
+        upload(vault, bob_token, "b.bin", files[(bob, "b.bin")])
+        upload(vault, bob_token, "b.bin", files[(bob, "b.bin")])  # a replaced version, purged first
+        shared = vault.request("POST", f"/files/a{S}.bin/shares", {"username": bob}, token=alice_token)
+        assert shared.status == 201
+        refused = vault.admin("migrate", "--to", "sqlite", "--blobs", "s3")
+        assert refused.returncode == 2 and b"another vault is already running" in refused.stderr
+    finally:
+        vault.stop()
+    tokens = {alice: alice_token, bob: bob_token}
+
+    def all_download_identical() -> None:
+        for (owner, name), data in files.items():
+            tokens[owner] = vault.request(
+                "POST", "/login", {"username": owner, "password": "correct horse battery"}
+            ).json()["token"]
+            assert download(vault, tokens[owner], name).body == data, name
+        resp = vault.request("GET", f"/shared/{alice}/a{S}.bin", token=tokens[bob])
+        assert (resp.status, resp.body) == (200, files[(alice, f"a{S}.bin")])
+
+    vault.env = s3_env
+    to_bucket = vault.admin("migrate", "--to", "sqlite", "--blobs", "s3")
+    assert to_bucket.returncode == 0, to_bucket
+    assert b"audit log intact" in to_bucket.stdout
+    assert b"5 file(s) now in the bucket: 10 segment(s) moved, 0 already there; 0 damaged" in to_bucket.stdout
+    assert segment_bytes_in_database(vault) == 0
+    assert len(keys(s3, "migrated/")) == 10
+    again = vault.admin("migrate", "--to", "sqlite", "--blobs", "s3")  # restartable: nothing left to move
+    assert b"0 segment(s) moved, 10 already there" in again.stdout, again
+    vault.start()
+    try:
+        all_download_identical()
+    finally:
+        vault.stop()
+    back = vault.admin("migrate", "--to", "sqlite", "--blobs", "database")
+    assert back.returncode == 0, back
+    assert b"5 file(s) now in the database: 10 segment(s) moved" in back.stdout
+    assert keys(s3, "migrated/") == []
+    assert segment_bytes_in_database(vault) > sum(len(d) for d in files.values())
+    vault.env = database_env
+    vault.start()
+    try:
+        all_download_identical()
+    finally:
+        vault.stop()
+    assert vault.admin("audit-verify").returncode == 0
+    postgres = vault.admin("migrate", "--to", "postgres")
+    assert postgres.returncode == 2 and b"only sqlite is supported" in postgres.stderr

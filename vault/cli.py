@@ -94,6 +94,16 @@ def _data_commands(commands: argparse._SubParsersAction) -> None:  # type: ignor
         help="keep orphan objects younger than this: 600, 1h (default: s3_gc_lease;"
         " 0 only with the server stopped)",
     )
+    migrate = commands.add_parser(
+        "migrate",
+        help="move every file's segments between the database and the bucket (server stopped)",
+    )
+    migrate.add_argument(
+        "--to", choices=("sqlite", "postgres"), required=True, help="the metadata store afterwards"
+    )
+    migrate.add_argument(
+        "--blobs", choices=("database", "s3"), help="where the segments go (default: where they are)"
+    )
     export = commands.add_parser("export", help="write a file, decrypted and verified, to stdout or -o FILE")
     export.add_argument("username")
     export.add_argument("filename")

@@ -159,6 +159,16 @@ class BlobCollector(Protocol):
         """Delete the orphans older than ``lease`` seconds (default: the configured lease)."""
 
 
+@runtime_checkable
+class BlobMover(Protocol):
+    """A blob store that can move a segment's bytes between its row in the metadata store and
+    its object (``run.py admin migrate``, server stopped)."""
+
+    async def move_segment(self, file_id: bytes, index: int, tag: bytes, to_objects: bool) -> bool:
+        """Move one segment (its blob's last 32 bytes must be ``tag``, or IntegrityError);
+        True if moved, False if it was already there. Safe to repeat after a crash."""
+
+
 class FileStore(Protocol):
     """Files and their segments, resumable uploads, and what each user stores and may store
     (FileService, Quotas and the upload/download pipeline)."""
