@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import time
+import warnings
 import xml.etree.ElementTree as ET  # nosec B405  # parses only the configured object store's answers
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
@@ -134,8 +135,9 @@ class S3Client:
         key: str = "",
         query: Mapping[str, str] | None = None,
         body: bytes | bytearray = b"",
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        """(status, headers, body up to MAX_OBJECT bytes); a network failure is ObjectStoreError."""
+    ) -> tuple[int, Mapping[str, str], bytes | None]:
+        """(status, headers, body); the body is None if it is larger than any segment (it is
+        then never read). A network failure is ObjectStoreError."""
         path, query = self._path(key), dict(query or {})
         c = self.config
         headers = sigv4.sign(
@@ -157,7 +159,7 @@ class S3Client:
             async with self._session.request(
                 method,
                 url,
-                data=body if method == "PUT" else None,
+                data=_payload(aiohttp, body) if method == "PUT" else None,
                 headers=headers,
                 skip_auto_headers=("Content-Type",),
             ) as resp:
@@ -166,8 +168,8 @@ class S3Client:
             log.error("object store: %s %s failed: %s", method, key or c.bucket, exc)
             raise ObjectStoreError() from None
 
-    def _refused(self, method: str, key: str, status: int, body: bytes) -> ObjectStoreError:
-        log.error("object store: %s %s answered %d: %s", method, key, status, body[:300])
+    def _refused(self, method: str, key: str, status: int, body: bytes | None) -> ObjectStoreError:
+        log.error("object store: %s %s answered %d: %s", method, key, status, (body or b"")[:300])
         return ObjectStoreError()
 
     async def put(self, key: str, body: bytes | bytearray) -> None:
@@ -182,9 +184,8 @@ class S3Client:
             return None
         if status != 200:
             raise self._refused("GET", key, status, body)
-        if len(body) > MAX_OBJECT:
+        if body is None:
             log.error("object store: %s is larger than any segment", key)
-            return None
         return body
 
     async def delete(self, key: str) -> None:
@@ -205,7 +206,7 @@ class S3Client:
             if token:
                 query["continuation-token"] = token
             status, headers, body = await self._request("GET", query=query)
-            if status != 200:
+            if status != 200 or body is None:
                 raise self._refused("LIST", prefix, status, body)
             now = _http_date(headers.get("Date", "")) or time.time()
             # The configured object store's answer, not a client's; expat refuses entity bombs.
@@ -224,17 +225,24 @@ class S3Client:
                 return
 
 
-async def _read_capped(resp: "aiohttp.ClientResponse") -> bytes:
-    """The body, or MAX_OBJECT + 1 bytes of it: nothing bigger than a segment is held."""
+def _payload(aiohttp: Any, body: bytes | bytearray) -> Any:
+    """The body as it is. aiohttp warns about any body over 1 MiB ("might lock the event
+    loop"), but asyncio's transport writes what the socket takes and buffers the rest, and a
+    sealed segment is already in memory: copying it into a BytesIO would only cost CPU."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        return aiohttp.BytesPayload(body)
+
+
+async def _read_capped(resp: "aiohttp.ClientResponse") -> bytes | None:
+    """The body, or None if it is larger than any segment: nothing bigger is held."""
     if resp.content_length is not None:
-        if resp.content_length > MAX_OBJECT:
-            return bytes(MAX_OBJECT + 1)  # never read: too big to be a segment
-        return await resp.read()
+        return None if resp.content_length > MAX_OBJECT else await resp.read()
     body = bytearray()
     async for chunk in resp.content.iter_any():
         body += chunk
         if len(body) > MAX_OBJECT:
-            break
+            return None
     return bytes(body)
 
 
@@ -289,7 +297,13 @@ class S3Segments:
             raise
 
     async def read_segment(self, file_id: bytes, index: int, tag: bytes) -> bytes | None:
-        return await self.client.get(self.key(file_id, index, tag))
+        """The object; if there is none, the row's own bytes, if it has any (a vault whose
+        segments are still in the database reads on while ``admin migrate`` moves them)."""
+        blob = await self.client.get(self.key(file_id, index, tag))
+        if blob is None:
+            in_row = await self._inner.read_segment(file_id, index, tag)
+            return in_row or None
+        return blob
 
     async def move_segment(self, file_id: bytes, index: int, tag: bytes, to_objects: bool) -> bool:
         """Row to object: PUT, then empty the row. Object to row: fill the row, then DELETE.
