@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -245,14 +246,24 @@ async def serve(settings: Settings, listeners: Listeners, worker: Worker | None 
         await _serve(core, listeners, ssl_context, worker)
 
 
-async def sweep(core: Core) -> None:
-    """Every purge interval: expired uploads and deleted files, then orphan objects."""
-    await core.files.purge()
-    if isinstance(core.store, BlobCollector):
-        try:
-            await core.store.collect()
-        except VaultError:
-            log.exception("object garbage collection failed; the next sweep retries")
+class Sweep:
+    """The timer's work: expired uploads and deleted files at every tick, and at most every
+    PURGE_INTERVAL the orphan objects (listing a bucket costs a request per 1000 objects, and
+    with workers the timer ticks every worker_lease)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.collected = -float(PURGE_INTERVAL)
+
+    async def __call__(self) -> None:
+        await self.core.files.purge()
+        store, now = self.core.store, time.monotonic()
+        if isinstance(store, BlobCollector) and now - self.collected >= PURGE_INTERVAL:
+            self.collected = now
+            try:
+                await store.collect()
+            except VaultError:
+                log.exception("object garbage collection failed; the next sweep retries")
 
 
 def failure(exc: BaseException) -> str:
@@ -287,7 +298,7 @@ async def _serve(
     server.add_sockets(sockets)
     # With workers, each purges every lease: a dead worker's staged uploads go once it lapsed.
     interval = settings.worker_lease if worker else PURGE_INTERVAL
-    timers = [tornado.ioloop.PeriodicCallback(lambda: sweep(core), interval * 1000)]
+    timers = [tornado.ioloop.PeriodicCallback(Sweep(core), interval * 1000)]
     if worker:
         timers.append(tornado.ioloop.PeriodicCallback(core.state.renew, settings.worker_lease * 1000 / 3))
     for timer in timers:
