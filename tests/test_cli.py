@@ -113,9 +113,12 @@ class TamperingProxy:
     """A TLS-terminating HTTP proxy in front of the real server, with the server's own
     certificate (so the client trusts it as it trusts the server): requests go through as they
     are, and ``tamper(method, path, headers, body)`` may change each answer's headers (in place)
-    and returns its body. Bodies are small in these tests: each is read whole."""
+    and returns its body; a request for which ``refuse(method, path)`` is true gets a 503 instead.
+    Bodies are small in these tests: each is read whole."""
 
-    def __init__(self, server: Server, tamper: Tamper) -> None:
+    def __init__(
+        self, server: Server, tamper: Tamper, refuse: Callable[[str, str], bool] | None = None
+    ) -> None:
         upstream = server.ssl_context()
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -123,6 +126,14 @@ class TamperingProxy:
 
             def forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if refuse is not None and refuse(self.command, self.path):  # as an overloaded server would
+                    self.send_response(503)
+                    message = b'{"message": "Try again later", "status": 503}'
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(message)))
+                    self.end_headers()
+                    self.wfile.write(message)
+                    return
                 conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=upstream, timeout=60)
                 try:
                     conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
@@ -393,6 +404,34 @@ def test_put_and_get_retry_by_themselves_after_a_dropped_connection(
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "retrying" in err and json.loads(out)["resumed_from"] > 0
+    assert (cli.home / "copy.bin").read_bytes() == data
+
+
+def test_put_and_get_retry_after_5xx_answers(server: Server, cli: Cli, alice: tuple[str, str]) -> None:
+    refused: list[str] = []
+
+    def refuse(method: str, path: str) -> bool:
+        """The first PATCH of the upload, and the first GET of the download."""
+        transfer = method == "PATCH" or (method == "GET" and path.startswith("/download/"))
+        if transfer and method not in refused:
+            refused.append(method)
+            return True
+        return False
+
+    data = os.urandom(3 * MiB)
+    (cli.home / "r.bin").write_bytes(data)
+    proxy = TamperingProxy(server, lambda method, path, headers, body: body, refuse)
+    try:
+        cli.login(alice[0], proxy.url)
+        put = cli.run("put", "r.bin", "--chunk-size", "1M")
+        get = cli.run("get", "r.bin", "-o", "copy.bin")
+    finally:
+        proxy.close()
+    assert refused == ["PATCH", "GET"]
+    assert put.returncode == 0 and get.returncode == 0, put.stderr + get.stderr
+    assert "Try again later (HTTP 503); retrying" in put.stderr
+    assert "Try again later (HTTP 503); retrying" in get.stderr
+    assert stored(server, alice[1], "r.bin") == data
     assert (cli.home / "copy.bin").read_bytes() == data
 
 
