@@ -22,11 +22,6 @@ class PasswordCheckHandler(JSONBodyHandler):
     """Checks a password under the login throttle: check() before bcrypt, failed() on
     InvalidCredentials, succeeded() on success."""
 
-    def client_address(self) -> str:
-        return self.throttle.client_address(
-            self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
-        )
-
 
 class RegisterHandler(PasswordCheckHandler):
     AUDITED = {"POST": "register"}

@@ -36,6 +36,7 @@ from vault.errors import (
     StorageFull,
     TooLarge,
     TooManyAttempts,
+    TooManyDownloads,
     TooManyUploads,
     UnsupportedMediaType,
     VaultError,
@@ -64,6 +65,7 @@ STATUS: dict[type[VaultError], int] = {
     Gone: 410,
     TooManyAttempts: 429,
     TooManyUploads: 429,
+    TooManyDownloads: 429,
     BodyTimeout: 408,
     Busy: 503,
     StorageFull: 507,
@@ -227,10 +229,15 @@ class BaseHandler(tornado.web.RequestHandler):
             target = "/".join(path_args) if path_args else "" if path_args is not None else NOT_UTF8
             if self.request.path.startswith("/s/"):
                 target = "[link secret]"
-            address = self.ctx.throttle.client_address(
-                self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
+            self.core.audit.record(
+                self.audit_actor, self.client_address(), action, target, str(self.get_status())
             )
-            self.core.audit.record(self.audit_actor, address, action, target, str(self.get_status()))
+
+    def client_address(self) -> str:
+        """The client's address: the peer's, or X-Forwarded-For's from a trusted proxy."""
+        return self.ctx.throttle.client_address(
+            self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
+        )
 
     async def authenticated(self) -> Identity:
         return (await self.access()).identity
@@ -243,7 +250,7 @@ class BaseHandler(tornado.web.RequestHandler):
             status_code, message = status_for(exc), exc.message
             if isinstance(exc, AuthError):
                 self.set_header("WWW-Authenticate", self.auth_challenge(exc))
-            if isinstance(exc, (TooManyAttempts, TooManyUploads)):
+            if isinstance(exc, (TooManyAttempts, TooManyUploads, TooManyDownloads)):
                 self.set_header("Retry-After", str(exc.retry_after))
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message

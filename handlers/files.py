@@ -3,12 +3,14 @@
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime
 import email.utils
+import logging
 import mimetypes
 import re
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import tornado.iostream
@@ -18,14 +20,17 @@ from handlers.base import BaseHandler, BodyHandler
 from handlers.headers import declared_length
 from handlers.paging import paginate
 from handlers.ranges import if_range_holds, none_match, parse_range
+from handlers.redact import safe_path
 from vault.auth import Identity
-from vault.download import Download
+from vault.download import Abandoned, Download
 from vault.errors import InputError, IntegrityError, MalformedUpload
 from vault.multipart import MultipartParser, PartData, PartEnd, PartStart, boundary_from_content_type
 from vault.names import check_filename, check_new_filename
 from vault.records import FileInfo
+from vault.store import Hold
 from vault.upload import Upload
 
+log = logging.getLogger(__name__)
 CHUNK_ALLOWANCE = 1024 * 1024
 DOWNLOAD_CSP = "sandbox; default-src 'none'"
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
@@ -204,6 +209,9 @@ class FileSender(BaseHandler):
         """Called when the whole body was sent."""
 
     _abandoned = False  # the response was cut short (the client left, or a segment failed)
+    _download_slots: tuple[Hold, ...] | None = None
+    _ended = False
+    _sending: Download | None = None
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> "asyncio.Future[None]":
         """As Tornado's, except for a response cut short: that one is over, not finished."""
@@ -213,16 +221,42 @@ class FileSender(BaseHandler):
             return done
         return super().finish(chunk)
 
-    async def send_file(self, download: Download, send_body: bool | None = None) -> None:
-        """Send ``download`` (then close it); without ``send_body``, HEAD gets no body."""
+    async def send_file(
+        self,
+        download: Download,
+        send_body: bool | None = None,
+        *,
+        user: int | None = None,
+        link: str | None = None,
+    ) -> None:
+        """Send ``download`` (then close it); without ``send_body``, HEAD gets no body. A body
+        takes a download slot of ``user`` or ``link`` and of the client's address (429 beyond
+        the caps) until the request ends."""
         if send_body is None:
             send_body = self.request.method != "HEAD"
+        self._sending = download
         try:
-            await self._send(download, send_body)
+            await self._send(download, send_body, user, link)
         finally:
             download.close()
 
-    async def _send(self, download: Download, send_body: bool) -> None:
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if self._sending is not None:
+            self._sending.abandon()  # its memory now; its pin when send_file ends
+
+    def end_request(self) -> None:
+        super().end_request()
+        self._ended = True
+        self._release_download_slots()
+
+    def _release_download_slots(self) -> None:
+        if self._download_slots is not None:
+            # Free from here on: a one-process state gives them back in the task's first step.
+            asyncio.ensure_future(self.core.downloads.release(self._download_slots))
+            self._download_slots = None
+
+    async def _send(self, download: Download, send_body: bool, user: int | None, link: str | None) -> None:
         info, headers = download.info, self.request.headers
         etag = f'"{info.etag}"'
         last_modified = email.utils.formatdate(info.created, usegmt=True)
@@ -250,6 +284,14 @@ class FileSender(BaseHandler):
             "Repr-Digest", "sha-256=:" + base64.b64encode(bytes.fromhex(info.sha256)).decode() + ":"
         )
         self.range_start = start
+        if send_body and self._download_slots is None:
+            self._download_slots = await self.core.downloads.acquire(
+                user=user, link=link, address=self.client_address()
+            )
+            if self._ended:  # the connection closed while the shared state was asked
+                self._release_download_slots()
+                self._abandoned = True
+                return
         await self.before_body(end - start, info.size)
         if send_body:
             await self._stream(download.read(start, end))
@@ -257,20 +299,49 @@ class FileSender(BaseHandler):
             self.body_done()
             self.finish()
 
-    async def _stream(self, chunks: AsyncIterator[bytes]) -> None:
+    async def _stream(self, chunks: AsyncGenerator[bytes]) -> None:
+        """Each piece is handed to the socket before the next is asked for (the download reads
+        ahead only meanwhile); a client that takes none of it for ``send_timeout`` seconds is
+        cut off, which frees the download's slot, pin and memory."""
         try:
-            async for chunk in chunks:
-                self.write(chunk)
-                await self.flush()
-                self.chunk_sent(len(chunk))
-        except tornado.iostream.StreamClosedError:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    self.write(chunk)
+                    flushed = self.flush()
+                    if not flushed.done():
+                        await self._drained(flushed)
+                    flushed.result()
+                    self.chunk_sent(len(chunk))
+        except (tornado.iostream.StreamClosedError, Abandoned):
             self._abandoned = True  # the client went away
         except IntegrityError:
             if not self._headers_written:
                 raise
             # Headers are out: abort so the client sees a short body, never altered bytes.
-            self._abandoned = True
-            self.connection.close()
+            self._cut()
+
+    async def _drained(self, flushed: "asyncio.Future[None]") -> None:
+        """Wait for ``flushed``, at most ``send_timeout`` seconds; then close the connection."""
+        timeout = self.config.send_timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(flushed), timeout)
+        except TimeoutError:
+            log.info(
+                "%s %s: the client took nothing for %d s (send_timeout): closed",
+                self.request.method,
+                safe_path(self.request.path),
+                timeout,
+            )
+            self.ctx.metrics.send_timeouts += 1
+            self._cut()
+            raise tornado.iostream.StreamClosedError() from None
+
+    def _cut(self) -> None:
+        """Close the connection under the response. Tornado tells the handler only when the
+        client closes, so the request ends here as it would then (slots, memory, in flight)."""
+        self._abandoned = True
+        self.connection.close()
+        self.on_connection_close()
 
 
 class DownloadHandler(FileSender):
@@ -279,7 +350,8 @@ class DownloadHandler(FileSender):
     AUDITED = {"GET": "download"}
 
     async def get(self, name: str) -> None:
-        await self.send_file(await self.files.open((await self.authenticated()).user_id, name))
+        identity = await self.authenticated()
+        await self.send_file(await self.files.open(identity.user_id, name), user=identity.user_id)
 
     async def head(self, name: str) -> None:
         await self.get(name)  # as GET, without the body (send_file looks at the method)

@@ -38,6 +38,11 @@ class MetricsHandler(tornado.web.RequestHandler):
         core = self.ctx.core
         gauges = {
             "vault_uploads_in_progress": ("Uploads in progress.", float(core.uploads.total())),
+            "vault_downloads_in_progress": ("Downloads in progress.", float(core.downloads.total())),
+            "vault_download_segments_held": (
+                "Decrypted download segments in memory (at most download_segments).",
+                float(core.files.pipe.download_budget.held),
+            ),
             "vault_bcrypt_queue_depth": ("bcrypt calls queued or running.", float(core.auth.pending_hashes)),
             "vault_database_bytes": ("Size of the database file.", float(await core.store.database_size())),
         }

@@ -124,6 +124,13 @@ ERROR_RESPONSES: Schema = {
         schema("Error"),
         {"Retry-After": header("Seconds to wait.", {"type": "integer", "minimum": 0})},
     ),
+    "TooManyDownloads": reply(
+        "Too many downloads in progress for this account, link or client address"
+        " (`downloads_per_user`, `downloads_per_link`, `downloads_per_address`):"
+        " retry after Retry-After seconds.",
+        schema("Error"),
+        {"Retry-After": header("Seconds to wait.", {"type": "integer", "minimum": 0})},
+    ),
     "ChecksumMismatch": reply(
         "tus checksum extension: the chunk did not match Upload-Checksum.", schema("Error")
     ),
@@ -478,6 +485,7 @@ def download(
             "304": {"description": "If-None-Match matched."},
             **(extra or {}),
             **errors(400, 404, 416, 500),
+            **({} if head else {"429": ref("responses", "TooManyDownloads")}),
         },
     }
 

@@ -103,8 +103,9 @@ class SharedDownloadHandler(FileSender):
     AUDITED = {"GET": "download-shared"}
 
     async def get(self, owner: str, name: str) -> None:
+        identity = await self.authenticated()
         await self.send_file(
-            await self.sharing.open_shared(await self.authenticated(), owner, name), send_body=True
+            await self.sharing.open_shared(identity, owner, name), send_body=True, user=identity.user_id
         )
 
     async def head(self, owner: str, name: str) -> None:
@@ -209,7 +210,7 @@ class PublicLinkHandler(PageHeaders, FileSender):
         link, download = await self.sharing.open_link(token, password)
         self.audit_actor = f"link {link.id}"
         self.link = link
-        await self.send_file(download, send_body=True)
+        await self.send_file(download, send_body=True, link=link.id)
 
     async def before_body(self, nbytes: int, size: int) -> None:
         if self.request.method == "HEAD":  # costs nothing, but answers what a GET would: 410

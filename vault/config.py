@@ -73,6 +73,23 @@ class Settings:
     segments_in_flight: int = _setting(
         8, "Segments being sealed or stored across all uploads together (bounds memory: ~2 MiB each)."
     )
+    download_segments: int = _setting(
+        32,
+        "Decrypted segments all downloads together may hold (bounds memory: ~1 MiB each);"
+        " at the limit a download waits, and clients that stopped reading give theirs up first.",
+    )
+    send_timeout: int = _setting(
+        60, "Seconds a download may wait for its client to take the next 64 KiB before it is closed."
+    )
+    downloads_per_user: int = _setting(
+        16, "Downloads one user may have in progress at once, own and shared files (429 beyond; 0: no limit)."
+    )
+    downloads_per_link: int = _setting(
+        16, "Downloads in progress at once through one public link (429 beyond; 0: no limit)."
+    )
+    downloads_per_address: int = _setting(
+        32, "Downloads in progress at once from one client address (IPv6: per /64; 429 beyond; 0: no limit)."
+    )
     resumable_ttl: int = _setting(
         86400, "Seconds an unfinished resumable (tus) upload is kept after its last write."
     )
@@ -204,6 +221,10 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "auth_threads", 1, 64)
     _check_range(values, "pipeline_depth", 1, 64)
     _check_range(values, "segments_in_flight", 1, 1024)
+    _check_range(values, "download_segments", 1, 4096)
+    _check_range(values, "send_timeout", 1, 86400)
+    for key in ("downloads_per_user", "downloads_per_link", "downloads_per_address"):
+        _check_range(values, key, 0, 1_000_000)
     _check_range(values, "idle_timeout", 1, 86400)
     _check_range(values, "body_timeout", 1, 86400)
     _check_range(values, "uploads_per_user", 1, 10_000)

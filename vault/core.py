@@ -17,7 +17,7 @@ from vault.auth import Authenticator
 from vault.config import Settings
 from vault.files import FileService
 from vault.keys import Keyring, load_jwt_secret, load_keyring
-from vault.limits import UploadSlots
+from vault.limits import DownloadSlots, UploadSlots
 from vault.sharing import Sharing
 from vault.state import LocalState
 from vault.store import StateStore, Store
@@ -36,6 +36,7 @@ class Core:
     audit: AuditLog
     uploads: UploadSlots
     state: StateStore  # what several processes serving this vault share (LocalState: one)
+    downloads: DownloadSlots
 
 
 @asynccontextmanager
@@ -69,6 +70,7 @@ async def open_core(
             hasher=hasher,
             resumable_ttl=settings.resumable_ttl,
             segments_in_flight=settings.segments_in_flight,
+            download_segments=settings.download_segments,
             default_quota=settings.user_quota,
             state=state,
         )
@@ -88,6 +90,9 @@ async def open_core(
         audit = AuditLog(store, keyring)
         await audit.start()
         sharing = Sharing(store, files, keyring, auth, state)
+        downloads = DownloadSlots(
+            settings.downloads_per_user, settings.downloads_per_link, settings.downloads_per_address, state
+        )
         yield Core(
             settings,
             store,
@@ -98,6 +103,7 @@ async def open_core(
             audit,
             UploadSlots(settings.uploads_per_user, state),
             state,
+            downloads,
         )
         await files.close()
         await audit.close()

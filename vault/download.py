@@ -1,17 +1,37 @@
-"""One verified file being read: byte ranges decrypted a few segments ahead of the reader."""
+"""One verified file being read: byte ranges decrypted a segment at a time, handed out in
+pieces, and read ahead only while the client takes them (vault/budget.py bounds the plaintext
+of all downloads together)."""
 
 import asyncio
-import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from vault import format as sfs
 from vault.pipeline import Pipeline
 from vault.records import FileInfo
 from vault.store import StoredFile
 
+# What one step of a download hands its client: a stalled client holds at most this much in
+# the server's socket buffer; the segment it came from can be reclaimed (vault/budget.py).
+PIECE = 64 * 1024
+
+
+class Abandoned(Exception):
+    """The download's reader went away (``Download.abandon``): nothing more is read."""
+
+
+def _retrieve(task: "asyncio.Future[bytes]") -> None:
+    """A read-ahead dropped unused must not log its error as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
 
 class Download:
-    """A verified, pinned file. Read byte ranges with ``read``; always ``close`` it."""
+    """A verified, pinned file. Read byte ranges with ``read``; always ``close`` it.
+
+    It is a ``Holder`` of the server's segment budget: ``held`` counts the decrypted segments
+    it keeps (the one being sent, ``_current``, and those read ahead, ``_ahead``)."""
+
+    held = 0
 
     def __init__(self, pipe: Pipeline, stored: StoredFile, keys: sfs.KeyPair, tags: bytes) -> None:
         self._pipe = pipe
@@ -20,6 +40,10 @@ class Download:
         self._keys = keys
         self._tags = tags  # verified against the header's seg_root
         self._closed = False
+        self._abandoned = False
+        self._current: bytes | None = None  # the plaintext of segment _index
+        self._index = -1
+        self._ahead: dict[int, asyncio.Future[bytes]] = {}  # the segments after it, in order
 
     @property
     def size(self) -> int:
@@ -28,7 +52,25 @@ class Download:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._drop()
             self._pipe.pins.release(self.header.file_id)
+
+    def abandon(self) -> None:
+        """The reader went away: give the memory back now, read nothing more (the pin stays
+        until ``close``, so no segment is purged under a read still finishing)."""
+        self._abandoned = True
+        self._drop()
+
+    def revoke(self) -> None:
+        """Drop every decrypted segment (the budget reclaims them from an idle download)."""
+        self._current = None
+        for task in self._ahead.values():
+            task.cancel()
+        self._ahead.clear()
+
+    def _drop(self) -> None:
+        self.revoke()
+        self._pipe.download_budget.give(self, self.held)
 
     async def _segment(self, index: int) -> bytes:
         header = self.header
@@ -39,27 +81,79 @@ class Download:
             self._keys, header.file_id, header.seg_size, index, length, final, tag
         )
 
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Yield the plaintext of bytes [start, end), verifying each segment before it is used."""
+    def _start(self, index: int) -> "asyncio.Future[bytes]":
+        task = asyncio.ensure_future(self._segment(index))
+        task.add_done_callback(_retrieve)
+        return task
+
+    async def _plaintext(self, index: int) -> bytes:
+        """Segment ``index``, decrypted: kept, read ahead, or read now (waiting for room)."""
+        if self._index == index and self._current is not None:
+            return self._current
+        budget = self._pipe.download_budget
+        if self._current is not None:
+            self._current = None
+            budget.give(self)
+        task = self._ahead.pop(index, None)
+        if task is None:
+            self._drop()  # what was read ahead no longer follows on: wait holding nothing
+            await budget.take(self)
+            if self._abandoned:
+                self._drop()
+                raise Abandoned()
+            task = self._start(index)
+        self._index = index
+        try:
+            self._current = await task
+        except BaseException:
+            self._drop()
+            raise
+        if self._abandoned:
+            self._drop()
+            raise Abandoned()
+        return self._current
+
+    def _read_ahead(self, pos: int, last: int) -> None:
+        """Start reading the segments after ``pos`` up to ``pipeline_depth`` held, while the
+        budget has room to spare (never waiting for it)."""
+        seg_size, budget = self.header.seg_size, self._pipe.download_budget
+        if self._abandoned:
+            return
+        base = pos // seg_size
+        index = base + 1 if self._current is not None and self._index == base else base
+        index = max(self._ahead, default=index - 1) + 1
+        while index <= last and self.held < self._pipe.pipeline_depth and budget.try_take(self):
+            self._ahead[index] = self._start(index)
+            index += 1
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes]:
+        """Yield the plaintext of bytes [start, end) in pieces of at most PIECE bytes,
+        verifying each segment before it is used. The consumer hands each piece to its client
+        before it asks for the next; while it waits for that, this download is idle and its
+        segments may be reclaimed (then read again). Reading ahead starts only after the
+        client took a piece."""
         end = self.size if end is None else end
         if not 0 <= start <= end <= self.size:
             raise ValueError("range outside the file")
-        if start == end:
-            return
-        seg_size = self.header.seg_size
-        first, last = start // seg_size, (end - 1) // seg_size
-        pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
-        next_index = first
+        seg_size, budget = self.header.seg_size, self._pipe.download_budget
+        last = (end - 1) // seg_size if end else 0
+        pos = start
         try:
-            for index in range(first, last + 1):
-                while next_index <= last and len(pending) < self._pipe.pipeline_depth:
-                    pending.append(asyncio.ensure_future(self._segment(next_index)))
-                    next_index += 1
-                plaintext = await pending.popleft()
+            while pos < end:
+                index = pos // seg_size
+                plaintext = await self._plaintext(index)
                 offset = index * seg_size
-                lo, hi = max(start - offset, 0), min(end - offset, len(plaintext))
-                yield plaintext if (lo, hi) == (0, len(plaintext)) else plaintext[lo:hi]
+                stop = min(end, offset + len(plaintext))
+                piece = plaintext[pos - offset : min(stop, pos + PIECE) - offset]
+                del plaintext  # only _current keeps it, so reclaiming frees it
+                pos += len(piece)
+                if pos == stop:  # this segment is all handed out
+                    self._current = None
+                    budget.give(self)
+                budget.idle(self)
+                yield piece
+                budget.busy(self)
+                self._read_ahead(pos, last)
         finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            budget.busy(self)
+            self._drop()

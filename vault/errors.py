@@ -26,6 +26,7 @@ VaultError
 ├── TooManyAttempts         too many wrong logins or link passwords; carries the seconds to wait
 │   └── TooManyRegistrations too many registrations from one address or in total
 ├── TooManyUploads          a user already has ``uploads_per_user`` uploads in progress
+├── TooManyDownloads        a user, link or address is at its cap of downloads in progress
 ├── BodyTimeout             a request body sent nothing for ``body_timeout`` seconds
 ├── TooLarge                a body or file is over its configured limit
 ├── RangeNotSatisfiable     the requested byte range lies outside the file
@@ -196,6 +197,14 @@ class TooManyUploads(VaultError):
     """The user already has as many uploads in progress as allowed; retry when one ends."""
 
     message = "Too many uploads in progress"
+    retry_after = 5
+
+
+class TooManyDownloads(VaultError):
+    """A user, a link or a client address already has as many downloads in progress as
+    allowed; retry when one ends."""
+
+    message = "Too many downloads in progress"
     retry_after = 5
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 
 from vault import format as sfs
+from vault.budget import SegmentBudget
 from vault.download import Download
 from vault.errors import FileNotFound, IntegrityError
 from vault.keys import Keyring
@@ -47,6 +48,7 @@ class FileService:
         hasher: Executor,
         resumable_ttl: int = 86400,
         segments_in_flight: int = 8,
+        download_segments: int = 32,
         default_quota: int = 0,
         state: StateStore | None = None,
     ) -> None:
@@ -67,6 +69,7 @@ class FileService:
             max_file_size=max_file_size,
             pipeline_depth=pipeline_depth,
             slots=asyncio.Semaphore(segments_in_flight),
+            download_budget=SegmentBudget(download_segments),
             pins=Pins(self.state),
             quotas=self.quotas,
             state=self.state,

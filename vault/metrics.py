@@ -48,6 +48,7 @@ class Metrics:
         self.durations: defaultdict[Labels, Histogram] = defaultdict(Histogram)
         self.throttled = 0
         self.integrity_failures = 0
+        self.send_timeouts = 0
 
     def request(self, route: str, method: str, status: int) -> None:
         self.requests[(("route", route), ("method", method), ("status", str(status)))] += 1
@@ -90,6 +91,12 @@ class Metrics:
             "counter",
             "Requests that found stored data failing its authentication.",
             [f"vault_integrity_failures_total {self.integrity_failures}"],
+        )
+        family(
+            "vault_send_timeouts_total",
+            "counter",
+            "Downloads closed because the client took nothing for send_timeout seconds.",
+            [f"vault_send_timeouts_total {self.send_timeouts}"],
         )
         family(
             "vault_transfer_duration_seconds",

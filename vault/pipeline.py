@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from vault import format as sfs
+from vault.budget import SegmentBudget
 from vault.errors import IntegrityError
 from vault.keys import Keyring
 from vault.quota import Quotas
@@ -85,6 +86,8 @@ class Pipeline:
     # One bound for all uploads together: a sealed segment waiting for the database holds
     # two segment-sized buffers, so memory stays flat however many clients upload at once.
     slots: asyncio.Semaphore
+    # And one for all downloads: the decrypted segments they hold (vault/budget.py).
+    download_budget: SegmentBudget
     pins: Pins
     quotas: Quotas
     state: StateStore  # what every process serving this vault shares
