@@ -326,6 +326,7 @@ class FileSender(BaseHandler):
         try:
             await asyncio.wait_for(asyncio.shield(flushed), timeout)
         except TimeoutError:
+            flushed.add_done_callback(lambda f: f.cancelled() or f.exception())  # fails at the close
             log.info(
                 "%s %s: the client took nothing for %d s (send_timeout): closed",
                 self.request.method,
