@@ -3,8 +3,10 @@ download segments of all downloads together stay under ``download_segments`` how
 clients stop reading, a download whose client takes nothing for ``send_timeout`` is closed, and
 downloads are capped per user, per link and per address (429, Retry-After, slot given back)."""
 
+import http.client
 import os
 import socket
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dbedit import Edits
 from tests.server import Server
 from tests.test_metrics import free_port, scrape, value
 
@@ -232,3 +235,38 @@ def read_rest_of(sock: ssl.SSLSocket, length: int) -> bool:
             return False
         got += len(chunk)
     return True
+
+
+def test_a_download_cut_for_damaged_data_ends_its_request(tmp_path: Path) -> None:
+    """A segment failing its MAC after the headers went out cuts the connection; the request
+    ends there (its slot, its memory, its place among the requests a stop waits for)."""
+    server, port = started(tmp_path, shutdown_grace=1)
+    try:
+        _, token = server.new_user()
+        data = os.urandom(3 * MiB + 5)
+        assert server.put_file(token, "bad.bin", data).status == 201
+        with sqlite3.connect(server.db_path, factory=Edits) as con:
+            (file_id,) = con.execute("SELECT file_id FROM files WHERE name = 'bad.bin'").fetchone()
+            (blob,) = con.execute(
+                "SELECT data FROM segments WHERE file_id = ? AND idx = 2", (file_id,)
+            ).fetchone()
+            flipped = bytearray(blob)
+            flipped[40] ^= 1
+            con.execute(
+                "UPDATE segments SET data = ? WHERE file_id = ? AND idx = 2", (bytes(flipped), file_id)
+            )
+        conn = server.connection()
+        try:
+            conn.request("GET", "/download/bad.bin", headers=bearer(token))
+            resp = conn.getresponse()
+            assert resp.status == 200
+            with pytest.raises(http.client.IncompleteRead) as cut:
+                resp.read()
+            assert cut.value.partial == data[: 2 * MiB]
+        finally:
+            conn.close()
+        wait_for(lambda: metric(port, "vault_downloads_in_progress") == 0, "the cut download ended")
+        assert metric(port, "vault_download_segments_held") == 0
+    finally:
+        server.stop()
+    assert "cutting off" not in server.output()  # no request was left in flight
