@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.dbedit import Edits
-from tests.server import Server
+from tests.server import Response, Server
 from tests.test_metrics import free_port, scrape, value
+from tests.test_workers import from_both, worker_env
 
 MiB = 1024 * 1024
 STALLED = 200
@@ -270,3 +271,29 @@ def test_a_download_cut_for_damaged_data_ends_its_request(tmp_path: Path) -> Non
     finally:
         server.stop()
     assert "cutting off" not in server.output()  # no request was left in flight
+
+
+def test_download_caps_hold_in_total_across_workers(tmp_path: Path, closing: list[ssl.SSLSocket]) -> None:
+    """workers: 2: two downloads in progress (downloads_per_user: 2), whichever worker serves
+    them, make both workers refuse a third; another user's download still goes through."""
+    server = Server(tmp_path, env=worker_env(VAULT_DOWNLOADS_PER_USER="2", VAULT_USER_QUOTA="0")).start()
+    try:
+        _, alice = server.new_user()
+        _, bob = server.new_user()
+        data = os.urandom(8 * MiB)
+        assert server.put_file(alice, "big.bin", data).status == 201
+        assert server.put_file(bob, "small.bin", b"small").status == 201
+        for _ in range(2):
+            closing.append(open_request(server, "/download/big.bin", bearer(alice)))
+            assert read_head(closing[-1])[0] == 200
+
+        def refused(resp: Response) -> None:
+            assert resp.status == 429 and "for this account" in resp.json()["message"], resp.body
+
+        from_both(lambda: server.request("GET", "/download/big.bin", token=alice), refused)
+        assert server.request("GET", "/download/small.bin", token=bob).body == b"small"
+    finally:
+        for sock in closing:
+            sock.close()
+        closing.clear()
+        server.stop()
