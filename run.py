@@ -108,10 +108,23 @@ async def settle(grace: float) -> None:
         await asyncio.wait(others, timeout=grace)
 
 
+async def connect_store(settings: Settings) -> Store:
+    """The store ``settings.storage`` names: SQLite in the data directory, or PostgreSQL at the
+    URL in VAULT_DATABASE_URL (the environment only: it carries a password)."""
+    if settings.storage == "postgres":
+        from storage.postgres import URL_VARIABLE, PostgresStore  # asyncpg: an optional dependency
+
+        url = os.environ.get(URL_VARIABLE, "")
+        if not url:
+            raise ConfigError(f"storage: postgres needs the database URL in {URL_VARIABLE}")
+        return await PostgresStore.open(url, settings.busy_timeout)
+    return await SQLiteStore.open(settings.db_path, settings.busy_timeout)
+
+
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
     """The metadata store, with the blob layer of ``blob_store`` in front of it."""
-    store: Store = await SQLiteStore.open(settings.db_path, settings.busy_timeout)
+    store: Store = await connect_store(settings)
     try:
         if settings.blob_store == "s3":
             from storage.s3 import open_s3_segments  # aiohttp only when it is needed
@@ -131,14 +144,19 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 
 @asynccontextmanager
 async def open_server_core(settings: Settings, shared: bool = False) -> AsyncIterator[Core]:
-    """The core on the SQLite store of ``settings``; ``shared``: with the state shared with
-    the other workers in the same database (storage/sqlite_state.py), else in memory."""
+    """The core on the store of ``settings``; ``shared``: with the state shared with the other
+    workers or instances in the same database (storage/sqlite_state.py, postgres_state.py),
+    else in memory."""
     async with open_store(settings) as store:
-        state = (
-            await SQLiteState.open(settings.db_path, settings.worker_lease, settings.busy_timeout)
-            if shared
-            else None
-        )
+        state: StateStore | None = None
+        if shared and settings.storage == "postgres":
+            from storage.postgres import PostgresStore
+            from storage.postgres_state import PostgresState
+
+            assert isinstance(store, PostgresStore)
+            state = await PostgresState.open(store, settings.worker_lease)
+        elif shared:
+            state = await SQLiteState.open(settings.db_path, settings.worker_lease, settings.busy_timeout)
         try:
             async with open_core(settings, store, state=state) as core:
                 yield core
@@ -237,7 +255,9 @@ def run_server(settings: Settings) -> None:
 async def serve(settings: Settings, listeners: Listeners, worker: Worker | None = None) -> None:
     """Serve until SIGTERM; ``worker``: as one of several processes (workers.py)."""
     ssl_context = server_context(settings.tls_cert, settings.tls_key)
-    async with open_server_core(settings, shared=worker is not None) as core:
+    # In PostgreSQL every instance shares its state: others may serve the same database.
+    shared = worker is not None or settings.storage == "postgres"
+    async with open_server_core(settings, shared=shared) as core:
         try:
             # Uploads cut off by a crash or kill. With workers, only those no live worker pins.
             await core.files.purge(staged_too=True)
@@ -296,10 +316,11 @@ async def _serve(
     )
     server.read_chunk_size = TLS_READ_SIZE  # TCPServer's attribute, given to each new stream
     server.add_sockets(sockets)
-    # With workers, each purges every lease: a dead worker's staged uploads go once it lapsed.
-    interval = settings.worker_lease if worker else PURGE_INTERVAL
+    # With shared state (workers, or instances on PostgreSQL), each purges every lease: a dead
+    # process's staged uploads go once its lease lapsed.
+    interval = settings.worker_lease if core.state.shared else PURGE_INTERVAL
     timers = [tornado.ioloop.PeriodicCallback(Sweep(core), interval * 1000)]
-    if worker:
+    if core.state.shared:
         timers.append(tornado.ioloop.PeriodicCallback(core.state.renew, settings.worker_lease * 1000 / 3))
     for timer in timers:
         timer.start()
@@ -373,7 +394,7 @@ def check_data_dir(settings: Settings, init: bool) -> None:
     """Refuse what would quietly make a new vault: no database, or a database without its key."""
     if init:
         return
-    if not settings.db_path.exists():
+    if settings.storage == "sqlite" and not settings.db_path.exists():
         raise ConfigError(
             f"no vault database in {settings.data_dir} (check --data-dir and --config;"
             " give --init to create a new data directory with new keys)"

@@ -1,6 +1,7 @@
 """The real core in-process, built by ``vault.core.open_core`` exactly as the server builds it,
-on a real SQLite file: for tests that tamper with the database or count what the core asks of
-the store."""
+on a real SQLite file (or, under the ``store_kind`` fixture's postgres case, a database of its own
+in the test cluster, tests/pg.py): for tests that tamper with the database or count what the core
+asks of the store."""
 
 import contextlib
 from collections.abc import AsyncIterator
@@ -8,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from storage.sqlite import SQLiteStore
+from tests import pg
 from vault.config import Settings
 from vault.core import Core, open_core
 from vault.keys import Keyring
+from vault.store import Store
 
 MASTER_KEY = bytes(range(32))
+BACKEND = "sqlite"  # or "postgres": set by the store_kind fixture (tests/conftest.py)
 
 
 def keyring(master_key: bytes = MASTER_KEY, key_id: int = 1) -> Keyring:
@@ -24,9 +28,19 @@ async def core(db: Path, ring: Keyring | None = None, **settings: Any) -> AsyncI
     """The core on the database ``db`` (its folder is the data directory), with ``settings``
     over the defaults, under ``ring`` (default: ``keyring()``)."""
     config = Settings(data_dir=db.parent, **settings)
-    store = await SQLiteStore.open(db)
+    store = await open_store(db)
     try:
         async with open_core(config, store, keyring=ring or keyring(), environ={}) as opened:
             yield opened
     finally:
         await store.close()
+
+
+async def open_store(db: Path) -> Store:
+    """The store for ``db``: the SQLite file, or the PostgreSQL database that stands for it."""
+    if BACKEND == "postgres":
+        from storage.postgres import PostgresStore
+
+        assert pg.CLUSTER is not None
+        return await PostgresStore.open(await pg.CLUSTER.scratch(str(db)), pool_size=4)
+    return await SQLiteStore.open(db)

@@ -48,6 +48,11 @@ class Server:
         return self.data_dir / "vault.db"
 
     @property
+    def database_url(self) -> str:
+        """The PostgreSQL database of a server started with ``storage: postgres`` (else "")."""
+        return self.env.get("VAULT_DATABASE_URL", "") if self.env.get("VAULT_STORAGE") == "postgres" else ""
+
+    @property
     def cert(self) -> Path:
         return self.workdir / "certs" / "cert.pem"
 

@@ -10,19 +10,18 @@ import http.client
 import json
 import random
 import re
-import sqlite3
 import ssl
 import time
 import unicodedata
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
 from typing import Any
 from urllib.parse import quote, unquote
 
 import jwt
 import pytest
 
+from tests.dbedit import server_database
 from tests.server import Response, Server
 
 S = 1024 * 1024  # the default segment size
@@ -142,9 +141,8 @@ def send_headers_only(server: Server, method: str, path: str, headers: dict[str,
 
 def query(server: Server, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
     """Read the server's database read-only, beside the running server."""
-    uri = f"file:{quote(str(server.db_path))}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
-        return db.execute(sql, params).fetchall()
+    with server_database(server, read_only=True) as db:
+        return [tuple(row) for row in db.execute(sql, params).fetchall()]
 
 
 def user_id(server: Server, username: str) -> int:

@@ -5,7 +5,6 @@ sees which of them each rule's code answers to, and they pin exact boundaries.""
 
 import asyncio
 import hashlib
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests import incore
-from tests.dbedit import Edits
+from tests.dbedit import edit
 from vault.auth import Identity
 from vault.core import Core
 from vault.errors import (
@@ -32,6 +31,7 @@ from vault.rows import REFRESH
 from vault.sharing import MAX_DOWNLOADS, MAX_EXPIRY, PREVIEW_ALLOWANCE, link_budget
 from vault.tokens import MAX_REFRESH_CHARS, RefreshTokens, check_refresh_field, refresh_id
 
+pytestmark = pytest.mark.usefixtures("store_kind")  # each test on SQLite and on PostgreSQL
 PASSWORD = "correct horse battery"
 
 
@@ -422,7 +422,7 @@ def test_a_refresh_row_edited_in_any_column_is_refused(tmp_path: Path, column: s
         return token
 
     token = run(tmp_path, scenario)
-    with sqlite3.connect(tmp_path / "vault.db", factory=Edits) as con:
+    with edit(tmp_path / "vault.db") as con:
         con.execute(f"UPDATE refresh_tokens SET {column} = ? WHERE id = ?", (value, refresh_id(token)))  # noqa: S608
 
     async def check(core: Core) -> None:

@@ -7,6 +7,8 @@ import inspect
 import io
 from pathlib import Path
 
+import pytest
+
 from tests import incore
 from vault import store as store_module
 from vault.admin import Admin
@@ -15,6 +17,7 @@ from vault.keys import Keyring
 from vault.rows import GRANT, LINK, REFRESH, ROW_KINDS, USER
 from vault.store import Resumable, User
 
+pytestmark = pytest.mark.usefixtures("store_kind")  # each test on SQLite and on PostgreSQL
 OLD_KEY, NEW_KEY = bytes(range(32)), bytes(range(1, 33))
 PASSWORD = "correct horse battery"
 

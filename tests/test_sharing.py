@@ -21,21 +21,21 @@ import json
 import random
 import re
 import shutil
-import sqlite3
 import subprocess
 import threading
 import time
 import unicodedata
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import pytest
 
-from tests.dbedit import Edits
+from tests import pg
+from tests.dbedit import server_database
 from tests.server import Response, Server
 from vault.keys import load_keyring
 from vault.rows import LINK
@@ -157,11 +157,19 @@ def error(status: int, message: str) -> dict[str, Any]:
 
 
 @contextmanager
-def database(server: Server) -> Iterator[sqlite3.Connection]:
+def database(server: Server) -> Iterator[Any]:
     """The server's database, opened beside it (WAL); changes are committed on exit."""
-    with closing(sqlite3.connect(server.db_path, timeout=10, factory=Edits)) as conn:
-        with conn:
-            yield conn
+    with server_database(server) as conn:
+        yield conn
+
+
+def database_files(server: Server) -> list[Path]:
+    """The files that hold the server's database: vault.db and its WAL, or every file of the
+    PostgreSQL cluster (tables, WAL)."""
+    if server.database_url:
+        assert pg.CLUSTER is not None
+        return [p for p in pg.CLUSTER.data.rglob("*") if p.is_file()]
+    return list(server.data_dir.glob("vault.db*"))
 
 
 def user_id(server: Server, username: str) -> int:
@@ -540,7 +548,7 @@ def test_database_holds_only_the_sha256_of_a_link_token(server: Server, alice: A
             assert token not in (value if isinstance(value, str) else value.decode("latin-1")), column
     # Nowhere in the database files either (main file, WAL).
     assert fetch(server, token).status == 200
-    for path in server.data_dir.glob("vault.db*"):
+    for path in database_files(server):
         content = path.read_bytes()
         assert token.encode() not in content and raw not in content, path.name
 

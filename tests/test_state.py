@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from storage.sqlite_state import SQLiteState
+from tests import pg
 from vault.errors import InvalidCredentials, TooManyAttempts, TooManyRegistrations
 from vault.state import LocalState
 from vault.store import Counter, StateStore
@@ -37,7 +38,23 @@ async def sqlite_state(tmp_path: Path) -> AsyncIterator[StateStore]:
         await state.close()
 
 
-FACTORIES: dict[str, Factory] = {"local": local_state, "sqlite": sqlite_state}
+@contextlib.asynccontextmanager
+async def postgres_state(tmp_path: Path) -> AsyncIterator[StateStore]:
+    """A PostgresState on a store of its own in the test cluster (tests/pg.py)."""
+    from storage.postgres import PostgresStore
+    from storage.postgres_state import PostgresState
+
+    assert pg.CLUSTER is not None
+    store = await PostgresStore.open(await pg.CLUSTER.scratch(str(tmp_path)), pool_size=4)
+    state = await PostgresState.open(store)
+    try:
+        yield state
+    finally:
+        await state.close()
+        await store.close()
+
+
+FACTORIES: dict[str, Factory] = {"local": local_state, "sqlite": sqlite_state, "postgres": postgres_state}
 
 
 def run(tmp_path: Path, factory: Factory, scenario: Callable[[StateStore], Awaitable[None]]) -> None:
@@ -50,6 +67,8 @@ def run(tmp_path: Path, factory: Factory, scenario: Callable[[StateStore], Await
 
 @pytest.fixture(params=sorted(FACTORIES))
 def factory(request: pytest.FixtureRequest) -> Factory:
+    if request.param == "postgres":
+        request.getfixturevalue("pg_cluster")
     return FACTORIES[request.param]
 
 
@@ -234,15 +253,50 @@ def test_shared_registration_limit_per_address_and_in_total(tmp_path: Path, fact
 # --- SQLite: several processes (each a connection and a holder of its own) on one database -------
 
 
+async def holds_and_bumps_are_atomic(states: list[Any]) -> list[Any]:
+    """Three processes at once: 4 holds of 12 tries within the limit of 4, and 15 bumps that are
+    15 distinct steps. The holds (None where refused), in the order tried."""
+    holds = await asyncio.gather(*(s.hold("upload", "7", 1, 4) for s in states for _ in range(4)))
+    assert sum(h is not None for h in holds) == 4
+    assert [await s.held("upload", "7") for s in states] == [4, 4, 4]
+    versions = await asyncio.gather(*(s.bump("quota", "7") for s in states for _ in range(5)))
+    assert sorted(versions) == list(range(1, 16))  # each bump is one atomic step
+    return list(holds)
+
+
+def test_postgres_holds_and_counters_stay_atomic_across_instances(
+    tmp_path: Path, pg_cluster: pg.Cluster
+) -> None:
+    """Three instances (a store and a holder each) on one PostgreSQL database."""
+    from storage.postgres import PostgresStore
+    from storage.postgres_state import PostgresState
+
+    async def scenario() -> None:
+        url = await pg_cluster.scratch(str(tmp_path))
+        stores = [await PostgresStore.open(url, pool_size=4) for _ in range(3)]
+        states = [await PostgresState.open(store) for store in stores]
+        try:
+            await holds_and_bumps_are_atomic(states)
+            dead, alive = states[0], states[1]
+            assert await dead.hold("upload", "8", 2, 2) is not None
+            assert await alive.hold("upload", "8", 1, 2) is None
+            async with stores[1].pool.acquire() as db:  # its lease ran out (it was killed)
+                await db.execute("UPDATE state_holders SET expires = 0 WHERE holder = $1", dead.holder)
+            assert await alive.held("upload", "8") == 0
+            assert await alive.hold("upload", "8", 2, 2) is not None
+        finally:
+            for state, store in zip(states, stores, strict=True):
+                await state.close()
+                await store.close()
+
+    asyncio.run(scenario())
+
+
 def test_sqlite_holds_stay_within_the_limit_across_processes(tmp_path: Path) -> None:
     async def scenario() -> None:
         states = [await SQLiteState.open(tmp_path / "vault.db") for _ in range(3)]
         try:
-            holds = await asyncio.gather(*(s.hold("upload", "7", 1, 4) for s in states for _ in range(4)))
-            assert sum(h is not None for h in holds) == 4
-            assert [await s.held("upload", "7") for s in states] == [4, 4, 4]
-            versions = await asyncio.gather(*(s.bump("quota", "7") for s in states for _ in range(5)))
-            assert sorted(versions) == list(range(1, 16))  # each bump is one atomic step
+            await holds_and_bumps_are_atomic(states)
         finally:
             for s in states:
                 await s.close()

@@ -8,15 +8,14 @@ owner, not be found) and yield nothing but a correct prefix of the original byte
 import asyncio
 import contextlib
 import random
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests import incore
-from tests.dbedit import Edits
+from tests import incore, pg
+from tests.dbedit import edit
 from tests.incore import MASTER_KEY, keyring
 from vault import format as sfs
 from vault.errors import FileNotFound, IntegrityError, NotFound
@@ -28,6 +27,7 @@ OWNER, OTHER_OWNER = 1, 2
 NAME = "report.bin"
 DATA = random.Random(5869).randbytes(3 * S + 100)  # four segments, the last one short
 N = 4
+pytestmark = pytest.mark.usefixtures("store_kind")  # each test on SQLite and on PostgreSQL
 
 
 @contextlib.asynccontextmanager
@@ -95,24 +95,24 @@ def assert_fails(db: Path, prefix_len: int = 0, **kwargs: Any) -> None:
 
 
 @contextlib.contextmanager
-def tamper(db: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to the vault's database, committed and closed on exit."""
-    with contextlib.closing(sqlite3.connect(db, factory=Edits)) as con:
-        with con:
-            yield con
+def tamper(db: Path) -> Iterator[Any]:
+    """A plain connection to the vault's database (SQLite, or PostgreSQL under the store_kind
+    fixture: tests/dbedit.py), committed and closed on exit."""
+    with edit(db) as con:
+        yield con
 
 
-def file_id_of(con: sqlite3.Connection, name: str = NAME, owner: int = OWNER) -> bytes:
+def file_id_of(con: Any, name: str = NAME, owner: int = OWNER) -> bytes:
     row = con.execute("SELECT file_id FROM files WHERE owner = ? AND name = ?", (owner, name)).fetchone()
     return bytes(row[0])
 
 
-def segment(con: sqlite3.Connection, file_id: bytes, idx: int) -> bytes:
+def segment(con: Any, file_id: bytes, idx: int) -> bytes:
     row = con.execute("SELECT data FROM segments WHERE file_id = ? AND idx = ?", (file_id, idx)).fetchone()
     return bytes(row[0])
 
 
-def put(con: sqlite3.Connection, file_id: bytes, idx: int, data: bytes) -> None:
+def put(con: Any, file_id: bytes, idx: int, data: bytes) -> None:
     con.execute("UPDATE segments SET data = ? WHERE file_id = ? AND idx = ?", (data, file_id, idx))
 
 
@@ -381,6 +381,8 @@ def test_download_with_header_column_of_wrong_type_fails_as_integrity_error(
 ) -> None:
     """Every failure is the one generic error (docs/FORMAT.md), also for a NULL or text value
     written into an integer or blob column."""
+    if incore.BACKEND == "postgres" and isinstance(value, str):
+        pytest.skip("PostgreSQL's columns are typed: text cannot be stored in an integer column")
     with tamper(db) as con:
         con.execute(f"UPDATE files SET {column} = ?", (value,))  # noqa: S608 (a test constant)
     assert_fails(db)
@@ -489,11 +491,14 @@ def test_two_uploads_of_same_plaintext_share_no_ids_keys_or_blobs(db: Path) -> N
 
 
 def raw_files(folder: Path) -> list[bytes]:
-    return [p.read_bytes() for p in folder.iterdir() if p.is_file()]
+    return [p.read_bytes() for p in folder.rglob("*") if p.is_file()]
 
 
 def test_no_plaintext_on_disk(tmp_path: Path) -> None:
     db = tmp_path / "vault.db"
+    if incore.BACKEND == "postgres":  # every file of the cluster: tables, WAL, the server's log
+        assert pg.CLUSTER is not None
+        tmp_path = pg.CLUSTER.dir
     marker = b"PLAINTEXT-MARKER-7f3a"
     data = marker * (5 * S // len(marker))
 
@@ -511,7 +516,7 @@ def test_no_plaintext_on_disk(tmp_path: Path) -> None:
     assert read(db, name="secret.txt") == (data, None)
 
 
-def _file_keys(con: sqlite3.Connection, fid: bytes, ring: Keyring) -> sfs.KeyPair:
+def _file_keys(con: Any, fid: bytes, ring: Keyring) -> sfs.KeyPair:
     key_id, wrapped = con.execute(
         "SELECT key_id, wrapped_key FROM files WHERE file_id = ?", (fid,)
     ).fetchone()
@@ -546,7 +551,7 @@ def test_stale_segment_with_the_committed_tag_column_fails_at_that_segment(db: P
 def test_listing_leaves_out_a_file_whose_header_was_edited(db: Path) -> None:
     upload(db, DATA, name="other.bin")
     with tamper(db) as con:
-        con.execute("UPDATE files SET size = 1, sha256 = zeroblob(32) WHERE name = ?", (NAME,))
+        con.execute("UPDATE files SET size = 1, sha256 = ? WHERE name = ?", (bytes(32), NAME))
     names = run(db, lambda svc: svc.list(OWNER))
     assert [info.name for info in names] == ["other.bin"]
 

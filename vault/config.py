@@ -165,6 +165,11 @@ class Settings:
         "Seconds an object no segment row names is kept before garbage collection deletes it"
         " (an upload writes each object just before its row).",
     )
+    storage: str = _setting(
+        "sqlite",
+        "Where metadata and segments live: `sqlite` (data_dir/vault.db) or `postgres` (the URL in the"
+        " environment variable VAULT_DATABASE_URL; needs requirements-postgres.txt).",
+    )
     access_log: str = _setting("text", "Access log lines: `text`, or `json` (one object per line).")
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
 
@@ -180,6 +185,7 @@ REGISTRATION_MODES = ("open", "invite", "closed")
 BLOB_STORES = ("database", "s3")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
 _PREFIX = re.compile(r"[A-Za-z0-9/._-]*", re.ASCII)
+STORAGE_KINDS = ("sqlite", "postgres")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -252,6 +258,8 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "invite_ttl", 60, 366 * 86400)
     if values["registration"] not in REGISTRATION_MODES:
         raise ConfigError(f"config key 'registration': must be one of {', '.join(REGISTRATION_MODES)}")
+    if values["storage"] not in STORAGE_KINDS:
+        raise ConfigError(f"config key 'storage': must be one of {', '.join(STORAGE_KINDS)}")
     if values["public_url"] and not values["public_url"].startswith("https://"):
         raise ConfigError("config key 'public_url': must start with https://")
     values["public_url"] = values["public_url"].rstrip("/")
@@ -284,6 +292,7 @@ SECRET_VARIABLES = frozenset(
         "VAULT_JWT_SECRET",
         "VAULT_S3_ACCESS_KEY_ID",
         "VAULT_S3_SECRET_ACCESS_KEY",
+        "VAULT_DATABASE_URL",  # storage: postgres: it carries a password, never in config.yaml
     }
 )
 

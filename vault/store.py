@@ -1,6 +1,11 @@
 """The storage interface the core needs, and the records that cross it.
 
-storage/ implements :class:`Store` (SQLite today); nothing above it sees SQL. A file row goes
+storage/ implements :class:`Store` twice: SQLite (storage/sqlite.py, the default) and
+PostgreSQL (storage/postgres.py, ``storage: postgres``); nothing above it sees SQL. Both keep the
+same rows and every rule below; in PostgreSQL several processes may write at once, so each
+"one transaction" here is also serialised where it must be (per (owner, name) for commits,
+deletes, grants and links; the audit head), and deleted rows are not zeroed on disk
+(docs/FORMAT.md). A file row goes
 STAGED (segments being written, never visible) -> LIVE (header committed, visible under its
 name) -> DELETED (replaced or deleted, segments purged when no download still reads them).
 """
