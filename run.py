@@ -108,7 +108,7 @@ async def settle(grace: float) -> None:
         await asyncio.wait(others, timeout=grace)
 
 
-async def connect_store(settings: Settings) -> Store:
+async def connect_store(settings: Settings, reserve: bool = True) -> Store:
     """The store ``settings.storage`` names: SQLite in the data directory, or PostgreSQL at the
     URL in VAULT_DATABASE_URL (the environment only: it carries a password)."""
     if settings.storage == "postgres":
@@ -118,13 +118,16 @@ async def connect_store(settings: Settings) -> Store:
         if not url:
             raise ConfigError(f"storage: postgres needs the database URL in {URL_VARIABLE}")
         return await PostgresStore.open(url, settings.busy_timeout)
-    return await SQLiteStore.open(settings.db_path, settings.busy_timeout)
+    return await SQLiteStore.open(
+        settings.db_path, settings.busy_timeout, settings.disk_reserve if reserve else 0
+    )
 
 
 @asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """The metadata store, with the blob layer of ``blob_store`` in front of it."""
-    store: Store = await connect_store(settings)
+async def open_store(settings: Settings, reserve: bool = True) -> AsyncIterator[Store]:
+    """The metadata store, with the blob layer of ``blob_store`` in front of it; with
+    ``reserve``, the SQLite store's disk reserve held beside the database."""
+    store: Store = await connect_store(settings, reserve)
     try:
         if settings.blob_store == "s3":
             from storage.s3 import open_s3_segments  # aiohttp only when it is needed
@@ -435,7 +438,7 @@ async def verify_copy(core: Core, copy: Settings) -> int:
     unused_jwt = base64.b64encode(os.urandom(32)).decode()  # verification issues no tokens
     environ = {**os.environ, "VAULT_JWT_SECRET": unused_jwt}
     async with (
-        open_store(copy) as store,
+        open_store(copy, reserve=False) as store,
         open_core(copy, store, keyring=core.keyring, environ=environ) as opened,
     ):
         checker = Admin(opened)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
+from storage.reserve import Reserve
 from vault.errors import (
     Forbidden,
     IntegrityError,
@@ -40,6 +41,7 @@ SCHEMA_VERSION = 4
 STAGED, LIVE, DELETED = 0, 1, 2
 PURGE_BATCH = 32  # segments deleted per write transaction, so purging never holds the lock long
 WAL_LIMIT = 16 * 1024 * 1024  # bytes of WAL between checkpoints, and kept (not freed) after one
+VACUUM_BATCH = 16  # free pages given back to the file system per write transaction (1 MiB)
 _PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
@@ -51,6 +53,7 @@ _PRAGMAS = (
     f"PRAGMA journal_size_limit = {WAL_LIMIT}",
 )
 DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's lock (and for ours)
+INCREMENTAL_VACUUM = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 BUSY_SLACK_MS = 250  # a write that queued longer than this for our own lock waits less in SQLite
 # SQLite's primary result codes (the low byte of an extended code) that are not bugs of ours
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 5, 6, 11, 13, 26
@@ -212,6 +215,9 @@ async def _connect(
     opened.append(db)
     await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     await db.execute("PRAGMA page_size = 65536")  # effective only for a new database
+    # Also only for a new database, or at the next VACUUM (`run.py admin compact`): free pages
+    # can then be given back to the file system after deletes (SQLiteStore.give_back).
+    await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
     for pragma in _PRAGMAS:
         await db.execute(pragma)
     return db
@@ -231,7 +237,12 @@ async def _prepare(writer: aiosqlite.Connection) -> None:
 
 class SQLiteStore:
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, busy_timeout: float
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        busy_timeout: float,
+        reserve: Reserve,
+        incremental: bool,
     ) -> None:
         self._writer = writer
         self._reader = reader
@@ -239,12 +250,20 @@ class SQLiteStore:
         self._busy_timeout = busy_timeout
         self._busy_ms = int(busy_timeout * 1000)  # the writer's busy_timeout now
         self._orphans_checked = False  # purge has looked for segments without a file row
+        self._reserve = reserve
+        self._incremental = incremental  # auto_vacuum = INCREMENTAL: free pages can be given back
 
     @classmethod
-    async def open(cls, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> "SQLiteStore":
-        """Open (creating or migrating) the database. On any failure every connection opened
-        so far is closed again: its thread would otherwise keep the process alive."""
+    async def open(
+        cls, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, reserve: int = 0
+    ) -> "SQLiteStore":
+        """Open (creating or migrating) the database, with ``reserve`` bytes of disk held back
+        beside it for writes that free space (storage/reserve.py). On any failure every
+        connection opened so far is closed again: its thread would otherwise keep the process
+        alive."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        held = Reserve(path.with_name(path.name + ".reserve"), reserve)
+        held.make_room()  # opening writes the WAL and its index: on a full disk, room for them
         opened: list[aiosqlite.Connection] = []
         try:
             with _translated():
@@ -252,21 +271,24 @@ class SQLiteStore:
                 await _prepare(writer)
                 reader = await _connect(path, busy_timeout, opened)
                 reader.text_factory = _lenient_text
+                (mode,) = await (await writer.execute("PRAGMA auto_vacuum")).fetchone() or (0,)
         except BaseException:
             for db in opened:
                 await db.close()
             raise
-        return cls(writer, reader, busy_timeout)
+        held.hold()
+        return cls(writer, reader, busy_timeout, held, mode == INCREMENTAL_VACUUM)
 
     async def close(self) -> None:
         await self._reader.close()
         await self._writer.close()
 
     @asynccontextmanager
-    async def _locked(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _locked(self, upload: bool = False) -> AsyncIterator[aiosqlite.Connection]:
         """The writer, to this task alone. Waiting for it here and then for another process's
         lock in SQLite share one budget, ``busy_timeout``: past it the write is StorageBusy
-        (503), never a wait of twice the timeout."""
+        (503), never a wait of twice the timeout. An ``upload``'s write is refused
+        (StorageFull) while the disk reserve is given up; any other write may use it."""
         deadline = time.monotonic() + self._busy_timeout
         if self._lock.locked():
             try:
@@ -278,9 +300,18 @@ class SQLiteStore:
         else:
             await self._lock.acquire()  # free: no timer for the common case
         try:
+            # checked holding the lock: the writes of an upload queued behind a failed one
+            # must not take the space that failure gave up
+            if not upload:
+                self._reserve.make_room()
+            elif not self._reserve.hold():
+                raise StorageFull()
             with _translated():
                 await self._budget(deadline)
                 yield self._writer
+        except StorageFull:
+            self._reserve.release()  # space ran out despite it: the next small write has room
+            raise
         finally:
             self._lock.release()
 
@@ -293,11 +324,13 @@ class SQLiteStore:
             self._busy_ms = left
 
     @asynccontextmanager
-    async def _transaction(self, durable: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(
+        self, durable: bool = False, upload: bool = False
+    ) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction. ``durable``: its COMMIT syncs the WAL to disk before it
         returns (and so every write before it: the segments of an upload), where NORMAL
         would leave it to the next checkpoint (bench/durability.py measures the cost)."""
-        async with self._locked() as db:
+        async with self._locked(upload) as db:
             if durable:
                 await db.execute("PRAGMA synchronous = FULL")
             try:
@@ -333,8 +366,8 @@ class SQLiteStore:
         rows = await self._all(sql, params)
         return rows[0] if rows else None
 
-    async def _write(self, sql: str, params: tuple[object, ...]) -> int:
-        async with self._locked() as db:
+    async def _write(self, sql: str, params: tuple[object, ...], upload: bool = False) -> int:
+        async with self._locked(upload) as db:
             cursor = await db.execute(sql, params)
             return cursor.rowcount
 
@@ -366,6 +399,7 @@ class SQLiteStore:
         await self._write(
             "INSERT INTO files (file_id, owner, state, created) VALUES (?, ?, ?, ?)",
             (file_id, owner, STAGED, created),
+            upload=True,
         )
 
     async def put_segment(
@@ -379,6 +413,7 @@ class SQLiteStore:
             " WHERE NOT EXISTS (SELECT 1 FROM files WHERE file_id = ? AND state = ?"
             " AND upload_offset >= (? + 1) * seg_size)",
             (file_id, index, tag, blob, size, file_id, STAGED, index),
+            upload=True,
         )
         if written != 1:
             raise OffsetMismatch("This upload has moved on; ask HEAD for its offset")
@@ -400,6 +435,7 @@ class SQLiteStore:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (u.file_id, u.owner, STAGED, u.name, u.seg_size, u.key_id, u.wrapped_key, u.created)
             + (u.tus_id, u.length, u.offset, u.tail, u.expires, u.metadata, u.tag),
+            upload=True,
         )
 
     async def get_resumable(self, owner: int, tus_id: str) -> Resumable | None:
@@ -438,13 +474,14 @@ class SQLiteStore:
             "UPDATE files SET upload_offset = ?, tail = ?, expires = ?"
             " WHERE file_id = ? AND state = ? AND upload_offset = ?",
             (new_offset, tail, expires, file_id, STAGED, old_offset),
+            upload=True,
         )
         return changed == 1
 
     async def commit_file(self, stored: StoredFile) -> None:
         """Make a staged file live, durably: on disk before the upload's reply."""
         h = stored.header
-        async with self._transaction(durable=True) as db:
+        async with self._transaction(durable=True, upload=True) as db:
             await db.execute(
                 "UPDATE files SET state = ? WHERE owner = ? AND name = ? AND state = ?",
                 (DELETED, h.owner, h.name, LIVE),
@@ -838,7 +875,25 @@ class SQLiteStore:
             await self._write("DELETE FROM segments WHERE file_id NOT IN (SELECT file_id FROM files)", ())
         if removed:
             log.info("purged %d replaced, deleted, expired or abandoned file(s)", removed)
+            await self.give_back()
         return removed
+
+    async def give_back(self) -> None:
+        """Give the database's free pages back to the file system (a database made before
+        auto_vacuum was set keeps them until `run.py admin compact`), a batch per transaction
+        so other writes go on between, then hold the disk reserve again if there is room."""
+        if self._incremental:
+            left = None
+            while True:
+                (free,) = await self._one("PRAGMA freelist_count", ())
+                if not free or free == left:  # none left, or none given back (never loop)
+                    break
+                left = free
+                async with self._locked() as db:
+                    await db.executescript(f"PRAGMA incremental_vacuum({min(int(free), VACUUM_BATCH)})")
+            async with self._locked() as db:  # the file shrinks when a checkpoint copies the WAL back
+                await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._reserve.hold()
 
     # ------------------------------------------------------------------ invites and accounts
 

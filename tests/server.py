@@ -84,6 +84,9 @@ class Server:
             # The tests register their users freely; the default (invite) is tested on servers
             # of its own (tests/test_registration.py).
             "VAULT_REGISTRATION": "open",
+            # No 32 MiB reserve file in every test's data directory; tests/test_faults.py tests
+            # the reserve on a small file system of its own.
+            "VAULT_DISK_RESERVE": "0",
             **self.env,
         }
         start_at = self.log_path.stat().st_size if self.log_path.exists() else 0

@@ -2,7 +2,9 @@
 
 import os
 import shutil
+import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 
 from tests.server import Server
@@ -78,7 +80,14 @@ def test_backup_refuses_an_existing_destination_and_a_copy_without_keys_needs_th
 
 
 def test_compact_gives_deleted_space_back_and_refuses_while_the_server_runs(fresh_server: Server) -> None:
+    """A database made before incremental auto-vacuum keeps the pages of deleted files until
+    compact, which also turns the incremental vacuum on (deletes give space back from then on)."""
     server = fresh_server.start()
+    server.stop()
+    with closing(sqlite3.connect(server.db_path, isolation_level=None)) as db:
+        db.execute("PRAGMA auto_vacuum = NONE")
+        db.execute("VACUUM")  # as databases were made before
+    server.start()
     _, token = server.new_user()
     for n in range(4):
         assert server.put_file(token, f"big-{n}.bin", os.urandom(2 * 1024 * 1024)).status == 201
@@ -92,4 +101,6 @@ def test_compact_gives_deleted_space_back_and_refuses_while_the_server_runs(fres
     assert done.returncode == 0, done.stderr
     after = server.db_path.stat().st_size
     assert before > 8 * 1024 * 1024 > 2 * 1024 * 1024 > after  # an empty database: ~25 pages of 64 KiB
+    with closing(sqlite3.connect(server.db_path)) as db:
+        assert db.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # INCREMENTAL
     assert done.stdout.startswith(b"database ") and b" -> " in done.stdout

@@ -150,6 +150,8 @@ def test_home_directory_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("port: 5000.5\n", "port"),  # a fractional number is not silently truncated
         ("bcrypt_rounds: 3\n", "bcrypt_rounds"),
         ("bcrypt_rounds: 32\n", "bcrypt_rounds"),
+        ("disk_reserve: 1048576\n", "disk_reserve"),  # 0 or at least 20 MiB
+        ("disk_reserve: -1\n", "disk_reserve"),
         ("bcrypt_rounds: false\n", "bcrypt_rounds"),
         ("segment_size: 1000\n", "segment_size"),
         ("segment_size: 4097\n", "segment_size"),

@@ -48,6 +48,7 @@ from vault.errors import OffsetMismatch
 from vault.store import Resumable
 
 MiB = 1024 * 1024
+RESERVE = 20 * MiB  # the smallest disk_reserve allowed
 SEG = 64 * 1024  # a small segment size: a download reads the database many times per file
 
 
@@ -346,12 +347,12 @@ def test_sigterm_cuts_what_is_still_running_after_the_grace_period(fresh_server:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 48 MiB tmpfs for the data directory (the logs stay outside it)."""
+    """A 96 MiB tmpfs for the data directory (the logs stay outside it)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small filesystem needs root")
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], check=False)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mount)], check=False)
     if done.returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
@@ -360,15 +361,20 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_answers_507_keeps_reads_and_never_hangs_start_up(
-    fresh_server: Server, small_disk: Path
-) -> None:
-    server = fresh_server
+def on_small_disk(server: Server, disk: Path) -> Server:
+    """``server`` with its data directory on ``disk`` and a reserve of the smallest size allowed."""
     server.workdir.mkdir(parents=True)
     (server.workdir / "config.yaml").write_text(
-        f"data_dir: {small_disk / 'data'}\ntls_cert: certs/cert.pem\ntls_key: certs/key.pem\n"
+        f"data_dir: {disk / 'data'}\ntls_cert: certs/cert.pem\ntls_key: certs/key.pem\n"
     )
-    server.start()
+    server.env["VAULT_DISK_RESERVE"] = str(RESERVE)
+    return server.start()
+
+
+def test_a_full_disk_answers_507_keeps_reads_and_never_hangs_start_up(
+    small_disk: Path, fresh_server: Server
+) -> None:
+    server = on_small_disk(fresh_server, small_disk)
     _, token = server.new_user()
     kept = payload(MiB, seed=1)
     assert server.put_file(token, "kept.bin", kept).status == 201
@@ -391,6 +397,57 @@ def test_a_full_disk_answers_507_keeps_reads_and_never_hangs_start_up(
         assert "vault: cannot start:" in str(exc) and "Traceback" not in str(exc), exc
     else:
         assert server.request("GET", "/download/kept.bin", token=token).body == kept
+
+
+def disk_free(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def fill_up(server: Server, token: str, size: int = 4 * MiB) -> list[str]:
+    """Upload files of ``size`` until the disk is full (507): the names stored."""
+    names: list[str] = []
+    for i in range(100):
+        resp = server.put_file(token, f"fill{i}.bin", payload(size, seed=i))
+        if resp.status != 201:
+            assert_json_error(resp.status, resp.body, 507)
+            return names
+        names.append(f"fill{i}.bin")
+    raise AssertionError("the disk never filled up")
+
+
+def test_on_a_full_disk_logins_registrations_and_deletes_work_and_deletes_give_the_space_back(
+    small_disk: Path, fresh_server: Server
+) -> None:
+    """A full disk (filled by uploads through vault) still lets a user log in, sign up and
+    delete: a reserve file kept beside the database is given up for such small writes, and
+    uploads are refused until deletes have given the space back to the file system and the
+    reserve is whole again."""
+    server = on_small_disk(fresh_server, small_disk)
+    username, token = server.new_user()
+    names = fill_up(server, token)
+    assert len(names) >= 3, names
+    full = disk_free(small_disk)
+    assert full < 2 * RESERVE, full  # uploads are refused until twice the reserve is free
+
+    login = server.request("POST", "/login", {"username": username, "password": "correct horse battery"})
+    assert login.status == 200, login.body
+    other = server.request("POST", "/register", {"username": "late", "password": "correct horse battery"})
+    assert other.status == 201, other.body
+    resp = server.put_file(token, "more.bin", payload(MiB))
+    assert_json_error(resp.status, resp.body, 507)  # the reserve is for freeing space, not uploads
+    for name in names:
+        resp = server.request("DELETE", "/files/" + name, token=token)
+        assert resp.status == 200, resp.body
+    # the space of the deleted files is the file system's again, not only the database's, and
+    # the reserve is held again
+    database = small_disk / "data" / "vault.db"
+    assert database.stat().st_size < 4 * MiB, database.stat().st_size
+    assert (small_disk / "data" / "vault.db.reserve").stat().st_size == RESERVE
+    assert disk_free(small_disk) + RESERVE > full + (len(names) - 1) * 4 * MiB, (disk_free(small_disk), full)
+    again = payload(4 * MiB, seed=99)
+    assert server.put_file(token, "again.bin", again).status == 201
+    assert server.request("GET", "/download/again.bin", token=token).body == again
 
 
 # --------------------------------------------------------------------------- power loss

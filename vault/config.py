@@ -20,6 +20,9 @@ from vault.throttle import parse_networks
 from vault.tls import subject_names
 
 GiB = 1024**3
+# A full disk must still hold the copy of SQLite's WAL (up to 16 MiB) into the database that a
+# checkpoint makes, and a few pages more.
+MIN_DISK_RESERVE = 20 * 1024 * 1024
 _SIZE_UNITS = {"": 1, "b": 1}
 for _power, _letter in enumerate("kmgt", 1):
     _SIZE_UNITS |= {_letter: 1024**_power, _letter + "ib": 1024**_power, _letter + "b": 1000**_power}
@@ -131,6 +134,11 @@ class Settings:
         "With workers > 1: seconds after which what a dead worker held (upload slots, quota,"
         " pins, its uploads in progress) is released and its staged uploads are purged.",
     )
+    disk_reserve: int = _setting(
+        32 * 1024 * 1024,
+        "Bytes of disk held back beside the database so logins and deletes work on a full disk"
+        " (0: none, else at least 20 MiB); uploads answer 507 while it is in use.",
+    )
     registration: str = _setting(
         "invite",
         "Who may `POST /register`: `open` (anyone), `invite` (with a code from `run.py admin invite`)"
@@ -238,6 +246,8 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "shutdown_grace", 0, 86400)
     _check_range(values, "workers", 1, 256)
     _check_range(values, "worker_lease", 1, 3600)
+    if values["disk_reserve"] != 0:
+        _check_range(values, "disk_reserve", MIN_DISK_RESERVE, 2**40)
     _check_range(values, "login_free_attempts", 1, 1_000_000)
     _check_range(values, "login_max_backoff", 1, 86400)
     _check_range(values, "register_per_address", 0, 1_000_000)
