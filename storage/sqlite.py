@@ -252,6 +252,8 @@ class SQLiteStore:
         self._orphans_checked = False  # purge has looked for segments without a file row
         self._reserve = reserve
         self._incremental = incremental  # auto_vacuum = INCREMENTAL: free pages can be given back
+        self._giving_back: asyncio.Task[None] | None = None
+        self._give_back_again = False
 
     @classmethod
     async def open(
@@ -280,6 +282,8 @@ class SQLiteStore:
         return cls(writer, reader, busy_timeout, held, mode == INCREMENTAL_VACUUM)
 
     async def close(self) -> None:
+        if self._giving_back is not None:
+            await asyncio.gather(self._giving_back, return_exceptions=True)
         await self._reader.close()
         await self._writer.close()
 
@@ -875,13 +879,29 @@ class SQLiteStore:
             await self._write("DELETE FROM segments WHERE file_id NOT IN (SELECT file_id FROM files)", ())
         if removed:
             log.info("purged %d replaced, deleted, expired or abandoned file(s)", removed)
-            await self.give_back()
+            self._give_back_soon()
         return removed
+
+    def _give_back_soon(self) -> None:
+        """give_back in the background: a delete answers without waiting for it. Calls while
+        one runs fold into one more pass."""
+        self._give_back_again = True
+        if self._giving_back is None or self._giving_back.done():
+            self._giving_back = asyncio.ensure_future(self._give_back_in_background())
+
+    async def _give_back_in_background(self) -> None:
+        while self._give_back_again:
+            self._give_back_again = False
+            try:
+                await self.give_back()
+            except VaultError as exc:  # the next purge tries again
+                log.warning("giving free pages back to the file system failed: %s", exc.message)
 
     async def give_back(self) -> None:
         """Give the database's free pages back to the file system (a database made before
         auto_vacuum was set keeps them until `run.py admin compact`), a batch per transaction
-        so other writes go on between, then hold the disk reserve again if there is room."""
+        so other writes go on between, then hold the disk reserve again if there is room.
+        Moving a page in use into a free one costs a page of WAL: at most the deleted bytes."""
         if self._incremental:
             left = None
             while True:
