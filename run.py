@@ -35,7 +35,7 @@ from vault.admin import Admin
 from vault.audit import WRITER_TASK
 from vault.config import Settings, load_settings, unknown_variables
 from vault.core import Core, open_core
-from vault.errors import ConfigError, InvalidField, StorageFull, VaultError
+from vault.errors import ConfigError, DatabaseDamaged, InvalidField, StorageFull, VaultError
 from vault.keys import KEYRING_FILE, add_primary_key, load_jwt_secret, load_keyring
 from vault.memory import tune_malloc
 from vault.store import BlobCollector, StateStore, Store
@@ -293,6 +293,8 @@ def failure(exc: BaseException) -> str:
     """One line for a start-up or admin command that cannot go on (never a traceback)."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"the disk is full: {exc}"
+    if isinstance(exc, DatabaseDamaged):
+        return exc.explain()
     if isinstance(exc, VaultError):
         return exc.message
     return f"{type(exc).__name__}: {exc}"

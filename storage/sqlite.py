@@ -21,6 +21,7 @@ import aiosqlite
 
 from storage.reserve import Reserve
 from vault.errors import (
+    DatabaseDamaged,
     Forbidden,
     IntegrityError,
     OffsetMismatch,
@@ -192,7 +193,7 @@ def _domain_error(exc: sqlite3.Error) -> VaultError | None:
     if code == SQLITE_FULL:
         return StorageFull()
     if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
-        return IntegrityError()
+        return DatabaseDamaged(str(exc))
     return None
 
 
@@ -661,6 +662,12 @@ class SQLiteStore:
             f"SELECT {_FILE_COLUMNS} FROM files WHERE state = ? ORDER BY owner, name", (LIVE,)
         )
         return [_stored_file(row) for row in rows]
+
+    async def file_names(self) -> list[tuple[int, str]]:
+        # The literal state matches the partial index files_live_name, which then answers
+        # alone: a damaged page of the table itself does not stop this list.
+        rows = await self._all(f"SELECT owner, name FROM files WHERE state = {LIVE} ORDER BY owner, name", ())
+        return [(int(owner), str(name)) for owner, name in rows]
 
     async def wrapped_keys(self) -> list[tuple[bytes, int, bytes]]:
         rows = await self._all(

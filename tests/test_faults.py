@@ -453,6 +453,125 @@ def test_on_a_full_disk_logins_registrations_and_deletes_work_and_deletes_give_t
     assert server.request("GET", "/download/again.bin", token=token).body == again
 
 
+# --------------------------------------------------------------------------- a damaged database
+
+
+def damage(db: Path, pages: list[int]) -> None:
+    """Overwrite whole pages of the database file with garbage (SQLite-level damage, below the
+    MACs); page 1 keeps its first 100 bytes, the file header."""
+    with closing(sqlite3.connect(db)) as con:
+        (page_size,) = con.execute("PRAGMA page_size").fetchone()
+    with open(db, "r+b") as raw:
+        for page in pages:
+            skip = 100 if page == 1 else 0
+            raw.seek((page - 1) * page_size + skip)
+            raw.write(b"\xa5" * (page_size - skip))
+
+
+def pages_of(db: Path, table: str) -> list[int]:
+    with closing(sqlite3.connect(db)) as con:
+        return [page for (page,) in con.execute("SELECT pageno FROM dbstat WHERE name = ?", (table,))]
+
+
+def page_holding(db: Path, owner_name: str, index: int) -> int:
+    """The page of the database file that holds the middle of segment ``index`` of a file."""
+    with closing(sqlite3.connect(db)) as con:
+        (blob,) = con.execute(
+            "SELECT s.data FROM segments s JOIN files f ON f.file_id = s.file_id"
+            " WHERE f.name = ? AND s.idx = ?",
+            (owner_name, index),
+        ).fetchone()
+        (page_size,) = con.execute("PRAGMA page_size").fetchone()
+    middle = len(blob) // 2
+    where = db.read_bytes().find(blob[middle : middle + 512])
+    assert where > 0
+    return int(where // page_size) + 1
+
+
+def three_files(server: Server) -> tuple[str, str, dict[str, bytes]]:
+    """A stopped server whose database (checkpointed) holds three files of one user."""
+    server.env["VAULT_SEGMENT_SIZE"] = str(SEG)
+    server.start()
+    username, token = server.new_user()
+    files = {f"{name}.bin": payload(3 * SEG + 10, seed=n) for n, name in enumerate("abc")}
+    for name, data in files.items():
+        assert server.put_file(token, name, data).status == 201
+    server.stop()
+    return username, token, files
+
+
+def test_verify_names_the_file_whose_segment_page_is_damaged_and_checks_the_rest(
+    fresh_server: Server,
+) -> None:
+    server = fresh_server
+    username, _, _ = three_files(server)
+    damage(server.db_path, [page_holding(server.db_path, "b.bin", 1)])
+    verify = server.admin("verify")
+    assert verify.returncode == 1, verify.stderr[-2000:]
+    assert b"Traceback" not in verify.stderr, verify.stderr[-2000:]
+    assert verify.stdout.splitlines() == [f"DAMAGED {username}/b.bin".encode(), b"3 files checked, 1 damaged"]
+
+
+def test_verify_names_every_file_whose_row_is_unreadable_and_goes_on(fresh_server: Server) -> None:
+    """The files table's page is damaged: the names still come from its index, and each file is
+    named as damaged (verify used to stop at once, naming nothing)."""
+    server = fresh_server
+    username, _, files = three_files(server)
+    damage(server.db_path, pages_of(server.db_path, "files"))
+    verify = server.admin("verify")
+    assert verify.returncode == 1, verify.stderr[-2000:]
+    assert b"Traceback" not in verify.stderr, verify.stderr[-2000:]
+    damaged = [f"DAMAGED {username}/{name}".encode() for name in sorted(files)]
+    assert verify.stdout.splitlines() == [*damaged, b"3 files checked, 3 damaged"]
+
+
+def test_start_up_with_a_damaged_schema_page_exits_with_a_clear_message(fresh_server: Server) -> None:
+    server = fresh_server
+    three_files(server)
+    damage(server.db_path, [1])
+    with pytest.raises(RuntimeError) as failed:
+        server.start()
+    message = str(failed.value)
+    assert "vault: cannot start: the database is damaged" in message, message
+    assert "Traceback" not in message, message
+    assert server.process is not None and server.process.returncode == 1
+    verify = server.admin("verify")
+    assert verify.returncode == 1 and b"Traceback" not in verify.stderr, verify.stderr[-2000:]
+    assert b"the database is damaged" in verify.stderr, verify.stderr
+
+
+def test_a_download_over_a_damaged_page_fails_visibly_never_whole_sized(fresh_server: Server) -> None:
+    """SQLite-level damage under a segment: a download that reaches it before its headers are
+    out is the integrity error; one that reaches it later is cut short (fewer bytes than its
+    Content-Length, then the connection closes): never a body of the right size."""
+    server = fresh_server
+    _, token, files = three_files(server)
+    damage(server.db_path, [page_holding(server.db_path, "b.bin", 1)])
+    server.start()
+    for name in ("a.bin", "c.bin"):
+        assert server.request("GET", "/download/" + name, token=token).body == files[name]
+    ranged = server.request(
+        "GET", "/download/b.bin", headers={"Range": f"bytes={SEG}-{2 * SEG - 1}"}, token=token
+    )
+    assert_json_error(ranged.status, ranged.body, 500)
+    assert ranged.json()["message"] == "Stored data failed its integrity check"
+    conn = server.connection()
+    try:
+        conn.request("GET", "/download/b.bin", headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        if resp.status == 200:
+            assert int(resp.headers["Content-Length"]) == len(files["b.bin"])
+            with pytest.raises(http.client.IncompleteRead) as cut:
+                resp.read()
+            assert len(cut.value.partial) < len(files["b.bin"])
+            assert cut.value.partial == files["b.bin"][: len(cut.value.partial)]
+        else:
+            assert_json_error(resp.status, resp.read(), 500)
+    finally:
+        conn.close()
+    assert "Traceback" not in server.output(), server.output()[-3000:]
+
+
 # --------------------------------------------------------------------------- power loss
 
 

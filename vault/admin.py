@@ -18,7 +18,7 @@ from typing import BinaryIO, TextIO, cast
 from vault import format as sfs
 from vault.audit import LOST_ACTION, rechain, verify_chain
 from vault.core import Core
-from vault.errors import ConfigError, FileNotFound, IntegrityError, NotFound, VaultError
+from vault.errors import ConfigError, DatabaseDamaged, FileNotFound, IntegrityError, NotFound, VaultError
 from vault.keys import JWT_SECRET_FILE, KEYRING_FILE, Keyring, remove_key
 from vault.rows import rotate
 from vault.store import BlobCollector, BlobMover, StoredFile
@@ -51,7 +51,9 @@ class Admin:
             return 2
         except VaultError as exc:
             self.core.audit.record("admin", "local", args.command, target, "failed")
-            self.progress.write(f"vault: {exc.message}\n")
+            self.progress.write(
+                f"vault: {exc.explain() if isinstance(exc, DatabaseDamaged) else exc.message}\n"
+            )
             return 1
         self.core.audit.record(
             "admin", "local", args.command, target, "done" if code == 0 else "found damage"
@@ -312,18 +314,17 @@ class Admin:
 
     async def verify(self) -> int:
         """Check every header, wrapped key, segment list and segment MAC of every file; name the
-        damaged ones. Nothing is written anywhere. Returns how many are damaged."""
-        stored = await self.store.all_files()
+        damaged ones, whatever is damaged (a MAC, a page of the database), and go on. Nothing
+        is written anywhere. Returns how many are damaged."""
+        stored = await self.store.file_names()
         names: dict[int, str] = {}
         damaged = checked_bytes = 0
-        for number, item in enumerate(stored, 1):
-            header = item.header
-            if header.owner not in names:
-                user = await self.auth.user_by_id(header.owner)
-                names[header.owner] = user.username if user else f"<user {header.owner}>"
-            where = f"{names[header.owner]}/{header.name}"
+        for number, (owner, name) in enumerate(stored, 1):
+            if owner not in names:
+                names[owner] = await self._username(owner)
+            where = f"{names[owner]}/{name}"
             try:
-                download = await self.files.open(header.owner, header.name)
+                download = await self.files.open(owner, name)
                 try:
                     async for chunk in download.read():
                         checked_bytes += len(chunk)
@@ -337,6 +338,13 @@ class Admin:
         self.progress.write("\n")
         self.out.write(f"{len(stored)} files checked, {damaged} damaged\n")
         return damaged
+
+    async def _username(self, user_id: int) -> str:
+        try:
+            user = await self.auth.user_by_id(user_id)
+        except IntegrityError:  # a damaged account row: the file is still named, by number
+            user = None
+        return user.username if user else f"<user {user_id}>"
 
     async def rewrap(self, keyring: Keyring) -> None:
         """After a new primary master key: re-wrap every file key under it, re-tag every

@@ -35,6 +35,7 @@ VaultError
 │   └── ObjectStoreError    the object store (blob_store: s3) failed or refused a request
 ├── StorageFull             the disk under the database is full
 └── IntegrityError          stored data failed authentication (never says which check)
+    └── DatabaseDamaged     the database file itself is damaged (SQLite reports it corrupt)
 """
 
 
@@ -258,3 +259,19 @@ class IntegrityError(VaultError):
     """Stored data failed authentication. Deliberately says nothing about which check failed."""
 
     message = "Stored data failed its integrity check"
+
+
+class DatabaseDamaged(IntegrityError):
+    """The database file is damaged below the MACs (SQLite reports a corrupt page); answered
+    as any integrity failure, while ``detail`` (SQLite's words) goes to the operator."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__()
+        self.detail = detail
+
+    def explain(self) -> str:
+        """For the operator (never a client): what is wrong and what to do."""
+        return (
+            f"the database is damaged ({self.detail}): stop everything using it, rebuild it from"
+            " what is readable or restore a backup (README, 'A damaged database file')"
+        )

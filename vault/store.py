@@ -466,6 +466,10 @@ class Store(FileStore, AccountStore, SharingStore, AuditStore, Protocol):
     async def all_files(self) -> list[StoredFile]:
         """Every LIVE file of every owner (for offline verification)."""
 
+    async def file_names(self) -> list[tuple[int, str]]:
+        """(owner, name) of every LIVE file, read without the files' rows where the store can
+        (SQLite: from an index), so verification can name files whose rows are unreadable."""
+
     async def wrapped_keys(self) -> list[tuple[bytes, int, bytes]]:
         """(file_id, key_id, wrapped_key) of every LIVE file and resumable upload."""
 
