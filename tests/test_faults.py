@@ -95,7 +95,8 @@ def read_back(server: Server, token: str, name: str, data: bytes) -> None:
     assert (entry["size"], entry["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
 
 
-def test_every_write_is_read_back_at_once_under_parallel_downloads(fresh_server: Server) -> None:
+@pytest.mark.parametrize("rounds", [12, pytest.param(80, marks=pytest.mark.slow)])
+def test_every_write_is_read_back_at_once_under_parallel_downloads(fresh_server: Server, rounds: int) -> None:
     server = fresh_server
     server.env["VAULT_SEGMENT_SIZE"] = str(SEG)
     server.env["VAULT_UPLOADS_PER_USER"] = "16"
@@ -104,7 +105,7 @@ def test_every_write_is_read_back_at_once_under_parallel_downloads(fresh_server:
     big = payload(2 * MiB, seed=7)
     assert server.put_file(token, "big.bin", big).status == 201
     with downloading(server, token, "big.bin", big):
-        for round_ in range(12):
+        for round_ in range(rounds):
             # an upload, then a replacement of it: each read back at once
             for version in range(2):
                 data = payload(3 * SEG + round_, seed=100 * round_ + version)
@@ -416,8 +417,9 @@ def fill_up(server: Server, token: str, size: int = 4 * MiB) -> list[str]:
     raise AssertionError("the disk never filled up")
 
 
+@pytest.mark.parametrize("cycles", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_on_a_full_disk_logins_registrations_and_deletes_work_and_deletes_give_the_space_back(
-    small_disk: Path, fresh_server: Server
+    small_disk: Path, fresh_server: Server, cycles: int
 ) -> None:
     """A full disk (filled by uploads through vault) still lets a user log in, sign up and
     delete: a reserve file kept beside the database is given up for such small writes, and
@@ -425,14 +427,21 @@ def test_on_a_full_disk_logins_registrations_and_deletes_work_and_deletes_give_t
     reserve is whole again."""
     server = on_small_disk(fresh_server, small_disk)
     username, token = server.new_user()
+    for cycle in range(cycles):
+        fill_and_free(server, small_disk, username, token, cycle)
+
+
+def fill_and_free(server: Server, disk: Path, username: str, token: str, cycle: int) -> None:
     names = fill_up(server, token)
     assert len(names) >= 3, names
-    full = disk_free(small_disk)
+    full = disk_free(disk)
     assert full < 2 * RESERVE, full  # uploads are refused until twice the reserve is free
 
     login = server.request("POST", "/login", {"username": username, "password": "correct horse battery"})
     assert login.status == 200, login.body
-    other = server.request("POST", "/register", {"username": "late", "password": "correct horse battery"})
+    other = server.request(
+        "POST", "/register", {"username": f"late{cycle}", "password": "correct horse battery"}
+    )
     assert other.status == 201, other.body
     resp = server.put_file(token, "more.bin", payload(MiB))
     assert_json_error(resp.status, resp.body, 507)  # the reserve is for freeing space, not uploads
@@ -441,16 +450,17 @@ def test_on_a_full_disk_logins_registrations_and_deletes_work_and_deletes_give_t
         assert resp.status == 200, resp.body
     # the space of the deleted files is the file system's again, not only the database's, and
     # the reserve is held again
-    database, reserve = small_disk / "data" / "vault.db", small_disk / "data" / "vault.db.reserve"
+    database, reserve = disk / "data" / "vault.db", disk / "data" / "vault.db.reserve"
     deadline = time.monotonic() + 60  # given back in the background, after the DELETE's answer
     while (database.stat().st_size >= 4 * MiB or not reserve.exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert database.stat().st_size < 4 * MiB, database.stat().st_size
     assert reserve.stat().st_size == RESERVE
-    assert disk_free(small_disk) + RESERVE > full + (len(names) - 1) * 4 * MiB, (disk_free(small_disk), full)
-    again = payload(4 * MiB, seed=99)
+    assert disk_free(disk) + RESERVE > full + (len(names) - 1) * 4 * MiB, (disk_free(disk), full)
+    again = payload(4 * MiB, seed=99 + cycle)
     assert server.put_file(token, "again.bin", again).status == 201
     assert server.request("GET", "/download/again.bin", token=token).body == again
+    assert server.request("DELETE", "/files/again.bin", token=token).status == 200
 
 
 # --------------------------------------------------------------------------- a damaged database
@@ -645,7 +655,13 @@ def test_the_commit_that_makes_an_upload_live_syncs_the_wal_before_it_returns(tm
 # --------------------------------------------------------------------------- kill -9 under load
 
 
-def test_kill_9_under_mixed_load_loses_no_acknowledged_upload(fresh_server: Server) -> None:
+@pytest.mark.parametrize(
+    ("kills", "per_round", "uploaders"),
+    [(2, 6, ("put", "put", "tus")), pytest.param(8, 25, ("put",) * 6 + ("tus",) * 4, marks=pytest.mark.slow)],
+)
+def test_kill_9_under_mixed_load_loses_no_acknowledged_upload(
+    fresh_server: Server, kills: int, per_round: int, uploaders: tuple[str, ...]
+) -> None:
     """Uploads (PUT and tus) and downloads run while the server is killed twice; after each
     restart every acknowledged upload (the ledger) downloads byte-exact, and whatever else is
     listed (an upload that committed but whose answer was lost) downloads whole as listed."""
@@ -674,13 +690,13 @@ def test_kill_9_under_mixed_load_loses_no_acknowledged_upload(fresh_server: Serv
             if done:
                 ledger[name] = hashlib.sha256(data).hexdigest()
 
-    for _round in range(2):
+    for _round in range(kills):
         stop = threading.Event()
-        threads = [threading.Thread(target=uploader, args=(k, stop)) for k in ("put", "put", "tus")]
+        threads = [threading.Thread(target=uploader, args=(k, stop)) for k in uploaders]
         for thread in threads:
             thread.start()
-        goal = len(ledger) + 6
-        deadline = time.monotonic() + 60
+        goal = len(ledger) + per_round
+        deadline = time.monotonic() + 60 + 4 * per_round
         while len(ledger) < goal and time.monotonic() < deadline:
             time.sleep(0.05)
         server.stop(signal.SIGKILL)
@@ -696,4 +712,4 @@ def test_kill_9_under_mixed_load_loses_no_acknowledged_upload(fresh_server: Serv
         for name, entry in listed.items():
             resp = server.request("GET", "/download/" + name, token=token)
             assert resp.status == 200 and hashlib.sha256(resp.body).hexdigest() == entry["sha256"], name
-    assert len(ledger) >= 12
+    assert len(ledger) >= kills * per_round
