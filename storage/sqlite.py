@@ -255,6 +255,7 @@ class SQLiteStore:
         self._incremental = incremental  # auto_vacuum = INCREMENTAL: free pages can be given back
         self._giving_back: asyncio.Task[None] | None = None
         self._give_back_again = False
+        self._closing = False  # give_back stops after its batch under way
 
     @classmethod
     async def open(
@@ -283,6 +284,7 @@ class SQLiteStore:
         return cls(writer, reader, busy_timeout, held, mode == INCREMENTAL_VACUUM)
 
     async def close(self) -> None:
+        self._closing = True
         if self._giving_back is not None:
             await asyncio.gather(self._giving_back, return_exceptions=True)
         await self._reader.close()
@@ -913,7 +915,7 @@ class SQLiteStore:
             left = None
             while True:
                 (free,) = await self._one("PRAGMA freelist_count", ())
-                if not free or free == left:  # none left, or none given back (never loop)
+                if not free or free == left or self._closing:  # none left or given back: stop
                     break
                 left = free
                 async with self._locked() as db:

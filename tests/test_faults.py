@@ -533,6 +533,9 @@ def test_verify_names_every_file_whose_row_is_unreadable_and_goes_on(fresh_serve
     assert b"Traceback" not in verify.stderr, verify.stderr[-2000:]
     damaged = [f"DAMAGED {username}/{name}".encode() for name in sorted(files)]
     assert verify.stdout.splitlines() == [*damaged, b"3 files checked, 3 damaged"]
+    with pytest.raises(RuntimeError) as failed:  # start-up reads that page: it says so and exits
+        server.start()
+    assert "vault: cannot start: the database is damaged" in str(failed.value), failed.value
 
 
 def test_start_up_with_a_damaged_schema_page_exits_with_a_clear_message(fresh_server: Server) -> None:
