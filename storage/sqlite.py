@@ -311,7 +311,7 @@ class SQLiteStore:
             # must not take the space that failure gave up
             if not upload:
                 self._reserve.make_room()
-            elif not self._reserve.hold():
+            elif not self._reserve.hold() and not await self._room_inside():
                 raise StorageFull()
             with _translated():
                 await self._budget(deadline)
@@ -321,6 +321,18 @@ class SQLiteStore:
             raise
         finally:
             self._lock.release()
+
+    async def _room_inside(self) -> bool:
+        """Whether a database that keeps the pages of deleted files (made before incremental
+        auto-vacuum) has a reserve's worth free inside: uploads may go on in those pages (the
+        given-up reserve stays free on the file system for the small writes), as the reserve
+        cannot be taken back from the file system until `admin compact`."""
+        if self._incremental:
+            return False  # its free pages are on their way back to the file system
+        with _translated():
+            free = await self._writer.execute_fetchall("PRAGMA freelist_count", ())
+            size = await self._writer.execute_fetchall("PRAGMA page_size", ())
+        return int(list(free)[0][0]) * int(list(size)[0][0]) >= self._reserve.size
 
     async def _budget(self, deadline: float) -> None:
         """Give SQLite's busy wait only what is left of the write's budget (a PRAGMA only when
