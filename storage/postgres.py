@@ -544,6 +544,12 @@ class PostgresStore:
         )
         return [_stored_file(row) for row in rows]
 
+    async def file_names(self) -> list[tuple[int, str]]:
+        rows = await self._all(
+            f'SELECT owner, name FROM files WHERE state = {LIVE} ORDER BY owner, name COLLATE "C"'
+        )
+        return [(int(row[0]), str(row[1])) for row in rows]
+
     async def delete_file(self, owner: int, name: str) -> bool:
         async with self._transaction() as db:
             await db.execute("SELECT pg_advisory_xact_lock($1)", name_lock(owner, name))
