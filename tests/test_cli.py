@@ -282,7 +282,7 @@ def test_login_persists_with_private_files_and_whoami(
     assert PASSWORD not in (config / "credentials.json").read_text()
     me = cli.json("whoami")
     assert me["username"] == alice[0] and me["files"] == 0
-    assert f"{alice[0]} on {server.url}" in cli.ok("whoami").stdout
+    assert f"{alice[0]} on {server.url}\n0 files, " in cli.ok("whoami").stdout
 
 
 def test_access_tokens_renew_across_invocations_and_concurrent_commands(

@@ -191,7 +191,8 @@ def cmd_whoami(args: argparse.Namespace, session: Session) -> None:
         {"url": session.url, **me},
         lambda: (
             f"{me['username']} on {session.url}\n"
-            f"{me['files']} files, {used} used{'' if quota else ' (no quota)'}, "
+            f"{me['files']} file{'' if me['files'] == 1 else 's'}, "
+            f"{used} used{'' if quota else ' (no quota)'}, "
             f"largest file allowed {human(me['max_file_size'])}"
         ),
     )
