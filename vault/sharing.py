@@ -384,18 +384,12 @@ class Sharing:
         return max(min(usage.doubt[1] - start, in_flight_allowance(size) - usage.refunded), 0)
 
     async def _left(self, link: Link, size: int) -> int | None:
-        """Bytes the link may still send (None: no limit): its budget less the bytes served and
-        what responses under way hold."""
+        """Bytes the link may still send (None: no limit), as of ``link``'s count of bytes
+        served, less what responses under way hold."""
         if link.max_downloads is None:
             return None
-        # The holds first, then the count: a response's charge reaches the store before its
-        # hold is given back (_charge), so a count read after the holds has every byte they no
-        # longer cover. ``link`` itself was read earlier (before a password check, a file open):
-        # its count with holds read now could miss a response that ended in between.
         held = await self._state.held(LINK_BYTES, link.id)
-        fresh = await self._store.get_link(link.token_hash)
-        served = link.bytes_served if fresh is None else fresh.bytes_served
-        return link_budget(link.max_downloads, size) - served - held
+        return link_budget(link.max_downloads, size) - link.bytes_served - held
 
     def _usage_of(self, link: Link) -> _Usage:
         usage = self._usage.get(link.id)
