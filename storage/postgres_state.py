@@ -10,7 +10,6 @@ upload nobody pins is then a crashed one (purge). A mutex is a hold of one with 
 waited for by polling.
 """
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -20,13 +19,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from storage.postgres import PostgresStore, _translated
-from vault.state import new_hold_id, new_holder
+from vault.state import PolledMutex, new_hold_id, new_holder
 from vault.store import Counter, Hold
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = 10.0
-MUTEX_POLL = 0.02  # seconds between tries of a busy mutex
 COUNTER_GRACE = 60.0  # seconds expired counters are kept before renew() deletes them
 _LIVE = (
     "FROM state_holds h JOIN state_holders p ON p.holder = h.holder"
@@ -48,7 +46,7 @@ def key_lock(kind: str, key: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class PostgresState:
+class PostgresState(PolledMutex):
     """StateStore on the tables ``state_holders``, ``state_holds`` and ``state_counters``."""
 
     shared = True
@@ -174,17 +172,6 @@ class PostgresState:
             count, stamp, version, expires = tuple(row) if row else (0, 0.0, 0, None)
             await db.execute(_PUT_COUNTER, kind, key, count, stamp, int(version) + 1, expires)
         return int(version) + 1
-
-    @asynccontextmanager
-    async def mutex(self, kind: str, key: str) -> AsyncIterator[None]:
-        """A hold of one with a limit of one, tried every MUTEX_POLL seconds until it is free."""
-        # Another instance frees it, which no event here can tell: polling is the way.
-        while (hold := await self.hold(kind, key, 1, 1)) is None:  # noqa: ASYNC110
-            await asyncio.sleep(MUTEX_POLL)
-        try:
-            yield
-        finally:
-            await self.release(hold)
 
     async def renew(self) -> None:
         """Extend this process's lease; forget dead holders, their holds and expired counters."""

@@ -21,13 +21,12 @@ from typing import Any
 import aiosqlite
 
 from storage.sqlite import DEFAULT_BUSY_TIMEOUT, _connect, _prepare, _translated
-from vault.state import new_hold_id, new_holder
+from vault.state import PolledMutex, new_hold_id, new_holder
 from vault.store import Counter, Hold
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = 10.0  # seconds a process's holds outlive its last renewal
-MUTEX_POLL = 0.02  # seconds between tries of a busy mutex
 COUNTER_GRACE = 60.0  # seconds expired counters are kept before renew() deletes them
 # The live holds of (kind, key): those whose holder's lease still runs.
 _LIVE = (
@@ -36,7 +35,7 @@ _LIVE = (
 )
 
 
-class SQLiteState:
+class SQLiteState(PolledMutex):
     """StateStore on the tables ``state_holders``, ``state_holds`` and ``state_counters``."""
 
     shared = True
@@ -202,17 +201,6 @@ class SQLiteState:
                 (kind, key, count, stamp, int(version) + 1, expires),
             )
         return int(version) + 1
-
-    @asynccontextmanager
-    async def mutex(self, kind: str, key: str) -> AsyncIterator[None]:
-        """A hold of one with a limit of one, tried every MUTEX_POLL seconds until it is free."""
-        # Another process frees it, which no event here can tell: polling is the way.
-        while (hold := await self.hold(kind, key, 1, 1)) is None:  # noqa: ASYNC110
-            await asyncio.sleep(MUTEX_POLL)
-        try:
-            yield
-        finally:
-            await self.release(hold)
 
     async def renew(self) -> None:
         """Extend this process's lease; forget dead holders, their holds and expired counters."""

@@ -20,6 +20,29 @@ MAX_COUNTERS = 200_000  # ~300 bytes each: login failures of two kinds, registra
 HOLDER_BYTES = 8
 
 
+MUTEX_POLL = 0.02  # seconds between tries of a mutex busy in another process
+
+
+class PolledMutex:
+    """``StateStore.mutex`` for a store shared by processes, none of which can tell another
+    when it lets go: a hold of one with a limit of one, tried every MUTEX_POLL seconds."""
+
+    async def hold(self, kind: str, key: str, amount: int, limit: int | None) -> Hold | None:
+        raise NotImplementedError
+
+    async def release(self, hold: Hold) -> None:
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def mutex(self, kind: str, key: str) -> AsyncIterator[None]:
+        while (hold := await self.hold(kind, key, 1, 1)) is None:  # noqa: ASYNC110
+            await asyncio.sleep(MUTEX_POLL)
+        try:
+            yield
+        finally:
+            await self.release(hold)
+
+
 def new_holder() -> str:
     """An id for one process's lease: random, so a restarted process with the same pid is new."""
     return secrets.token_hex(HOLDER_BYTES)
