@@ -39,6 +39,13 @@ _PUT_COUNTER = (
     " ON CONFLICT (kind, key) DO UPDATE SET count = EXCLUDED.count, stamp = EXCLUDED.stamp,"
     " version = EXCLUDED.version, expires = EXCLUDED.expires"
 )
+# A counter of (kind, key) (NULLs if none) and the sum of the live holds, in one statement:
+# one snapshot of both (StateStore.tally).
+_TALLY = (
+    f"SELECT c.count, c.stamp, c.version, (SELECT COALESCE(SUM(h.amount), 0) {_LIVE})"  # noqa: S608 (constants)
+    " FROM (SELECT 1) AS one LEFT JOIN state_counters c"
+    " ON c.kind = $1 AND c.key = $2 AND (c.expires IS NULL OR c.expires > $3)"
+)
 
 
 def key_lock(kind: str, key: str) -> int:
@@ -166,11 +173,31 @@ class PostgresState(PolledMutex):
         return Counter(count, stamp, version + 1)
 
     async def bump(self, kind: str, key: str) -> int:
-        now = time.time()
         async with self._locked(kind, key) as db:
-            row = await db.fetchrow(_COUNTER, kind, key, now)
-            count, stamp, version, expires = tuple(row) if row else (0, 0.0, 0, None)
-            await db.execute(_PUT_COUNTER, kind, key, count, stamp, int(version) + 1, expires)
+            return await self._add(db, kind, key, 0, time.time())
+
+    async def settle(self, hold: Hold, amount: int) -> int:
+        async with self._locked(hold.kind, hold.key) as db:
+            await db.execute("DELETE FROM state_holds WHERE id = $1", hold.id)
+            return await self._add(db, hold.kind, hold.key, amount, time.time())
+
+    async def tally(self, kind: str, key: str) -> tuple[Counter, int]:
+        with _translated():
+            row = await self._pool.fetchrow(  # one statement: one snapshot of both
+                _TALLY,
+                kind,
+                key,
+                time.time(),
+            )
+        count, stamp, version, held = tuple(row)
+        counter = Counter() if version is None else Counter(int(count), float(stamp), int(version))
+        return counter, int(held)
+
+    async def _add(self, db: Any, kind: str, key: str, amount: int, now: float) -> int:
+        """Add ``amount`` to the counter's count and raise its version (bump, settle)."""
+        row = await db.fetchrow(_COUNTER, kind, key, now)
+        count, stamp, version, expires = tuple(row) if row else (0, 0.0, 0, None)
+        await db.execute(_PUT_COUNTER, kind, key, int(count) + amount, stamp, int(version) + 1, expires)
         return int(version) + 1
 
     async def renew(self) -> None:

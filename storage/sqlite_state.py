@@ -33,6 +33,13 @@ _LIVE = (
     "FROM state_holds h JOIN state_holders p ON p.holder = h.holder"
     " WHERE h.kind = ? AND h.key = ? AND p.expires > ?"
 )
+# A counter of (kind, key) (NULLs if none) and the sum of the live holds, in one statement:
+# one snapshot of both (StateStore.tally).
+_TALLY = (
+    f"SELECT c.count, c.stamp, c.version, (SELECT COALESCE(SUM(h.amount), 0) {_LIVE})"  # noqa: S608 (constants)
+    " FROM (SELECT 1) LEFT JOIN state_counters c"
+    " ON c.kind = ? AND c.key = ? AND (c.expires IS NULL OR c.expires > ?)"
+)
 
 
 class SQLiteState(PolledMutex):
@@ -186,20 +193,38 @@ class SQLiteState(PolledMutex):
         return Counter(count, stamp, version + 1)
 
     async def bump(self, kind: str, key: str) -> int:
-        now = time.time()
         async with self._transaction() as db:
-            row = await self._one(
-                db,
-                "SELECT count, stamp, version, expires FROM state_counters WHERE kind = ? AND key = ?"
-                " AND (expires IS NULL OR expires > ?)",
-                (kind, key, now),
-            )
-            count, stamp, version, expires = row if row else (0, 0.0, 0, None)
-            await db.execute(
-                "INSERT OR REPLACE INTO state_counters (kind, key, count, stamp, version, expires)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (kind, key, count, stamp, int(version) + 1, expires),
-            )
+            return await self._add(db, kind, key, 0, time.time())
+
+    async def settle(self, hold: Hold, amount: int) -> int:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM state_holds WHERE id = ?", (hold.id,))
+            return await self._add(db, hold.kind, hold.key, amount, time.time())
+
+    async def tally(self, kind: str, key: str) -> tuple[Counter, int]:
+        now = time.time()
+        rows = await self._read(  # one statement: one snapshot of both
+            _TALLY,
+            (kind, key, now, kind, key, now),
+        )
+        count, stamp, version, held = rows[0]
+        counter = Counter() if version is None else Counter(int(count), float(stamp), int(version))
+        return counter, int(held)
+
+    async def _add(self, db: aiosqlite.Connection, kind: str, key: str, amount: int, now: float) -> int:
+        """Add ``amount`` to the counter's count and raise its version (bump, settle)."""
+        row = await self._one(
+            db,
+            "SELECT count, stamp, version, expires FROM state_counters WHERE kind = ? AND key = ?"
+            " AND (expires IS NULL OR expires > ?)",
+            (kind, key, now),
+        )
+        count, stamp, version, expires = row if row else (0, 0.0, 0, None)
+        await db.execute(
+            "INSERT OR REPLACE INTO state_counters (kind, key, count, stamp, version, expires)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (kind, key, int(count) + amount, stamp, int(version) + 1, expires),
+        )
         return int(version) + 1
 
     async def renew(self) -> None:

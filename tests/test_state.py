@@ -156,6 +156,50 @@ def test_counters_compare_and_set_and_expire(tmp_path: Path, factory: Factory) -
     run(tmp_path, factory, scenario)
 
 
+def test_settle_turns_a_hold_into_count_in_one_step_and_tally_reads_both(
+    tmp_path: Path, factory: Factory
+) -> None:
+    async def scenario(state: StateStore) -> None:
+        assert await state.tally("link", "L1") == (Counter(), 0)
+        seeded = await state.set_counter("link", "L1", 100, 5.0, version=0, expires=None)
+        assert seeded == Counter(100, 5.0, 1)
+        first = await state.hold("link", "L1", 30, 200, version=1)
+        second = await state.hold("link", "L1", 40, 200)
+        assert first is not None and second is not None
+        assert await state.tally("link", "L1") == (Counter(100, 5.0, 1), 70)
+        assert await state.settle(first, 25) == 2  # sent less than it held
+        assert await state.tally("link", "L1") == (Counter(125, 5.0, 2), 40)
+        assert await state.hold("link", "L1", 5, 200, version=1) is None  # counted since
+        await state.settle(first, 3)  # no longer held: counted all the same
+        assert await state.tally("link", "L1") == (Counter(128, 5.0, 3), 40)
+        await state.settle(second, -10)  # a refund given back
+        assert await state.tally("link", "L1") == (Counter(118, 5.0, 4), 0)
+        fresh = await state.hold("link", "L2", 9, None)  # no counter yet: it starts from 0
+        assert fresh is not None
+        assert await state.settle(fresh, 9) == 1
+        assert await state.tally("link", "L2") == (Counter(9, 0.0, 1), 0)
+        assert await state.set_counter("link", "L3", 1, 1.0, version=0, expires=1.0)  # 1970
+        assert await state.tally("link", "L3") == (Counter(), 0)
+
+    run(tmp_path, factory, scenario)
+
+
+def test_a_full_local_state_forgets_no_counter_with_live_holds() -> None:
+    async def scenario() -> None:
+        state = LocalState(max_counters=2)
+        hold = await state.hold("link", "busy", 10, None)
+        assert hold is not None
+        await state.set_counter("link", "busy", 100, 1.0, version=0, expires=None)
+        for key in "abc":
+            await state.set_counter("login", key, 1, 1.0, version=0, expires=None)
+        assert await state.counter("link", "busy") == Counter(100, 1.0, 1)
+        assert await state.counter("login", "a") == Counter()  # the oldest idle one went
+        await state.settle(hold, 10)
+        assert await state.counter("link", "busy") == Counter(110, 1.0, 2)
+
+    asyncio.run(scenario())
+
+
 def test_a_mutex_lets_one_in_at_a_time_in_turn(tmp_path: Path, factory: Factory) -> None:
     async def scenario(state: StateStore) -> None:
         inside, most, order = 0, 0, []

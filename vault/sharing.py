@@ -12,13 +12,23 @@ copies. HEAD and the HTML landing page cost nothing, and a short Range (a previe
 its length, which the allowance covers. Bytes charged to a response cut off before its end
 that may not have arrived (TCP had not acknowledged them, or a client receive buffer's worth
 before them) go back to the budget when the next request asks for them again, so ``curl -C -``
-resumes to completion; at most ``in_flight_allowance`` over a link's life. The bytes served
-are in the store, charged after each request; the bytes reserved by responses under way are
-holds in the shared state (vault/store.py StateStore, kind ``link``), taken in one atomic
-operation against the budget less what was served, read after the link's version: each charge
-raises it, so a reservation computed from an older count is refused and computed again. What
-a cut-off response may not have delivered, and the refunds given, are counted in the memory of
-the process that served it (a resume that reaches another process gets no refund).
+resumes to completion; at most ``in_flight_allowance`` over a link's life. What a cut-off
+response may not have delivered, and the refunds given, are counted in the memory of the
+process that served it (a resume that reaches another process gets no refund).
+
+Where the budget is kept (the decision, after two read orders that each left a window): in the
+shared state (vault/store.py StateStore, kind ``link``, key the link id), as holds of the bytes
+reserved by responses under way and a counter whose count is the bytes served. A response ends
+by ``settle``: one atomic step that gives its hold back and adds what it sent to the count, so
+a check (``tally``: count and holds read at one instant, by any process) sees those bytes held
+or served, never both (a preview right after a copy refused) nor neither (a spent link still
+offered). A reservation is a hold at the version read with the count (every settle raises it),
+so one computed from an older count is refused and computed again. The store's
+``bytes_served`` is the durable record, written just before the settle: the state's count is
+seeded from it when it has none (first use, a lone process restarted). Not chosen: a snapshot
+of the store's count and the holds checked by versions (a reader must then wait out every
+charge in progress), or the store's write in the state's transaction (the state would have to
+know the store's tables, and in memory it cannot).
 """
 
 import hashlib
@@ -31,6 +41,7 @@ from dataclasses import dataclass
 from vault.auth import Authenticator, Identity, check_password
 from vault.download import Download
 from vault.errors import (
+    Busy,
     FileNotFound,
     Gone,
     InvalidCredentials,
@@ -44,7 +55,7 @@ from vault.names import check_filename
 from vault.records import FileInfo
 from vault.rows import GRANT, LINK
 from vault.state import LocalState
-from vault.store import Grant, Hold, Link, SharingStore, StateStore
+from vault.store import Counter, Grant, Hold, Link, SharingStore, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +68,8 @@ MAX_DOWNLOADS = 1_000_000
 PREVIEW_ALLOWANCE = 64 * 1024
 IN_FLIGHT_ALLOWANCE = 16 * 1024 * 1024  # given back in all to resumed downloads (in_flight_allowance)
 RECEIVE_SLACK = 8 * 1024 * 1024  # a client's receive buffer (Linux: up to 6 MiB), lost when it dies
-LINK_BYTES = "link"  # the hold kind and counter of a link's bytes reserved and served, by link id
+LINK_BYTES = "link"  # by link id: holds of the bytes reserved, a counter of the bytes served
+COUNT_KEPT = 86400  # seconds the shared state keeps an expiring link's count after its expiry
 LINK_GUESS = "link-password"  # noqa: S105 (a state kind, not a secret): the mutex of a link's password guesses, by link id
 STALE_READS = 20  # budgets computed again because another download was charged meanwhile
 
@@ -355,24 +367,42 @@ class Sharing:
         if link.max_downloads is None:
             return Reservation(self, link, None, nbytes, start, 0)
         for _ in range(STALE_READS):
-            version, served = await self._served(link)
+            served, _ = await self._tally(link)
             refund = self._refund(link, size, start)
-            limit = link_budget(link.max_downloads, size) - served + refund
-            hold = await self._state.hold(LINK_BYTES, link.id, nbytes, limit, version=version)
+            limit = link_budget(link.max_downloads, size) - served.count + refund
+            hold = await self._state.hold(LINK_BYTES, link.id, nbytes, limit, version=served.version)
             if hold is not None:
                 usage = self._usage_of(link)
                 usage.refunded += refund
                 usage.doubt = None  # only the next request can claim it
                 return Reservation(self, link, hold, nbytes, start, refund)
-            if (await self._state.counter(LINK_BYTES, link.id)).version == version:
+            if (await self._state.counter(LINK_BYTES, link.id)).version == served.version:
                 break
         raise Gone("This link has no downloads left")
 
-    async def _served(self, link: Link) -> tuple[int, int]:
-        """(version, bytes served): the store's count, read after the version."""
-        version = (await self._state.counter(LINK_BYTES, link.id)).version
-        fresh = await self._store.get_link(link.token_hash)
-        return version, link.bytes_served if fresh is None else fresh.bytes_served
+    async def _tally(self, link: Link) -> tuple[Counter, int]:
+        """(bytes served, as the count of a counter with its version; bytes held by responses
+        under way), read at one instant from the shared state, their one home for budget
+        checks (module docstring). A link the state has no count for yet (first use, a restart
+        of a lone process, a version before this one) gets the store's, its durable record,
+        set at the version read with it: a charge settled meanwhile raised it, and the count is
+        read again. A seeded counter has a nonzero stamp (when it was seeded)."""
+        for _ in range(STALE_READS):
+            served, held = await self._state.tally(LINK_BYTES, link.id)
+            if served.stamp:
+                return served, held
+            fresh = await self._store.get_link(link.token_hash)
+            count = link.bytes_served if fresh is None else fresh.bytes_served
+            if held:
+                # Responses under way that began with no count here (kept by a version before
+                # this one): their bytes may be in the store's count too. Counted twice until
+                # they end, never not at all; the count is seeded once none runs.
+                return Counter(count, 0.0, served.version), held
+            expires = None if link.expires is None else link.expires + COUNT_KEPT
+            await self._state.set_counter(
+                LINK_BYTES, link.id, count, time.time(), version=served.version, expires=expires
+            )
+        raise Busy("This link's count of downloads is changing too fast to read: try again")
 
     def _refund(self, link: Link, size: int, start: int) -> int:
         """A request that starts inside the bytes the previous response may not have delivered
@@ -384,12 +414,12 @@ class Sharing:
         return max(min(usage.doubt[1] - start, in_flight_allowance(size) - usage.refunded), 0)
 
     async def _left(self, link: Link, size: int) -> int | None:
-        """Bytes the link may still send (None: no limit), as of ``link``'s count of bytes
-        served, less what responses under way hold."""
+        """Bytes the link may still send (None: no limit): its budget less the bytes served and
+        what responses under way hold, both as of one instant."""
         if link.max_downloads is None:
             return None
-        held = await self._state.held(LINK_BYTES, link.id)
-        return link_budget(link.max_downloads, size) - link.bytes_served - held
+        served, held = await self._tally(link)
+        return link_budget(link.max_downloads, size) - served.count - held
 
     def _usage_of(self, link: Link) -> _Usage:
         usage = self._usage.get(link.id)
@@ -400,15 +430,16 @@ class Sharing:
     async def _charge(
         self, link: Link, hold: Hold | None, sent: int, refund: int, doubt: tuple[int, int] | None
     ) -> None:
-        """Count what a response sent (less its refund) in the store, raise the link's version,
-        and only then give its hold back, so no budget is computed from a count without it."""
+        """Count what a response sent (less its refund): in the store (the durable record),
+        then in the shared state, in the same step that gives its hold back (``settle``), so
+        no budget check sees these bytes both held and served, or neither. The store first, so
+        that a count seeded from the store (``_tally``: only while no hold is live) has every
+        byte settled before it was read, and settle adds only bytes it has not."""
         try:
             if doubt is not None:
                 self._usage_of(link).doubt = doubt
             if sent != refund:
                 await self._store.charge_link(link.id, sent - refund)
-                if hold is not None:
-                    await self._state.bump(LINK_BYTES, link.id)
         finally:
             if hold is not None:
-                await self._state.release(hold)
+                await self._state.settle(hold, sent - refund)

@@ -8,6 +8,7 @@ past ``max_counters`` the expired ones go first, then the least recently set.
 
 import asyncio
 import collections
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -147,15 +148,27 @@ class LocalState:
         return counter
 
     async def bump(self, kind: str, key: str) -> int:
+        return self._add(kind, key, 0)
+
+    async def settle(self, hold: Hold, amount: int) -> int:
+        await self.release(hold)
+        return self._add(hold.kind, hold.key, amount)
+
+    async def tally(self, kind: str, key: str) -> tuple[Counter, int]:
+        return self._counter(kind, key), sum(self._holds.get((kind, key), {}).values())
+
+    def _add(self, kind: str, key: str, amount: int) -> int:
         current = self._counter(kind, key)
         expires = self._counters[(kind, key)][1] if (kind, key) in self._counters else None
-        counter = Counter(current.count, current.stamp, current.version + 1)
+        counter = Counter(current.count + amount, current.stamp, current.version + 1)
         self._counters[(kind, key)] = (counter, expires)
         self._counters.move_to_end((kind, key))
         self._make_room()
         return counter.version
 
     def _make_room(self) -> None:
+        """Expired counters first, then the least recently set, but never one with live holds
+        (a link's count of bytes served while its downloads run: settle adds to it)."""
         if len(self._counters) <= self._max_counters:
             return
         now = self._clock()
@@ -163,8 +176,11 @@ class LocalState:
             k for k, (_, expires) in self._counters.items() if expires is not None and expires <= now
         ]:
             del self._counters[key]
-        while len(self._counters) > self._max_counters:
-            self._counters.popitem(last=False)
+        excess = len(self._counters) - self._max_counters
+        if excess > 0:
+            idle = (k for k in self._counters if k not in self._holds)
+            for key in list(itertools.islice(idle, excess)):
+                del self._counters[key]
 
     @asynccontextmanager
     async def mutex(self, kind: str, key: str) -> AsyncIterator[None]:

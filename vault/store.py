@@ -372,9 +372,10 @@ class StateStore(Protocol):
       the one PATCH at a time of a tus upload. A hold belongs to this process (``holder``),
       which renews its lease (``renew``); when a process dies its holds die with its lease.
     - **Counters** (compare-and-set records with expiry): login failures per account and per
-      address, registrations per window, and the version of a (kind, key) whose stored total
-      changed (a user's bytes after a commit, a link's bytes served), so a hold computed from a
-      total read before the change is refused and the caller reads again.
+      address, registrations per window, the version of a (kind, key) whose stored total
+      changed (a user's bytes after a commit), so a hold computed from a total read before the
+      change is refused and the caller reads again, and a total kept here beside its holds (a
+      link's bytes served: ``settle`` turns a hold into count, ``tally`` reads both at once).
     - **Mutexes**: one password guess at a time per link.
 
     Every call is one atomic operation: the in-memory implementation has no await between its
@@ -433,6 +434,16 @@ class StateStore(Protocol):
 
     async def bump(self, kind: str, key: str) -> int:
         """Raise the counter's version by one, keeping count and stamp; the new version."""
+
+    async def settle(self, hold: Hold, amount: int) -> int:
+        """Atomically forget ``hold`` and add ``amount`` to the count of the counter (its kind,
+        its key), raising the counter's version and keeping its stamp and expiry (a counter not
+        set, or expired, starts from count 0, stamp 0, no expiry); the new version. What a hold
+        reserved becomes what was used in one step: ``tally`` never sees it in both, or in
+        neither. A hold no longer recorded (released, its lease lapsed) is counted all the same."""
+
+    async def tally(self, kind: str, key: str) -> tuple[Counter, int]:
+        """The counter (kind, key) and the sum of its live holds, read at one instant."""
 
     def mutex(self, kind: str, key: str) -> AbstractAsyncContextManager[None]:
         """Exclusive use of (kind, key) among all processes, waited for in turn; a holder that
