@@ -15,7 +15,6 @@ import socket
 import sqlite3
 import ssl
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -156,8 +155,9 @@ async def open_server_core(settings: Settings, shared: bool = False) -> AsyncIte
             from storage.postgres import PostgresStore
             from storage.postgres_state import PostgresState
 
-            assert isinstance(store, PostgresStore)
-            state = await PostgresState.open(store, settings.worker_lease)
+            metadata = getattr(store, "inner", store)  # under the blob layer of storage/s3.py
+            assert isinstance(metadata, PostgresStore)
+            state = await PostgresState.open(metadata, settings.worker_lease)
         elif shared:
             state = await SQLiteState.open(settings.db_path, settings.worker_lease, settings.busy_timeout)
         try:
@@ -270,23 +270,27 @@ async def serve(settings: Settings, listeners: Listeners, worker: Worker | None 
 
 
 class Sweep:
-    """The timer's work: expired uploads and deleted files at every tick, and at most every
-    PURGE_INTERVAL the orphan objects (listing a bucket costs a request per 1000 objects, and
-    with workers the timer ticks every worker_lease)."""
+    """The timer's work: expired uploads and deleted files at every tick."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.collected = -float(PURGE_INTERVAL)
 
     async def __call__(self) -> None:
         await self.core.files.purge()
-        store, now = self.core.store, time.monotonic()
-        if isinstance(store, BlobCollector) and now - self.collected >= PURGE_INTERVAL:
-            self.collected = now
-            try:
-                await store.collect()
-            except VaultError:
-                log.exception("object garbage collection failed; the next sweep retries")
+
+
+class Collect:
+    """The orphan objects, every ``s3_gc_interval`` seconds (listing a bucket costs a request
+    per 1000 objects): what purges and crashes left in the bucket, older than ``s3_gc_lease``."""
+
+    def __init__(self, store: BlobCollector) -> None:
+        self.store = store
+
+    async def __call__(self) -> None:
+        try:
+            await self.store.collect()
+        except VaultError:
+            log.exception("object garbage collection failed; the next one retries")
 
 
 def failure(exc: BaseException) -> str:
@@ -327,6 +331,8 @@ async def _serve(
     timers = [tornado.ioloop.PeriodicCallback(Sweep(core), interval * 1000)]
     if core.state.shared:
         timers.append(tornado.ioloop.PeriodicCallback(core.state.renew, settings.worker_lease * 1000 / 3))
+    if isinstance(core.store, BlobCollector) and settings.s3_gc_interval:
+        timers.append(tornado.ioloop.PeriodicCallback(Collect(core.store), settings.s3_gc_interval * 1000))
     for timer in timers:
         timer.start()
     plain = None

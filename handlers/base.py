@@ -442,6 +442,17 @@ class BodyHandler(BaseHandler):
             if self._ended:  # the connection closed while a shared state was asked
                 self._release_slot()
 
+    async def give_back_slot(self) -> None:
+        """Give the upload slot back before the answer is written: a client that starts its
+        next upload as soon as it reads this one's answer finds the slot free, on any worker or
+        instance (given back only in ``on_finish``, a shared state's write could land after it)."""
+        slot, self._upload_slot = self._upload_slot, None
+        if slot is not None:
+            try:
+                await self.core.uploads.release(slot)
+            except VaultError:
+                log.exception("an upload slot could not be given back; its lease will free it")
+
     def _check_body(self) -> None:
         self._body_timer = None
         if self._finished or getattr(self.connection, "_read_finished", True):

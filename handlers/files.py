@@ -111,6 +111,7 @@ class UploadHandler(BodyHandler):
     async def commit(self, name: str) -> None:
         assert self.upload is not None
         info = await self.upload.finish(name, self.digest)  # on failure, on_finish removes it
+        await self.give_back_slot()
         self.write_json(201, {"message": "File uploaded successfully", **file_json(info)})
 
     def on_connection_close(self) -> None:

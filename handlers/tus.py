@@ -231,6 +231,7 @@ class TusCreateHandler(TusHandler):
         body: dict[str, object] = {"message": "Upload created", "offset": offset}
         if self.session is not None and self.session.info is not None:
             body = {"message": "File uploaded successfully", **file_json(self.session.info)}
+        await self.give_back_slot()
         self.write_json(201, body)
 
 
@@ -271,6 +272,7 @@ class TusUploadHandler(TusHandler):
         if self.failed or self.session is None:
             return
         offset = await self.save_body()
+        await self.give_back_slot()
         self.upload_headers(self.session.state, offset)
         self.set_status(204)
         self.finish()

@@ -282,6 +282,11 @@ class S3Segments:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    @property
+    def inner(self) -> Store:
+        """The metadata store (the shared state of several instances opens on it)."""
+        return self._inner
+
     def key(self, file_id: bytes, index: int, tag: bytes) -> str:
         return f"{self._prefix}{file_id.hex()}/{index:012d}.{tag.hex()}"
 

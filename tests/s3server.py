@@ -146,3 +146,20 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def list_keys(server: S3Server, prefix: str) -> list[str]:
+    """Every key under ``prefix``, listed through the S3 API (as an operator would check)."""
+    import asyncio
+
+    from storage.s3 import S3Client, S3Config
+
+    async def main() -> list[str]:
+        config = S3Config(server.endpoint, BUCKET, "", "us-east-1", server.access_key, server.secret_key)
+        client = await S3Client.open(config)
+        try:
+            return sorted([info.key async for info, _ in client.list(prefix)])
+        finally:
+            await client.close()
+
+    return asyncio.run(main())

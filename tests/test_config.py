@@ -334,7 +334,8 @@ def test_s3_settings_are_validated(tmp_path: Path) -> None:
         ("VAULT_S3_ENDPOINT", "http://x/path", "'s3_endpoint'"),
         ("VAULT_S3_BUCKET", "Bad_Bucket", "'s3_bucket'"),
         ("VAULT_S3_PREFIX", "a b", "'s3_prefix'"),
-        ("VAULT_S3_GC_LEASE", "10", "'s3_gc_lease'"),
+        ("VAULT_S3_GC_LEASE", "9", "'s3_gc_lease'"),
+        ("VAULT_S3_GC_INTERVAL", "-1", "'s3_gc_interval'"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_settings(None, {**base, key: value})

@@ -4,7 +4,13 @@ throwaway cluster (tests/pg.py). The client alternates between them and sees one
 rule that needs shared state (storage/postgres_state.py) holds in total, where an instance that
 had not seen the other's requests would answer otherwise (each of those tests fails with the
 state in memory), and what one store gives holds too (files, Range reads, resumable uploads, a
-replacement during a download, one LIVE version per name, one audit chain)."""
+replacement during a download, one LIVE version per name, one audit chain).
+
+Every test runs twice (issue 16): with the segments in the database (``blob_store: database``)
+and in one bucket both instances share (``blob_store: s3``, SeaweedFS on loopback from
+tests/s3server.py). In S3 mode, a kill mid-upload leaves objects no row names; the other
+instance's own periodic collection, or ``admin gc``, removes them: the bucket, listed through
+the S3 API, then holds exactly the objects the segment rows name."""
 
 import base64
 import hashlib
@@ -20,6 +26,7 @@ import pytest
 
 from tests import pg
 from tests.dbedit import server_database
+from tests.s3server import S3Server, list_keys, weed_binary
 from tests.server import Response, Server
 from tests.test_api import user_id, wait_until_clean
 from tests.test_limits import partial_put, read_response
@@ -27,6 +34,7 @@ from tests.test_transfers import cut, open_tls, start_upload, wait_for
 
 PASSWORD = "correct horse battery"
 LEASE = 2
+GC_LEASE = 10  # s3_gc_lease: its least value
 MiB = 1024 * 1024
 
 
@@ -63,9 +71,37 @@ def start_pair(tmp: Path, url: str, **extra: str) -> tuple[Server, Server]:
     return a, b
 
 
+BLOB_STORES = ["database", "s3"]
+
+
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory, pg_cluster: pg.Cluster) -> Iterator[tuple[Server, Server]]:
-    a, b = start_pair(tmp_path_factory.mktemp("instances"), pg_cluster.database_sync("instances"))
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One S3 server for the module's S3-mode tests; each database has a prefix of its own."""
+    if weed_binary() is None:
+        pytest.skip("no weed binary (requirements-s3.txt)")
+    pytest.importorskip("aiohttp", reason="requirements-s3.txt is not installed")
+    server = S3Server(tmp_path_factory.mktemp("weed")).start()
+    yield server
+    server.stop()
+
+
+def blob_env(request: pytest.FixtureRequest, blob: str, prefix: str) -> dict[str, str]:
+    if blob == "database":
+        return {}
+    s3: S3Server = request.getfixturevalue("weed")
+    return s3.env(prefix)
+
+
+@pytest.fixture(scope="module", params=BLOB_STORES)
+def pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_cluster: pg.Cluster
+) -> Iterator[tuple[Server, Server]]:
+    blob = request.param
+    a, b = start_pair(
+        tmp_path_factory.mktemp(f"instances-{blob}"),
+        pg_cluster.database_sync(f"instances-{blob}"),
+        **blob_env(request, blob, f"instances-{blob}/"),
+    )
     yield a, b
     a.stop()
     b.stop()
@@ -135,7 +171,7 @@ def test_uploads_per_user_hold_in_total(pair: tuple[Server, Server]) -> None:
             assert_status(server.put_file(token, "c.bin", b"data"), 429)
         first.sendall(b"x" * 990)
         assert read_response(first)[0] == 201
-        assert_status(b.put_file(token, "c.bin", b"data"), 201)
+        assert_status(b.put_file(token, "c.bin", b"data"), 201)  # given back before the 201
     finally:
         first.close()
         cut(second)
@@ -259,25 +295,124 @@ def test_the_same_name_uploaded_at_once_on_both_leaves_one_live_version(pair: tu
     assert b.request("GET", "/download/same.bin", token=token).body in bodies
 
 
-def test_kill_of_one_mid_upload_and_the_other_cleans_up_after_the_lease(
-    tmp_path: Path, pg_cluster: pg.Cluster
-) -> None:
-    a, b = start_pair(tmp_path, pg_cluster.database_sync(str(tmp_path)), VAULT_UPLOADS_PER_USER="1")
+def segment_keys(server: Server, prefix: str) -> list[str]:
+    """The object keys every segment row of the server's database names (storage/s3.py)."""
+    with server_database(server) as db:
+        rows = db.execute("SELECT file_id, idx, tag FROM segments").fetchall()
+    return sorted(f"{prefix}{bytes(fid).hex()}/{idx:012d}.{bytes(tag).hex()}" for fid, idx, tag in rows)
+
+
+def settled_keys(s3: S3Server, prefix: str) -> list[str]:
+    """The bucket's keys once the listing stops changing (weed finishes the PUTs a killed
+    instance had sent)."""
+    listed = [list_keys(s3, prefix)]
+
+    def settled() -> bool:
+        listed.append(list_keys(s3, prefix))
+        return listed[-1] == listed[-2]
+
+    wait_for(settled, "the object listing to stop changing")
+    return listed[-1]
+
+
+def leave_orphans_and_kill(a: Server, b: Server) -> tuple[str, str]:
+    """On A: a kept file, a replaced one, a deleted one, then ``kill -9`` in the middle of an
+    upload (some of its objects written, their rows too or not). (user name, token)"""
+    name, token = a.new_user()
+    assert_status(a.put_file(token, "kept.bin", os.urandom(MiB + 5)), 201)
+    assert_status(a.put_file(token, "replaced.bin", os.urandom(MiB + 6)), 201)
+    assert_status(b.put_file(token, "replaced.bin", os.urandom(7)), 201)  # the old version: orphans
+    assert_status(b.put_file(token, "deleted.bin", os.urandom(MiB + 8)), 201)
+    assert_status(b.request("DELETE", "/files/deleted.bin", token=token), 200)
+    size = 4 * MiB  # within the 8 MiB quota beside the files above
+    sock = start_upload(a, token, "PUT", "/upload/big.bin", {"Content-Length": str(size)}, b"k" * (3 * MiB))
     try:
-        name, token = a.new_user()
-        sock = start_upload(a, token, "PUT", "/upload/big.bin", {"Content-Length": "900000"}, b"k" * 800_000)
-        try:
-            wait_for(lambda: staged(a, name) == 1, "the upload is staged")
-            a.stop(signal.SIGKILL)
+        owner = user_id(a, name)
+
+        def stored() -> int:
+            with server_database(a) as db:
+                (count,) = db.execute(
+                    "SELECT COUNT(*) FROM segments s JOIN files f ON f.file_id = s.file_id"
+                    " WHERE f.owner = ? AND f.state = 0",
+                    (owner,),
+                ).fetchone()
+            return int(count)
+
+        wait_for(lambda: stored() >= 2, "segments of the upload stored")
+        a.stop(signal.SIGKILL)
+    finally:
+        cut(sock)
+    return name, token
+
+
+def purged(b: Server, name: str) -> None:
+    wait_for(lambda: staged(b, name) == 0, "the dead instance's upload is purged", timeout=8 * LEASE + 10)
+
+
+@pytest.mark.parametrize("blob", BLOB_STORES)
+def test_kill_of_one_mid_upload_and_the_other_cleans_up_after_the_lease(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_cluster: pg.Cluster, blob: str
+) -> None:
+    """In S3 mode B's own collection (every s3_gc_interval, objects older than s3_gc_lease)
+    leaves the bucket holding exactly what the rows name, without any admin command."""
+    prefix = "killed/"
+    a, b = start_pair(
+        tmp_path,
+        pg_cluster.database_sync(str(tmp_path)),
+        VAULT_UPLOADS_PER_USER="1",
+        VAULT_S3_GC_LEASE=str(GC_LEASE),
+        VAULT_S3_GC_INTERVAL="1",
+        **blob_env(request, blob, prefix),
+    )
+    try:
+        name, token = leave_orphans_and_kill(a, b)
+        s3: S3Server | None = request.getfixturevalue("weed") if blob == "s3" else None
+        before = settled_keys(s3, prefix) if s3 else []  # the killed upload's objects among them
+        purged(b, name)
+        wait_until_clean(b, user_id(b, name))
+        assert_status(b.put_file(token, "after.bin", b"2"), 201)  # its upload slot is free again
+        if s3:
             wait_for(
-                lambda: staged(b, name) == 0, "the dead instance's upload is purged", timeout=8 * LEASE + 10
+                lambda: list_keys(s3, prefix) == segment_keys(b, prefix),
+                "the orphan objects collected by the running instance",
+                timeout=GC_LEASE + 30,
             )
-            wait_until_clean(b, user_id(b, name))
-            assert_status(b.put_file(token, "after.bin", b"2"), 201)  # its upload slot is free again
-        finally:
-            cut(sock)
+            assert set(before) - set(segment_keys(b, prefix)), "there were orphans to collect"
+        assert b.request("GET", "/download/kept.bin", token=token).status == 200
         result = b.admin("audit-verify")
         assert result.returncode == 0, result.stderr
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_kill_of_one_mid_upload_then_admin_gc_leaves_no_orphan_in_the_shared_bucket(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_cluster: pg.Cluster
+) -> None:
+    """The instances collect nothing themselves (s3_gc_interval: 0): ``admin gc`` does, and
+    reports it."""
+    prefix = "admin-gc/"
+    s3: S3Server = request.getfixturevalue("weed")
+    a, b = start_pair(
+        tmp_path,
+        pg_cluster.database_sync(str(tmp_path)),
+        VAULT_UPLOADS_PER_USER="1",
+        VAULT_S3_GC_INTERVAL="0",
+        **blob_env(request, "s3", prefix),
+    )
+    try:
+        name, token = leave_orphans_and_kill(a, b)
+        purged(b, name)
+        b.stop()
+        before = settled_keys(s3, prefix)
+        result = b.admin("gc", "--lease", "0")  # both stopped: no upload can be about to name one
+        assert result.returncode == 0, result
+        live = segment_keys(b, prefix)
+        assert list_keys(s3, prefix) == live
+        assert set(live) < set(before)
+        assert f"orphans: {len(before) - len(live)} deleted".encode() in result.stdout, result.stdout
+        b.start()
+        assert b.request("GET", "/download/kept.bin", token=token).status == 200
     finally:
         a.stop()
         b.stop()

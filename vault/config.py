@@ -171,7 +171,12 @@ class Settings:
     s3_gc_lease: int = _setting(
         3600,
         "Seconds an object no segment row names is kept before garbage collection deletes it"
-        " (an upload writes each object just before its row).",
+        " (an upload writes each object just before its row; at least 10, keep it long).",
+    )
+    s3_gc_interval: int = _setting(
+        300,
+        "Seconds between the server's own collections of orphan objects, in every instance and"
+        " worker (0: none, then run `run.py admin gc` from a timer).",
     )
     storage: str = _setting(
         "sqlite",
@@ -282,7 +287,8 @@ def _validate(values: dict[str, Any]) -> None:
 def _validate_blob_store(values: dict[str, Any]) -> None:
     if values["blob_store"] not in BLOB_STORES:
         raise ConfigError(f"config key 'blob_store': must be one of {', '.join(BLOB_STORES)}")
-    _check_range(values, "s3_gc_lease", 60, 30 * 86400)
+    _check_range(values, "s3_gc_lease", 10, 30 * 86400)
+    _check_range(values, "s3_gc_interval", 0, 86400)
     if not _PREFIX.fullmatch(values["s3_prefix"]):
         raise ConfigError("config key 's3_prefix': only letters, digits and / . _ - are allowed")
     if values["blob_store"] != "s3":
