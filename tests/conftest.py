@@ -1,11 +1,15 @@
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests import incore, pg
 from tests.server import Server
+
+if TYPE_CHECKING:
+    from tests.s3server import S3Server
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -81,6 +85,20 @@ def pg_cluster() -> Iterator[pg.Cluster]:
     yield cluster
     pg.CLUSTER = None
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator["S3Server"]:
+    """One S3 server (SeaweedFS, tests/s3server.py) for the session's multi-instance tests,
+    started on first use; each database there keeps its objects under a prefix of its own."""
+    from tests.s3server import S3Server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no weed binary (requirements-s3.txt)")
+    pytest.importorskip("aiohttp", reason="requirements-s3.txt is not installed")
+    server = S3Server(tmp_path_factory.mktemp("weed")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

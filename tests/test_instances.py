@@ -26,7 +26,7 @@ import pytest
 
 from tests import pg
 from tests.dbedit import server_database
-from tests.s3server import S3Server, list_keys, weed_binary
+from tests.s3server import S3Server, list_keys
 from tests.server import Response, Server
 from tests.test_api import user_id, wait_until_clean
 from tests.test_limits import partial_put, read_response
@@ -72,17 +72,6 @@ def start_pair(tmp: Path, url: str, **extra: str) -> tuple[Server, Server]:
 
 
 BLOB_STORES = ["database", "s3"]
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One S3 server for the module's S3-mode tests; each database has a prefix of its own."""
-    if weed_binary() is None:
-        pytest.skip("no weed binary (requirements-s3.txt)")
-    pytest.importorskip("aiohttp", reason="requirements-s3.txt is not installed")
-    server = S3Server(tmp_path_factory.mktemp("weed")).start()
-    yield server
-    server.stop()
 
 
 def blob_env(request: pytest.FixtureRequest, blob: str, prefix: str) -> dict[str, str]:
