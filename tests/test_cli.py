@@ -681,6 +681,13 @@ def test_link_with_password_and_lockout(cli: Cli, server: Server, alice: tuple[s
     assert cli.json("links") == []
 
 
+def test_revoke_takes_an_id_beginning_with_a_dash_after_double_dash(cli: Cli, alice: tuple[str, str]) -> None:
+    """Ids made before they were hex may begin with "-": `--` passes one to the server."""
+    done = cli.run("revoke", "--", "-Xq2")
+    assert done.returncode == 1, done.stderr  # the server's 404, not a usage error (2)
+    assert done.stderr.startswith("vault: ") and "Traceback" not in done.stderr
+
+
 def test_link_qr_prints_a_code(cli: Cli, server: Server, alice: tuple[str, str]) -> None:
     put_via_server(server, alice[1], "a.txt", b"x")
     out = cli.ok("link", "a.txt", "--qr").stdout

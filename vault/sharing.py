@@ -59,7 +59,8 @@ from vault.store import Counter, Grant, Hold, Link, SharingStore, StateStore
 
 log = logging.getLogger(__name__)
 
-LINK_ID_BYTES = 9  # a public handle for the owner's listing and revocation
+LINK_ID_BYTES = 9  # a public handle for the owner's listing and revocation: 18 hex digits
+# (hex, not base64url: an id starting with "-" reads as an option in `vault revoke ID`)
 LINK_TOKEN_BYTES = 18  # 144 bits of secret in the URL
 FREE_FAILURES = 5  # wrong passwords before the backoff starts
 MAX_BACKOFF = 3600
@@ -286,7 +287,7 @@ class Sharing:
             password_hash = await self._auth.hash_secret(check_password(password))
         token = secrets.token_urlsafe(LINK_TOKEN_BYTES)
         draft = Link(
-            secrets.token_urlsafe(LINK_ID_BYTES), token_hash(token), owner.user_id, name, now, expires,
+            secrets.token_hex(LINK_ID_BYTES), token_hash(token), owner.user_id, name, now, expires,
             password_hash, max_downloads, 0, 0, 0.0, 0, b"",
         )  # fmt: skip
         link = LINK.seal(self._keyring, draft)

@@ -422,7 +422,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vault link big.iso --expires 1d --downloads 1\n  vault link big.iso --password --qr",
     ),
     "links": ("list your public links", "vault links"),
-    "revoke": ("revoke public links by id", "vault revoke 3f2a9c1e"),
+    "revoke": (
+        "revoke public links by id",
+        "vault revoke 3f2a9c1e\n  vault revoke -- -Xq2  (an id from before 2026-12 may begin with -)",
+    ),
     "send": (
         "upload and print a public link in one go",
         "vault send big.iso\n  vault send photo.jpg --expires 1h --qr",
