@@ -431,6 +431,8 @@ async def admin(settings: Settings, args: argparse.Namespace) -> int:
         args.offline = server_stopped(settings)  # then uploads cut off by a crash go too
     if args.command == "migrate":
         lock_data_dir(settings.data_dir)  # rows and objects change under a server: refuse
+        if args.to != settings.storage:
+            return await migrate_store(settings, args)
         if args.blobs is not None:  # the blob layer, whichever way the segments go
             overrides = {"data_dir": args.data_dir, "blob_store": "s3"}
             settings = load_settings(args.config, os.environ, overrides)
@@ -439,6 +441,21 @@ async def admin(settings: Settings, args: argparse.Namespace) -> int:
         if args.command == "backup" and code == 0:
             return await verify_copy(core, dataclasses.replace(settings, data_dir=args.dest))
         return code
+
+
+async def migrate_store(settings: Settings, args: argparse.Namespace) -> int:
+    """``admin migrate --to`` the other metadata store: the source is the configured one, the
+    target PostgreSQL at VAULT_DATABASE_URL or data_dir's vault.db, with the blob layer of
+    ``--blobs`` (default: the configured one) on the same s3_* settings."""
+    overrides = {"data_dir": args.data_dir, "storage": args.to, "blob_store": args.blobs}
+    target_settings = load_settings(args.config, os.environ, overrides)
+    async with (
+        open_server_core(settings) as core,
+        open_store(target_settings, reserve=False) as target,
+    ):
+        admin = Admin(core)
+        admin.target = target
+        return await admin.run(args, read_password, sys.stdout.buffer, ask)
 
 
 async def verify_copy(core: Core, copy: Settings) -> int:

@@ -33,6 +33,7 @@ from vault.errors import (
 from vault.format import Header
 from vault.pipeline import PIN
 from vault.store import Account, AuditEntry, Grant, Link, RefreshToken, Resumable, StoredFile, User
+from vault.tables import NOT_COPIED, TABLES, columns
 
 log = logging.getLogger(__name__)
 INVITE_REFUSED = "Invite code unknown, used or expired"
@@ -1019,3 +1020,62 @@ class SQLiteStore:
         except IntegrityError:
             return False
         return True
+
+    # ------------------------------------------------------------------ rows as they are (admin migrate)
+
+    async def dump_rows(self, table: str) -> list[tuple[object, ...]]:
+        """Every row of a table of vault/tables.py (or a state table), as stored."""
+        names = columns(table) if table in TABLES else "*"
+        return [tuple(row) for row in await self._all(f"SELECT {names} FROM {_known(table)}", ())]
+
+    async def replace_rows(self, table: str, rows: list[tuple[object, ...]]) -> None:
+        """In one transaction: the table's rows become exactly ``rows``."""
+        async with self._transaction() as db:
+            await db.execute(f"DELETE FROM {_known(table)}")
+            await db.executemany(_insert(table), rows)
+
+    async def append_rows(self, table: str, rows: list[tuple[object, ...]]) -> None:
+        """Insert ``rows`` in one transaction (a key already there is an error)."""
+        async with self._transaction() as db:
+            await db.executemany(_insert(table), rows)
+
+    async def file_row(self, file_id: bytes) -> tuple[object, ...] | None:
+        row = await self._one(f"SELECT {columns('files')} FROM files WHERE file_id = ?", (file_id,))
+        return None if row is None else tuple(row)
+
+    async def file_states(self) -> list[tuple[bytes, int]]:
+        """(file id, state) of every file row."""
+        return [
+            (bytes(fid), int(state)) for fid, state in await self._all("SELECT file_id, state FROM files", ())
+        ]
+
+    async def segment_rows(self, file_id: bytes) -> list[tuple[int, bytes, int | None]]:
+        """(index, tag, object size: None where the bytes are in the row) of a file's segments."""
+        rows = await self._all(
+            "SELECT idx, tag, size FROM segments WHERE file_id = ? ORDER BY idx", (file_id,)
+        )
+        return [(int(i), bytes(t), None if n is None else int(n)) for i, t, n in rows]
+
+    async def drop_file_rows(self, file_id: bytes) -> None:
+        """Delete a file row and its segment rows at once (a migration's target, server stopped)."""
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM segments WHERE file_id = ?", (file_id,))
+            await db.execute("DELETE FROM files WHERE file_id = ?", (file_id,))
+
+    async def row_counts(self) -> dict[str, int]:
+        counts = {}
+        for table in TABLES:
+            (count,) = await self._one(f"SELECT COUNT(*) FROM {table}", ())
+            counts[table] = int(count)
+        return counts
+
+
+def _known(table: str) -> str:
+    """A table name from the allow-list, for SQL."""
+    if table not in TABLES and table not in NOT_COPIED:
+        raise ValueError(f"unknown table {table!r}")
+    return table
+
+
+def _insert(table: str) -> str:
+    return f"INSERT INTO {_known(table)} ({columns(table)}) VALUES ({', '.join('?' * len(TABLES[table]))})"

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from storage.s3 import MAX_OBJECT, S3Client, S3Config
+from tests import pg
 from tests.server import Server
 from tests.test_api import LIVE, assert_error, payload, query, user_id
 from tests.test_transfers import cut, read_streaming, start_upload, wait_for
@@ -314,7 +315,7 @@ def segment_bytes_in_database(server: Server) -> int:
 
 
 def test_migrate_moves_a_populated_vault_to_the_bucket_and_back_byte_identical(
-    s3: S3Server, tmp_path: Path
+    s3: S3Server, tmp_path: Path, pg_cluster: pg.Cluster
 ) -> None:
     database_env = {"VAULT_SEGMENT_SIZE": str(S)}
     s3_env = {**s3.env("migrated/"), **database_env}
@@ -379,5 +380,32 @@ def test_migrate_moves_a_populated_vault_to_the_bucket_and_back_byte_identical(
     finally:
         vault.stop()
     assert vault.admin("audit-verify").returncode == 0
-    postgres = vault.admin("migrate", "--to", "postgres")
-    assert postgres.returncode == 2 and b"only sqlite is supported" in postgres.stderr
+
+    # SQLite with the segments in rows -> PostgreSQL with them in the bucket, and back
+    url = pg_cluster.database_sync(str(tmp_path))
+    # the source in S3 mode with its segments still in rows: each written out to an object
+    vault.env = {**s3_env, "VAULT_DATABASE_URL": url}
+    to_postgres = vault.admin("migrate", "--to", "postgres", "--blobs", "s3")
+    assert to_postgres.returncode == 0, to_postgres
+    assert b"files: 6 copied (11 segments" in to_postgres.stdout, to_postgres.stdout
+    assert b"and blob_store: s3 before starting the server" in to_postgres.stdout
+    assert len(keys(s3, "migrated/")) == 11
+    vault.env = {**s3_env, "VAULT_STORAGE": "postgres", "VAULT_BLOB_STORE": "s3", "VAULT_DATABASE_URL": url}
+    assert vault.admin("audit-verify").returncode == 0
+    vault.start()
+    try:
+        all_download_identical()
+    finally:
+        vault.stop()
+    for path in vault.data_dir.glob("vault.db*"):  # the old vault.db moved away
+        path.rename(tmp_path / path.name)
+    to_sqlite = vault.admin("migrate", "--to", "sqlite", "--blobs", "database")
+    assert to_sqlite.returncode == 0, to_sqlite
+    assert b"files: 6 copied (11 segments" in to_sqlite.stdout, to_sqlite.stdout
+    vault.env = database_env
+    assert segment_bytes_in_database(vault) > sum(len(d) for d in files.values())
+    vault.start()
+    try:
+        all_download_identical()
+    finally:
+        vault.stop()

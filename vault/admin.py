@@ -20,8 +20,9 @@ from vault.audit import LOST_ACTION, rechain, verify_chain
 from vault.core import Core
 from vault.errors import ConfigError, DatabaseDamaged, FileNotFound, IntegrityError, NotFound, VaultError
 from vault.keys import JWT_SECRET_FILE, KEYRING_FILE, Keyring, remove_key
+from vault.migrate import Migration
 from vault.rows import rotate
-from vault.store import BlobCollector, BlobMover, StoredFile
+from vault.store import BlobCollector, BlobMover, Store, StoredFile
 from vault.units import format_size
 
 DATABASE_FILE = "vault.db"
@@ -32,6 +33,7 @@ class Admin:
         self.core = core
         self.store, self.files, self.auth = core.store, core.files, core.auth
         self.out, self.progress = out, progress
+        self.target: Store | None = None  # migrate --to another store: opened by run.py
 
     async def run(
         self,
@@ -245,13 +247,12 @@ class Admin:
         )
 
     async def migrate(self, to: str, blobs: str | None) -> int:
-        """Move every LIVE file's segments between rows and objects, rows as they are (no
-        re-encryption), each file verified against its header's segment root first, the audit
-        chain checked before. Restartable: a segment already moved is skipped. Server stopped."""
-        if to != "sqlite":
-            raise ConfigError(
-                f"migrate --to {to}: only sqlite is supported (no {to} store on this vault yet)"
-            )
+        """To another metadata store (``migrate_store``), or, on the same one, move every LIVE
+        file's segments between rows and objects, rows as they are (no re-encryption), each
+        file verified against its header's segment root first, the audit chain checked before.
+        Restartable: a segment already moved is skipped. Server stopped."""
+        if to != self.core.settings.storage:
+            return await self.migrate_store(to, blobs)
         if blobs is None:
             self.out.write("nothing to do: give --blobs s3 or --blobs database\n")
             return 0
@@ -284,6 +285,32 @@ class Admin:
             f" {damaged} damaged. Set blob_store: {blobs} before starting the server.\n"
         )
         return 1 if damaged else 0
+
+    async def migrate_store(self, to: str, blobs: str | None) -> int:
+        """Copy the vault into ``self.target``, the other metadata store (vault/migrate.py);
+        the source is left as it was. Exit 1 if anything was damaged (and not copied)."""
+        if self.target is None:
+            raise ConfigError(f"migrate --to {to}: no target store opened")  # run.py opens it
+        if await self.audit_verify(self.core.keyring):
+            raise ConfigError("the audit log does not verify: not migrating (see audit-verify)")
+        t = await Migration(self.core, self.target, self.out, self.progress).run()
+        check = await verify_chain(self.target, self.core.keyring)
+        rows = ", ".join(f"{n} {table.replace('_', ' ')}" for table, n in t.rows.items())
+        self.out.write(
+            f"copied to {to}: {rows}; {t.audit} audit entries (target log"
+            f" {'intact' if check.broken is None else 'BROKEN'}: {check.checked} entries,"
+            f" last mac {check.last_mac.hex()});"
+            f" files: {t.copied} copied ({t.segments} segments, {format_size(t.bytes)}),"
+            f" {t.skipped} already there, {t.removed} removed from the target; {len(t.damaged)} damaged\n"
+        )
+        blob_store = blobs or self.core.settings.blob_store
+        where = (
+            "storage: postgres, with VAULT_DATABASE_URL in the server's environment"
+            if to == "postgres"
+            else f"storage: sqlite (the database is {self.core.settings.db_path})"
+        )
+        self.out.write(f"Set {where} and blob_store: {blob_store} before starting the server.\n")
+        return 1 if t.damaged or check.broken is not None else 0
 
     async def _move_file(self, item: StoredFile, to_objects: bool) -> int:
         assert isinstance(self.store, BlobMover)  # noqa: S101  # checked by migrate

@@ -164,20 +164,24 @@ class FileService:
             again = await self.store.get_file(owner, name)
             if again is not None and again.header.file_id == stored.header.file_id:
                 try:
-                    keys = self._file_keys(stored)
-                    tags = await self.pipe.segment_tags(stored.header.file_id, stored.header.seg_count)
-                    root = await self.pipe.crypto(sfs.segment_root, tags)  # 64 GiB: 2 MiB of tags to hash
-                    if not hmac.compare_digest(root, stored.header.seg_root):
-                        log.error(
-                            "file %s: segment tags do not match the header", stored.header.file_id.hex()
-                        )
-                        raise IntegrityError()
+                    keys, tags = await self.verify_stored(stored)
                     return Download(self.pipe, stored, keys, tags)
                 except BaseException:
                     pins.release(stored.header.file_id)
                     raise
             pins.release(stored.header.file_id)
         raise FileNotFound()
+
+    async def verify_stored(self, stored: StoredFile) -> tuple[sfs.KeyPair, bytes]:
+        """The file's keys and its segment tags, once its wrapped key, header and segment list
+        verify (FORMAT.md steps 2-4); IntegrityError if anything does not."""
+        keys = self._file_keys(stored)
+        tags = await self.pipe.segment_tags(stored.header.file_id, stored.header.seg_count)
+        root = await self.pipe.crypto(sfs.segment_root, tags)  # 64 GiB: 2 MiB of tags to hash
+        if not hmac.compare_digest(root, stored.header.seg_root):
+            log.error("file %s: segment tags do not match the header", stored.header.file_id.hex())
+            raise IntegrityError()
+        return keys, tags
 
     def _file_keys(self, stored: StoredFile) -> sfs.KeyPair:
         """Unwrap the file key and verify the header (FORMAT.md steps 2-3)."""

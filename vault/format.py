@@ -250,6 +250,29 @@ def open_segment(
     Order: exact length check, constant-time MAC check, decrypt, then (final only) unpad and
     check the length. No byte of the segment is decrypted before its MAC verifies.
     """
+    ct_len = check_segment(keys, file_id, seg_size, index, final, expected_len, blob)
+    view = memoryview(blob)
+    plaintext = cbc_decrypt(keys.enc, view[:-TAG_LEN])
+    if not final:
+        return plaintext
+    pad_len = plaintext[-1]
+    if pad_len != ct_len - expected_len or plaintext[-pad_len:] != bytes([pad_len]) * pad_len:
+        raise IntegrityError() from None
+    return plaintext[:expected_len]
+
+
+def check_segment(
+    keys: KeyPair,
+    file_id: bytes,
+    seg_size: int,
+    index: int,
+    final: bool,
+    expected_len: int,
+    blob: bytes,
+) -> int:
+    """The checks of ``open_segment`` before decryption: the exact length, then the MAC in
+    constant time. Returns the ciphertext's length. ``run.py admin migrate`` copies a segment
+    only after this (the bytes as they are, never decrypted)."""
     if final:
         ct_len = (expected_len // BLOCK_LEN + 1) * BLOCK_LEN
     else:
@@ -260,13 +283,7 @@ def open_segment(
     tag = _seg_mac(keys, seg_size, final, file_id, index, view[:-TAG_LEN])
     if not hmac.compare_digest(tag, view[-TAG_LEN:]):
         raise IntegrityError() from None
-    plaintext = cbc_decrypt(keys.enc, view[:-TAG_LEN])
-    if not final:
-        return plaintext
-    pad_len = plaintext[-1]
-    if pad_len != ct_len - expected_len or plaintext[-pad_len:] != bytes([pad_len]) * pad_len:
-        raise IntegrityError() from None
-    return plaintext[:expected_len]
+    return ct_len
 
 
 @dataclass(frozen=True)

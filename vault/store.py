@@ -510,3 +510,38 @@ class Store(FileStore, AccountStore, SharingStore, AuditStore, Protocol):
         """Whether the store answers a read (GET /health)."""
 
     async def close(self) -> None: ...
+
+    # Rows as they are, for ``run.py admin migrate`` (vault/migrate.py), server stopped; the
+    # tables and their columns are vault/tables.py's.
+
+    async def dump_rows(self, table: str) -> list[tuple[object, ...]]:
+        """Every row of ``table``, columns in vault/tables.py's order, values as stored."""
+
+    async def replace_rows(self, table: str, rows: list[tuple[object, ...]]) -> None:
+        """In one transaction: the table's rows become exactly ``rows``."""
+
+    async def append_rows(self, table: str, rows: list[tuple[object, ...]]) -> None:
+        """Insert ``rows`` in one transaction."""
+
+    async def file_row(self, file_id: bytes) -> tuple[object, ...] | None: ...
+
+    async def file_states(self) -> list[tuple[bytes, int]]:
+        """(file id, state) of every file row, whatever its state."""
+
+    async def segment_rows(self, file_id: bytes) -> list[tuple[int, bytes, int | None]]:
+        """(index, tag, object size: None where the bytes are in the row) of a file's segments."""
+
+    async def drop_file_rows(self, file_id: bytes) -> None:
+        """Delete a file row and its segment rows in one transaction."""
+
+    async def row_counts(self) -> dict[str, int]:
+        """Rows in each table that a migration copies."""
+
+
+@runtime_checkable
+class BlobFront(Protocol):
+    """A blob layer in front of a metadata store (storage/s3.py): ``inner`` is that store,
+    whose segment rows name the objects."""
+
+    @property
+    def inner(self) -> Store: ...
