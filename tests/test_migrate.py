@@ -201,6 +201,13 @@ def test_a_populated_vault_migrates_to_postgres_and_back_and_every_file_download
     assert vault.admin("audit-verify").returncode == 0
     vault.start()
     check_vault(vault, files, extra, served=1)
+    other = Server(tmp_path / "other", env=pg_env)  # another instance's data dir: its lock is free
+    other.data_dir.mkdir(parents=True)
+    (other.workdir / "config.yaml").write_text((vault.workdir / "config.yaml").read_text())
+    for key_file in ("master.keys", "jwt.secret"):
+        (other.data_dir / key_file).write_bytes((vault.data_dir / key_file).read_bytes())
+    leased = migrate(other, "--to", "sqlite")  # but this server's lease in PostgreSQL is live
+    assert leased.returncode == 2 and b"still serves the source store" in leased.stderr, leased
     alice_token = login(vault, alice)["token"]
     files[(alice, "new in postgres.bin")] = payload(S + 7)
     assert (

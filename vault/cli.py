@@ -96,10 +96,14 @@ def _data_commands(commands: argparse._SubParsersAction) -> None:  # type: ignor
     )
     migrate = commands.add_parser(
         "migrate",
-        help="move every file's segments between the database and the bucket (server stopped)",
+        help="copy the vault to the other metadata store (--to), or move the segments between the"
+        " database and the bucket (--blobs); server stopped",
     )
     migrate.add_argument(
-        "--to", choices=("sqlite", "postgres"), required=True, help="the metadata store afterwards"
+        "--to",
+        choices=("sqlite", "postgres"),
+        required=True,
+        help="the metadata store afterwards (postgres: at VAULT_DATABASE_URL; sqlite: data_dir's vault.db)",
     )
     migrate.add_argument(
         "--blobs", choices=("database", "s3"), help="where the segments go (default: where they are)"

@@ -27,7 +27,7 @@ import asyncio
 import dataclasses
 import hmac
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -132,6 +132,7 @@ class Migration:
                 if len(batch) == AUDIT_BATCH:
                     await self._append_audit(batch)
             previous, expected = entry.mac, expected + 1
+        await target.aclose()
         if expected - 1 < known:
             raise ConfigError(_FOREIGN)  # the target's log goes on past the source's
         await self._append_audit(batch)
@@ -270,7 +271,7 @@ _FOREIGN = (
 )
 
 
-async def _entries(store: Store) -> AsyncIterator[AuditEntry]:
+async def _entries(store: Store) -> AsyncGenerator[AuditEntry]:
     after = 0
     while entries := await store.audit_entries(after, AUDIT_BATCH):
         for entry in entries:
