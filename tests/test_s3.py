@@ -399,9 +399,23 @@ def test_migrate_moves_a_populated_vault_to_the_bucket_and_back_byte_identical(
         vault.stop()
     for path in vault.data_dir.glob("vault.db*"):  # the old vault.db moved away
         path.rename(tmp_path / path.name)
-    to_sqlite = vault.admin("migrate", "--to", "sqlite", "--blobs", "database")
+    to_sqlite = vault.admin("migrate", "--to", "sqlite")  # the bucket on both sides: rows name the objects
     assert to_sqlite.returncode == 0, to_sqlite
     assert b"files: 6 copied (11 segments" in to_sqlite.stdout, to_sqlite.stdout
+    vault.env = s3_env
+    assert segment_bytes_in_database(vault) == 0
+    assert len(keys(s3, "migrated/")) == 11
+    vault.start()
+    try:
+        all_download_identical()
+    finally:
+        vault.stop()
+    for path in vault.data_dir.glob("vault.db*"):  # and once more, from PostgreSQL into rows
+        path.unlink()
+    vault.env = {**s3_env, "VAULT_STORAGE": "postgres", "VAULT_DATABASE_URL": url}
+    to_rows = vault.admin("migrate", "--to", "sqlite", "--blobs", "database")
+    assert to_rows.returncode == 0, to_rows
+    assert b"files: 6 copied (11 segments" in to_rows.stdout, to_rows.stdout
     vault.env = database_env
     assert segment_bytes_in_database(vault) > sum(len(d) for d in files.values())
     vault.start()
