@@ -622,6 +622,27 @@ def test_get_to_stdout(server: Server, cli: Cli, alice: tuple[str, str]) -> None
     assert cli.ok("get", "a.txt", "-o", "-").stdout == "some bytes"
 
 
+def test_get_says_in_one_line_when_the_output_cannot_be_written(
+    server: Server, cli: Cli, alice: tuple[str, str]
+) -> None:
+    """The body is hashed and written in a thread of its own: a failed write still ends the
+    command with a one-line error (no traceback, no hang, not exit 0)."""
+    put_via_server(server, alice[1], "big.bin", os.urandom(3 * MiB))
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            cli.argv("get", "big.bin", "-o", "-"),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cli.home,
+            env=cli.env,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "vault: cannot write standard output: No space left on device\n"
+
+
 # -- sharing and links ------------------------------------------------------------------
 
 

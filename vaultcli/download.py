@@ -1,22 +1,24 @@
 """``vault get``: streamed downloads that resume, never splice versions, and verify.
 
-The body arrives on the lean path of ``vaultcli.fetch`` (http.client, 1 MiB ``readinto`` into
-one reusable buffer), then is hashed and written in those 1 MiB blocks with ``os``-level
-writes. Bytes go to ``PATH.part`` and become ``PATH`` only when the whole file's SHA-256 equals the
-server's ``Repr-Digest``. The ETag the download started with is saved (state file) before the
-first byte is written; a later run resumes with ``Range`` and ``If-Range: <that ETag>``, so a
-file replaced meanwhile comes back whole (200) and the download starts again instead of
-appending another version's bytes. A ``.part`` with no saved ETag is never trusted. An error
-answer is read as a message, never written to the file. A mismatching digest keeps the
-``.part`` file and exits with the integrity status.
+The body arrives on the lean path of ``vaultcli.fetch`` (the TLS socket read straight into
+256 KiB buffers), which a second thread hashes and writes with ``os``-level writes while the
+next ones arrive (``pour``). Bytes go to ``PATH.part`` and become ``PATH`` only when the whole
+file's SHA-256 equals the server's ``Repr-Digest``. The ETag the download started with is
+saved (state file) before the first byte is written; a later run resumes with ``Range`` and
+``If-Range: <that ETag>``, so a file replaced meanwhile comes back whole (200) and the download
+starts again instead of appending another version's bytes. A ``.part`` with no saved ETag is
+never trusted. An error answer is read as a message, never written to the file. A mismatching
+digest keeps the ``.part`` file and exits with the integrity status.
 """
 
 import contextlib
 import hashlib
 import os
+import queue
 import re
 import ssl
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -28,7 +30,7 @@ from vaultcli import fetch
 from vaultcli.client import Session, body_message, transport_message, user_agent
 from vaultcli.errors import CliError, IntegrityFailure, LoginNeeded
 from vaultcli.progress import Progress
-from vaultcli.upload import BLOCK, Backoff, hash_prefix, repr_digest
+from vaultcli.upload import Backoff, hash_prefix, repr_digest
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _FILENAME_STAR = re.compile(r"filename\*\s*=\s*UTF-8''([^;]+)", re.IGNORECASE)
@@ -72,17 +74,61 @@ def reply_message(reply: fetch.Reply) -> str:
     return body_message(reply.status_code, reply.reason_phrase, reply.error_body())
 
 
-def pour(reply: fetch.Reply, out: IO[bytes], digest: "hashlib._Hash", progress: Progress) -> int:
-    """The body into ``out`` (unbuffered) and ``digest``, 1 MiB at a time; its length."""
-    buffer = memoryview(bytearray(BLOCK))
+# 256 KiB blocks, 16 of them (4 MiB) between the socket and the disk. Blocks that stay in the
+# CPU's cache while they are decrypted into, hashed and written cost less: writing 1 GiB to
+# the page cache took 0.23-0.29 CPU-s in 256 KiB writes against 0.68-1.14 in 1 MiB ones.
+PIECE = 256 << 10
+DEPTH = 16
+
+
+def pour(reply: fetch.Reply, out: IO[bytes], digest: "hashlib._Hash", progress: Progress, label: str) -> int:
+    """The body into ``out`` (unbuffered) and ``digest``, block by block; its length.
+
+    This thread only reads the socket (decrypting TLS); a second one hashes and writes each
+    block it hands over (hashlib and ``write`` let go of the GIL), from a ring of ``DEPTH``
+    buffers, so the socket is drained while the previous blocks are hashed and written and
+    two CPUs can share the work. Whatever arrived is written before this returns or raises (a
+    cut or Ctrl-C leaves every received byte in the file, to resume from). A failed write
+    (``label``: what is written to) ends the transfer with that error."""
+    free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+    for _ in range(DEPTH):
+        free.put(memoryview(bytearray(PIECE)))
+    full: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
+    failed: list[BaseException] = []
+
+    def sink() -> None:
+        while (item := full.get()) is not None:
+            buffer, n = item
+            if not failed:
+                try:
+                    block = buffer[:n]
+                    digest.update(block)
+                    while block:
+                        block = block[out.write(block) or 0 :]
+                except BaseException as exc:  # handed to the reading thread, raised there
+                    failed.append(exc)
+            free.put(buffer)
+
+    writer = threading.Thread(target=sink, name="vault-write", daemon=True)
+    writer.start()
     size = 0
-    while n := reply.readinto(buffer):
-        block = buffer[:n]
-        digest.update(block)
-        while block:
-            block = block[out.write(block) or 0 :]
-        size += n
-        progress.advance(n)
+    try:
+        while not failed:
+            buffer = free.get()
+            n = reply.readinto(buffer)
+            if not n:
+                break
+            full.put((buffer, n))
+            size += n
+            progress.advance(n)
+    finally:
+        full.put(None)
+        writer.join()
+    if failed:
+        exc = failed[0]
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            raise CliError(f"cannot write {label}: {exc.strerror or exc}") from None
+        raise exc
     return size
 
 
@@ -188,7 +234,7 @@ class Download:
             digest = hash_prefix(out, offset)
             out.truncate(offset)
             self.progress.start(os.path.basename(self.dest), total, initial=offset)
-            pour(r, out, digest, self.progress)
+            pour(r, out, digest, self.progress, self.part)
             self.progress.finish()
         self.backoff.succeeded()
         return self._finish(digest.digest(), expected, total, offset)
@@ -234,7 +280,7 @@ def to_stdout(source: Source, progress: Progress) -> dict[str, Any]:
             progress.start("-", int(r.headers.get("Content-Length", 0)) or None)
             sys.stdout.buffer.flush()
             with open(sys.stdout.fileno(), "wb", buffering=0, closefd=False) as out:
-                size = pour(r, out, digest, progress)
+                size = pour(r, out, digest, progress, "standard output")
             progress.finish()
     except fetch.FetchError as exc:
         raise CliError(transport_message(str(source.http.base_url), exc)) from None

@@ -2,10 +2,10 @@
 
 httpx hands a response body over one TLS record (16 KiB at most) at a time, each through
 httpcore's and h11's event machinery: on a 1 GiB download that is 65,536 trips through a few
-dozen Python calls, about as much CPU as the TLS itself. Here ``readinto`` fills a reusable
-1 MiB buffer straight from the TLS socket (the records are still read one by one, but in C),
-so hashing and writing go in 1 MiB blocks and nothing is copied on the way. Everything else
-(small requests, token renewal, uploads) stays on httpx.
+dozen Python calls, about as much CPU as the TLS itself. Here http.client sends the request
+and reads the headers, and ``Reply.readinto`` fills the caller's buffer straight from the TLS
+socket, one ``recv_into`` per record and nothing copied on the way. Everything else (small
+requests, token renewal, uploads) stays on httpx.
 
 What httpx did for this request is done here as well: the base URL's path prefix, the
 User-Agent, the same TLS context (``--cacert``), a 20 s connect and 120 s read timeout, and the
@@ -17,6 +17,7 @@ caller retries it like httpx's transport errors.
 import base64
 import contextlib
 import http.client
+import socket
 import ssl
 import urllib.request
 from collections.abc import Iterator
@@ -77,15 +78,45 @@ def _connection(base_url: str, tls: ssl.SSLContext) -> tuple[http.client.HTTPCon
 
 
 class Reply:
-    """A response whose body is read with ``readinto``."""
+    """A response whose body is read with ``readinto``.
 
-    def __init__(self, response: http.client.HTTPResponse) -> None:
+    A body of known length (``Content-Length``, not chunked) is read from the socket itself
+    once http.client's reader has handed over the bytes it buffered with the headers: each TLS
+    record then costs one call less (``SSLSocket.recv_into`` instead of the reader's
+    ``SocketIO.readinto`` on top of it). Any other body goes through http.client."""
+
+    def __init__(self, response: http.client.HTTPResponse, sock: socket.socket | None) -> None:
         self.response = response
         self.status_code = response.status
         self.headers = response.headers
+        direct = sock is not None and not response.chunked and response.length is not None
+        self._sock = sock if direct else None
+        self._left = response.length or 0
+        self._buffered = True  # http.client's reader may hold the body's first bytes
 
     def readinto(self, buffer: memoryview) -> int:
         """Fill ``buffer`` as far as the body goes; 0 at its end. A cut body is a FetchError."""
+        if self._sock is None:
+            return self._readinto_http(buffer)
+        want = min(len(buffer), self._left)
+        got = 0
+        try:
+            if want and self._buffered:
+                # readinto1 hands over what the reader holds, plus at most one read straight
+                # into ``buffer``; its own buffer is empty afterwards, so the socket is next.
+                self._buffered = False
+                got = self.response.fp.readinto1(buffer[:want])
+            while got < want:
+                n = self._sock.recv_into(buffer[got:want])
+                if not n:  # also ssl's end without close_notify: the length says it was cut
+                    raise FetchError(f"the connection closed {self._left - got:,} bytes before the end")
+                got += n
+        except NETWORK_ERRORS as exc:
+            raise FetchError(str(exc) or type(exc).__name__) from None
+        self._left -= got
+        return got
+
+    def _readinto_http(self, buffer: memoryview) -> int:
         try:
             n = self.response.readinto(buffer)
         except NETWORK_ERRORS as exc:
@@ -121,6 +152,6 @@ def get(base_url: str, tls: ssl.SSLContext, path: str, headers: dict[str, str]) 
             response = conn.getresponse()
         except NETWORK_ERRORS as exc:
             raise FetchError(str(exc) or type(exc).__name__) from None
-        yield Reply(response)
+        yield Reply(response, conn.sock)
     finally:
         conn.close()
