@@ -27,6 +27,7 @@ from handlers import READ_HEADER_BYTES, make_app
 from handlers.base import Context, InFlight
 from handlers.metrics import make_metrics_app
 from handlers.redact import redact_logs
+from handlers.stream import HTTPServer
 from storage.sqlite import SQLiteStore
 from storage.sqlite_state import SQLiteState
 from vault import cli
@@ -47,10 +48,10 @@ HERE = Path(__file__).resolve().parent
 # Body bytes per data_received call. Measured (bench/transfer.py, 256 MiB, 3 runs): 64 KiB gave
 # 173/162/327 MB/s (PUT/multipart/GET), 256 KiB 187/178/342, 1 MiB 157/149/307.
 BODY_CHUNK = 256 * 1024
-# Bytes per socket read. Tornado allocates and zeroes a new buffer of this size for every read
-# and HTTPServer sets it to chunk_size; a TLS read returns at most one 16 KiB record, so 256 KiB
-# buffers zeroed 16 bytes per byte received. The body still reaches the handler in BODY_CHUNKs.
-TLS_READ_SIZE = 16 * 1024
+# Bytes per socket read: Tornado allocates and zeroes a new buffer of this size for every read
+# (HTTPServer sets it to chunk_size). A TLS read takes every record that is ready up to this
+# size (handlers/stream.py), so an upload's body reaches its handler in chunks this large.
+TLS_READ_SIZE = 256 * 1024
 PURGE_INTERVAL = 300  # seconds between sweeps for expired resumable uploads
 SHUTDOWN_GRACE = 10  # seconds to finish saving interrupted uploads once connections are closed
 SMALL_BODY_LIMIT = 64 * 1024
@@ -310,7 +311,7 @@ async def _serve(
     settings, sockets = core.settings, listeners.https
     ctx = Context(core, make_throttle(settings, core.state), worker=os.getpid() if worker else 0)
     app = make_app(ctx)
-    server = tornado.httpserver.HTTPServer(
+    server = HTTPServer(
         app,
         ssl_options=ssl_context,
         max_header_size=READ_HEADER_BYTES,  # the app answers 431 above handlers.MAX_HEADER_BYTES

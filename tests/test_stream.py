@@ -1,0 +1,118 @@
+"""handlers/stream.py: one read of the HTTPS server takes every TLS record that is ready.
+
+Over a real TLS connection (the server's own context) on a Unix socket pair: a write on one
+end has reached the other end's receive queue when it completes, so what a read can find is
+known exactly, without timing.
+"""
+
+import asyncio
+import os
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import tornado.iostream
+import tornado.netutil
+import tornado.tcpclient
+import tornado.testing
+
+from handlers.stream import BatchedSSLIOStream, HTTPServer
+from vault.tls import ensure_certificate, server_context
+
+RECORD = 16 * 1024  # the largest TLS record: what one plain SSL read returns at most
+READ = 256 * 1024
+
+
+@asynccontextmanager
+async def tls_pair(tmp_path: Path) -> AsyncIterator[tuple[BatchedSSLIOStream, tornado.iostream.SSLIOStream]]:
+    """(server stream as the HTTPS server reads, client stream), handshake done."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    ensure_certificate(cert, key)
+    server_sock, client_sock = socket.socketpair()
+    wrapped = tornado.netutil.ssl_wrap_socket(
+        server_sock, server_context(cert, key), server_side=True, do_handshake_on_connect=False
+    )
+    server = BatchedSSLIOStream(wrapped)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    client_context.check_hostname = False
+    starting = tornado.iostream.IOStream(client_sock).start_tls(False, client_context)
+    _, client = await asyncio.gather(server.wait_for_handshake(), starting)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.close()
+
+
+def read_once(stream: BatchedSSLIOStream, size: int = READ) -> tuple[int | None, bytes]:
+    buf = bytearray(size)
+    got = stream.read_from_fd(buf)
+    return got, bytes(buf[: got or 0])
+
+
+def test_a_read_takes_every_record_that_is_ready(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            assert read_once(server) == (None, b"")  # nothing ready: nothing waits for it
+            data = os.urandom(4 * RECORD + 100)  # five records
+            await client.write(data)
+            assert read_once(server) == (len(data), data)  # one read, not five
+            assert read_once(server) == (None, b"")
+
+    asyncio.run(run())
+
+
+def test_a_read_stops_at_the_buffers_end_and_the_next_goes_on(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            data = os.urandom(5 * RECORD)
+            size = 2 * RECORD + 100  # a record and a half is left in the SSL object
+            await client.write(data)
+            first, second = read_once(server, size), read_once(server)
+            assert first == (size, data[:size]) and second == (len(data) - size, data[size:])
+
+    asyncio.run(run())
+
+
+def test_the_end_of_the_stream_comes_after_the_data_before_it(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            data = os.urandom(2 * RECORD + 1)
+            await client.write(data)
+            client.close()
+            assert read_once(server) == (len(data), data)
+            assert read_once(server) == (0, b"")  # then the end, as Tornado expects it
+
+    asyncio.run(run())
+
+
+def test_the_https_server_reads_through_the_batched_stream(tmp_path: Path) -> None:
+    """HTTPServer.handle_stream gives each TLS connection the batched reads, and only those."""
+    seen: list[type] = []
+
+    async def run() -> None:
+        arrived = asyncio.Event()
+
+        class Recording(HTTPServer):
+            def handle_stream(self, stream: tornado.iostream.IOStream, address: Any) -> None:
+                super().handle_stream(stream, address)
+                seen.append(type(stream))
+                arrived.set()
+
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        ensure_certificate(cert, key)
+        for options in (server_context(cert, key), None):
+            server = Recording(lambda request: None, ssl_options=options)
+            sock, port = tornado.testing.bind_unused_port()
+            server.add_sockets([sock])
+            arrived.clear()
+            stream = await tornado.tcpclient.TCPClient().connect("127.0.0.1", port)
+            await arrived.wait()
+            stream.close()
+            server.stop()
+
+    asyncio.run(run())
+    assert seen == [BatchedSSLIOStream, tornado.iostream.IOStream]
