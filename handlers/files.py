@@ -18,7 +18,7 @@ import tornado.web
 
 from handlers.base import BaseHandler, BodyHandler
 from handlers.headers import declared_length
-from handlers.paging import paginate
+from handlers.paging import page_json, page_query
 from handlers.ranges import if_range_holds, none_match, parse_range
 from handlers.redact import safe_path
 from vault.auth import Identity
@@ -362,8 +362,15 @@ class DownloadHandler(FileSender):
 class ListHandler(BaseHandler):
     async def get(self) -> None:
         identity = await self.authenticated()
-        files = await self.files.list(identity.user_id)
-        self.write_json(200, paginate(self, "files", files, lambda info: info.name, file_json))
+        query = page_query(self)
+        if query is None:
+            self.write_json(
+                200, {"files": [file_json(info) for info in await self.files.list(identity.user_id)]}
+            )
+        else:
+            self.write_json(
+                200, page_json("files", await self.files.page(identity.user_id, *query), file_json)
+            )
 
 
 class MeHandler(BaseHandler):

@@ -13,7 +13,7 @@ from handlers.web import CSRF_HEADER, DOWNLOAD_COOKIE, MAX_QR_TEXT, REFRESH_COOK
 from vault import __version__
 from vault.auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS
 from vault.format import MAX_NAME_BYTES
-from vault.sharing import MAX_DOWNLOADS, MAX_EXPIRY
+from vault.sharing import LINK_CURSOR, MAX_DOWNLOADS, MAX_EXPIRY
 
 Schema = dict[str, Any]
 
@@ -187,20 +187,31 @@ NEXT: Schema = {
     "type": ["string", "null"],
     "description": "Only with ?limit or ?after: the cursor to pass as ?after= (null: the last page).",
 }
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "description": "At most this many items, and a 'next' cursor (without it: the whole list).",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+}
 PAGING = [
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "description": "At most this many items, and a 'next' cursor (without it: the whole list).",
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
-    },
+    LIMIT,
     {
         "name": "after",
         "in": "query",
         "required": False,
         "description": "The 'next' of the previous page.",
         "schema": {"type": "string", "maxLength": MAX_CURSOR},
+    },
+]
+LINK_PAGING = [
+    LIMIT,
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The 'next' of the previous page (creation time/id).",
+        "schema": {"type": "string", "maxLength": MAX_CURSOR, "pattern": LINK_CURSOR},
     },
 ]
 
@@ -752,7 +763,7 @@ PATHS: Schema = {
     "/links": {
         "get": {
             "summary": "Your links",
-            "parameters": PAGING,
+            "parameters": LINK_PAGING,
             "responses": {"200": reply("Oldest first", schema("LinkList")), **errors(400, 401)},
         }
     },

@@ -16,9 +16,9 @@ from tornado.http1connection import HTTP1Connection
 from handlers.base import BaseHandler, JSONBodyHandler, status_for
 from handlers.files import FileSender, file_json
 from handlers.pages import PageHeaders, human_size, render
-from handlers.paging import paginate
+from handlers.paging import page_json, page_query
 from vault.errors import AuthError, TooLarge, VaultError
-from vault.sharing import LinkInfo, Reservation
+from vault.sharing import LinkInfo, Reservation, SharedFile
 from vault.store import Link
 
 MAX_FORM_BYTES = 4096  # the landing page's password form
@@ -84,17 +84,19 @@ class SharedListHandler(BaseHandler):
     """``GET /shared``: files other users shared with the caller."""
 
     async def get(self) -> None:
-        shared = await self.sharing.shared_with(await self.authenticated())
-        self.write_json(
-            200,
-            paginate(
-                self,
-                "files",
-                shared,
-                lambda s: f"{s.owner}/{s.info.name}",
-                lambda s: {"owner": s.owner, **file_json(s.info)},
-            ),
-        )
+        identity = await self.authenticated()
+        query = page_query(self)
+        if query is None:
+            whole = await self.sharing.shared_with(identity)
+            self.write_json(200, {"files": [shared_json(s) for s in whole]})
+        else:
+            self.write_json(
+                200, page_json("files", await self.sharing.shared_page(identity, *query), shared_json)
+            )
+
+
+def shared_json(shared: SharedFile) -> dict[str, Any]:
+    return {"owner": shared.owner, **file_json(shared.info)}
 
 
 class SharedDownloadHandler(FileSender):
@@ -133,10 +135,14 @@ class LinkListHandler(BaseHandler):
     """``GET /links``: the caller's links, with expiry and downloads left."""
 
     async def get(self) -> None:
-        links = await self.sharing.links(await self.authenticated())
-        self.write_json(
-            200, paginate(self, "links", links, lambda info: f"{info.created:020.6f}/{info.id}", link_json)
-        )
+        identity = await self.authenticated()
+        query = page_query(self)
+        if query is None:
+            self.write_json(200, {"links": [link_json(info) for info in await self.sharing.links(identity)]})
+        else:
+            self.write_json(
+                200, page_json("links", await self.sharing.links_page(identity, *query), link_json)
+            )
 
 
 class LinkRevokeHandler(BaseHandler):

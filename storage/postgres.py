@@ -539,6 +539,16 @@ class PostgresStore:
         )
         return [_stored_file(row) for row in rows]
 
+    async def files_after(self, owner: int, after: str | None, limit: int) -> list[StoredFile]:
+        rows = await self._all(  # files_live_name_c: "C" on UTF-8 is code point order
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = $1 AND state = {LIVE}"
+            ' AND name COLLATE "C" > $2 ORDER BY name COLLATE "C" LIMIT $3',
+            owner,
+            after or "",
+            limit,
+        )
+        return [_stored_file(row) for row in rows]
+
     async def all_files(self) -> list[StoredFile]:
         rows = await self._all(
             f'SELECT {_FILE_COLUMNS} FROM files WHERE state = {LIVE} ORDER BY owner, name COLLATE "C"'
@@ -750,8 +760,45 @@ class PostgresStore:
         return _record(Link, row) if row else None
 
     async def links_of(self, owner: int) -> list[Link]:
-        rows = await self._all(f"SELECT {_LINK_COLUMNS} FROM links WHERE owner = $1 ORDER BY created", owner)
+        rows = await self._all(
+            f'SELECT {_LINK_COLUMNS} FROM links WHERE owner = $1 ORDER BY created, id COLLATE "C"', owner
+        )
         return [_record(Link, row) for row in rows]
+
+    async def links_after(
+        self, owner: int, after: tuple[float, str] | None, limit: int
+    ) -> list[tuple[Link, StoredFile | None]]:
+        created, link_id = after or (-1.0, "")
+        rows = await self._all(  # links_created
+            f"SELECT {_columns(_LINK_COLUMNS, 'l')}, {_columns(_FILE_COLUMNS, 'f')}"
+            f" FROM links l LEFT JOIN files f ON f.owner = l.owner AND f.name = l.name AND f.state = {LIVE}"
+            ' WHERE l.owner = $1 AND (l.created, l.id COLLATE "C") > ($2, $3)'
+            ' ORDER BY l.created, l.id COLLATE "C" LIMIT $4',
+            owner,
+            created,
+            link_id,
+            limit,
+        )
+        width = len(_LINK_COLUMNS.split(","))
+        return [
+            (_record(Link, row[:width]), None if row[width] is None else _stored_file(row[width:]))
+            for row in rows
+        ]
+
+    async def shared_after(
+        self, grantee: int, after: str | None, limit: int
+    ) -> list[tuple[Grant, StoredFile, str]]:
+        key = "(u.username || '/' || g.name) COLLATE \"C\""  # code point order, as UTF-8 bytes
+        rows = await self._all(
+            f"SELECT {_columns(_GRANT_COLUMNS, 'g')}, {_columns(_FILE_COLUMNS, 'f')}, u.username"
+            f" FROM grants g JOIN files f ON f.owner = g.owner AND f.name = g.name AND f.state = {LIVE}"
+            f" JOIN users u ON u.id = g.owner WHERE g.grantee = $1 AND {key} > $2 ORDER BY {key} LIMIT $3",
+            grantee,
+            after or "",
+            limit,
+        )
+        width = len(_GRANT_COLUMNS.split(","))
+        return [(_record(Grant, row[:width]), _stored_file(row[width:-1]), str(row[-1])) for row in rows]
 
     async def all_links(self) -> list[Link]:
         return [_record(Link, row) for row in await self._all(f"SELECT {_LINK_COLUMNS} FROM links")]
@@ -922,7 +969,11 @@ async def _prepare(pool: Any) -> None:
             )
             if version is not None and version > SCHEMA_VERSION:
                 raise RuntimeError(f"database schema {version} is newer than this vault ({SCHEMA_VERSION})")
-            complete = await db.fetchval("SELECT to_regclass('state_counters') IS NOT NULL")
+            # The newest objects the schema adds: without them it runs again (IF NOT EXISTS).
+            complete = await db.fetchval(
+                "SELECT to_regclass('state_counters') IS NOT NULL"
+                " AND to_regclass('links_created') IS NOT NULL"
+            )
             if version == SCHEMA_VERSION and complete:
                 return  # up to date: not written to (the schema's ALTER would lock segments)
             async with db.transaction():  # CREATE ... IF NOT EXISTS: adds only what is missing

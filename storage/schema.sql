@@ -102,6 +102,8 @@ CREATE TABLE IF NOT EXISTS links (
     tag           BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS links_owner ON links (owner, name);
+-- A page of the owner's links (GET /links?limit=N&after=...), by (created, id).
+CREATE INDEX IF NOT EXISTS links_created ON links (owner, created, id);
 
 -- The secrets of revoked links (and links of deleted files), so they answer 410, not 404.
 CREATE TABLE IF NOT EXISTS revoked_links (

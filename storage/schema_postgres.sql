@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS files (
     metadata      TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS files_live_name ON files (owner, name) WHERE state = 1;
+-- A page of the owner's files (GET /files?limit=N&after=...): names in code point order.
+CREATE INDEX IF NOT EXISTS files_live_name_c ON files (owner, name COLLATE "C") WHERE state = 1;
 CREATE UNIQUE INDEX IF NOT EXISTS files_tus_id ON files (tus_id) WHERE tus_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS files_state ON files (state);
 
@@ -98,6 +100,8 @@ CREATE TABLE IF NOT EXISTS links (
     tag           BYTEA NOT NULL
 );
 CREATE INDEX IF NOT EXISTS links_owner ON links (owner, name);
+-- A page of the owner's links (GET /links?limit=N&after=...), by (created, id).
+CREATE INDEX IF NOT EXISTS links_created ON links (owner, created, id COLLATE "C");
 
 CREATE TABLE IF NOT EXISTS revoked_links (
     token_hash BYTEA PRIMARY KEY,

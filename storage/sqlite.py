@@ -84,6 +84,10 @@ _LINK_COLUMNS = (
 R = TypeVar("R")
 
 
+def _prefixed(columns: str, alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+
+
 def _record(kind: type[R], row: Any) -> R:
     """A row as a record, each column checked against the field's type (a tampered column of
     the wrong type is an IntegrityError, as for files)."""
@@ -575,6 +579,14 @@ class SQLiteStore:
         )
         return [_stored_file(row) for row in rows]
 
+    async def files_after(self, owner: int, after: str | None, limit: int) -> list[StoredFile]:
+        rows = await self._all(  # files_live_name; BINARY on UTF-8 is code point order
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = ? AND state = ? AND name > ?"
+            " ORDER BY name LIMIT ?",
+            (owner, LIVE, after or "", limit),
+        )
+        return [_stored_file(row) for row in rows]
+
     async def delete_file(self, owner: int, name: str) -> bool:
         async with self._transaction() as db:
             cursor = await db.execute(
@@ -836,10 +848,40 @@ class SQLiteStore:
 
     async def links_of(self, owner: int) -> list[Link]:
         rows = await self._all(
-            f"SELECT {_LINK_COLUMNS} FROM links WHERE owner = ? ORDER BY created",
+            f"SELECT {_LINK_COLUMNS} FROM links WHERE owner = ? ORDER BY created, id",
             (owner,),
         )
         return [_record(Link, row) for row in rows]
+
+    async def links_after(
+        self, owner: int, after: tuple[float, str] | None, limit: int
+    ) -> list[tuple[Link, StoredFile | None]]:
+        created, link_id = after or (-1.0, "")
+        rows = await self._all(  # links_created
+            f"SELECT {_prefixed(_LINK_COLUMNS, 'l')}, {_prefixed(_FILE_COLUMNS, 'f')}"
+            " FROM links l LEFT JOIN files f ON f.owner = l.owner AND f.name = l.name AND f.state = ?"
+            " WHERE l.owner = ? AND (l.created > ? OR (l.created = ? AND l.id > ?))"
+            " ORDER BY l.created, l.id LIMIT ?",
+            (LIVE, owner, created, created, link_id, limit),
+        )
+        width = len(_LINK_COLUMNS.split(","))
+        return [
+            (_record(Link, row[:width]), None if row[width] is None else _stored_file(row[width:]))
+            for row in rows
+        ]
+
+    async def shared_after(
+        self, grantee: int, after: str | None, limit: int
+    ) -> list[tuple[Grant, StoredFile, str]]:
+        key = "(u.username || '/' || g.name) COLLATE BINARY"  # code point order, as UTF-8 bytes
+        rows = await self._all(
+            f"SELECT {_prefixed(_GRANT_COLUMNS, 'g')}, {_prefixed(_FILE_COLUMNS, 'f')}, u.username"
+            " FROM grants g JOIN files f ON f.owner = g.owner AND f.name = g.name AND f.state = ?"
+            f" JOIN users u ON u.id = g.owner WHERE g.grantee = ? AND {key} > ? ORDER BY {key} LIMIT ?",
+            (LIVE, grantee, after or "", limit),
+        )
+        width = len(_GRANT_COLUMNS.split(","))
+        return [(_record(Grant, row[:width]), _stored_file(row[width:-1]), str(row[-1])) for row in rows]
 
     async def delete_link(self, owner: int, link_id: str) -> bool:
         async with self._transaction() as db:

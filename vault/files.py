@@ -25,7 +25,7 @@ from vault.keys import Keyring
 from vault.names import check_filename
 from vault.pipeline import Pins, Pipeline
 from vault.quota import Quotas
-from vault.records import FileInfo, Usage
+from vault.records import FileInfo, Page, Usage
 from vault.resumable import Resumables
 from vault.state import LocalState
 from vault.store import FileStore, StateStore, StoredFile
@@ -94,6 +94,14 @@ class FileService:
     async def list(self, owner: int) -> list[FileInfo]:
         """The caller's files whose headers verify; a tampered row is left out (and logged)."""
         return [info for info in await self.verified(await self.store.list_files(owner)) if info]
+
+    async def page(self, owner: int, after: str | None, limit: int) -> Page[FileInfo]:
+        """``limit`` of the caller's files by name after the cursor ``after`` (a name), read and
+        verified alone: a page costs its length, not the files before it."""
+        rows = await self.store.files_after(owner, after, limit + 1)
+        infos = await self.verified(rows[:limit])
+        cursor = rows[limit - 1].header.name if len(rows) > limit else None
+        return Page([info for info in infos if info], cursor)
 
     async def verified(self, rows: Sequence[StoredFile]) -> Sequence[FileInfo | None]:
         """Each row's info if its wrapped key and header verify, else None (logged); checked

@@ -1,9 +1,22 @@
 """Value objects the core hands to handlers: file listings, limits and usage, resume state."""
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from vault.store import Resumable, StoredFile
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing: its items, and ``next``, the cursor of the page after it (None:
+    this is the last). A page may hold fewer items than asked where rows failed their checks."""
+
+    items: Sequence[T]
+    next: str | None
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,11 @@ charge in progress), or the store's write in the state's transaction (the state 
 know the store's tables, and in memory it cannot).
 """
 
+import decimal
 import hashlib
 import logging
 import math
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -52,10 +54,10 @@ from vault.errors import (
 from vault.files import FileService
 from vault.keys import Keyring
 from vault.names import check_filename
-from vault.records import FileInfo
+from vault.records import FileInfo, Page
 from vault.rows import GRANT, LINK
 from vault.state import LocalState
-from vault.store import Counter, Grant, Hold, Link, SharingStore, StateStore
+from vault.store import Counter, Grant, Hold, Link, SharingStore, StateStore, StoredFile
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ RECEIVE_SLACK = 8 * 1024 * 1024  # a client's receive buffer (Linux: up to 6 MiB
 LINK_BYTES = "link"  # by link id: holds of the bytes reserved, a counter of the bytes served
 COUNT_KEPT = 86400  # seconds the shared state keeps an expiring link's count after its expiry
 LINK_GUESS = "link-password"  # noqa: S105 (a state kind, not a secret): the mutex of a link's password guesses, by link id
+LINK_CURSOR = r"^[0-9]{1,40}(\.[0-9]{1,200})?/[A-Za-z0-9_-]{1,32}$"  # link_cursor (OpenAPI too)
 STALE_READS = 20  # budgets computed again because another download was charged meanwhile
 
 
@@ -91,6 +94,20 @@ def lock_out(failures: int, now: float) -> float:
     if failures < FREE_FAILURES:
         return 0.0
     return now + min(1 << min(failures - FREE_FAILURES, 30), MAX_BACKOFF)
+
+
+def link_cursor(link: Link) -> str:
+    """A link's place in the owner's listing (``GET /links`` pages): its creation time, exactly
+    (a float's decimal expansion is finite and reads back as the same float), and its id."""
+    return f"{decimal.Decimal(link.created):f}/{link.id}"
+
+
+def link_key(cursor: str) -> tuple[float, str]:
+    """(created, id) from a ``link_cursor`` (LINK_CURSOR); anything else is an InvalidField."""
+    if re.fullmatch(LINK_CURSOR, cursor) is None:
+        raise InvalidField("Query parameter 'after' is not a cursor from 'next'")
+    created, _, link_id = cursor.partition("/")
+    return float(created), link_id
 
 
 def token_hash(token: str) -> bytes:
@@ -229,7 +246,18 @@ class Sharing:
     async def shared_with(self, user: Identity) -> list[SharedFile]:
         """Files shared with ``user`` whose grant, owner and header verify: one query for the
         grants with their files, one account read per owner, the headers checked off the loop."""
-        rows = [(g, f) for g, f in await self._store.shared_files(user.user_id) if self._grant_ok(g)]
+        return await self._shared(await self._store.shared_files(user.user_id))
+
+    async def shared_page(self, user: Identity, after: str | None, limit: int) -> Page[SharedFile]:
+        """``limit`` of the files shared with ``user`` by ``owner/name`` after the cursor
+        ``after`` (one of those): the page alone is read and checked."""
+        rows = await self._store.shared_after(user.user_id, after, limit + 1)
+        shared = await self._shared([(grant, stored) for grant, stored, _ in rows[:limit]])
+        more = len(rows) > limit
+        return Page(shared, f"{rows[limit - 1][2]}/{rows[limit - 1][0].name}" if more else None)
+
+    async def _shared(self, grants: list[tuple[Grant, StoredFile]]) -> list[SharedFile]:
+        rows = [(g, f) for g, f in grants if self._grant_ok(g)]
         owners: dict[int, str | None] = {}
         for grant, _ in rows:
             if grant.owner not in owners:
@@ -303,6 +331,27 @@ class Sharing:
             if self._link_ok(link):
                 infos.append(LinkInfo.of(link, sizes.get(link.name, 0), link.bytes_served))
         return infos
+
+    async def links_page(self, owner: Identity, after: str | None, limit: int) -> Page[LinkInfo]:
+        """``limit`` of the caller's links by creation after the cursor ``after``, with the size
+        of the file each names: the page alone is read and checked (``links`` reads every
+        file for the sizes)."""
+        rows = await self._store.links_after(
+            owner.user_id, None if after is None else link_key(after), limit + 1
+        )
+        page = rows[:limit]
+        files = [stored for _, stored in page if stored is not None]
+        sizes = {
+            stored.header.name: info.size
+            for stored, info in zip(files, await self._files.verified(files), strict=True)
+            if info is not None
+        }
+        infos = [
+            LinkInfo.of(link, sizes.get(link.name, 0), link.bytes_served)
+            for link, _ in page
+            if self._link_ok(link)
+        ]
+        return Page(infos, link_cursor(page[-1][0]) if len(rows) > limit else None)
 
     async def revoke_link(self, owner: Identity, link_id: str) -> None:
         if not await self._store.delete_link(owner.user_id, link_id):

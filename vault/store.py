@@ -205,6 +205,11 @@ class FileStore(Protocol):
 
     async def list_files(self, owner: int) -> list[StoredFile]: ...
 
+    async def files_after(self, owner: int, after: str | None, limit: int) -> list[StoredFile]:
+        """At most ``limit`` of the owner's LIVE files, in code point order of their names, the
+        first after ``after`` (None: from the first): one page, read through an index (keyset
+        pagination: a page costs its length, not the files before it)."""
+
     async def delete_file(self, owner: int, name: str) -> bool:
         """Mark the LIVE file DELETED and drop its grants and links; True if there was one."""
 
@@ -307,7 +312,21 @@ class SharingStore(Protocol):
 
     async def get_link(self, token_hash: bytes) -> Link | None: ...
 
-    async def links_of(self, owner: int) -> list[Link]: ...
+    async def links_of(self, owner: int) -> list[Link]:
+        """The owner's links by (created, id)."""
+
+    async def links_after(
+        self, owner: int, after: tuple[float, str] | None, limit: int
+    ) -> list[tuple[Link, StoredFile | None]]:
+        """At most ``limit`` of the owner's links by (created, id), the first after ``after``
+        (None: from the first), each with the LIVE file it names (None: none): one page."""
+
+    async def shared_after(
+        self, grantee: int, after: str | None, limit: int
+    ) -> list[tuple[Grant, StoredFile, str]]:
+        """At most ``limit`` of the grants to ``grantee`` that name a LIVE file, with that file
+        and the owner's username, in code point order of ``username/name``, the first after
+        ``after`` (None: from the first): one page."""
 
     async def delete_link(self, owner: int, link_id: str) -> bool:
         """Delete a link, remembering its secret's hash as revoked."""
