@@ -6,7 +6,7 @@ import unicodedata
 import pytest
 
 from vault.errors import InvalidFilename
-from vault.names import check_filename
+from vault.names import check_filename, check_new_filename
 
 # Unicode's Bidi_Control property (PropList.txt): the explicit formatting characters
 # (embeddings, overrides, isolates: the Trojan Source set, which can make "evil\u202etxt.exe"
@@ -163,3 +163,32 @@ def test_each_rule_says_what_is_wrong(name: object, message: str) -> None:
     with pytest.raises(InvalidFilename) as info:
         check_filename(name)
     assert info.value.message == message
+
+
+# A new name needs one visible character. One name per way a character can show nothing: a
+# space (Zs), a format character (Cf: U+200B, U+FEFF), a combining mark alone (Mn, Me), and
+# the letters drawn blank (Hangul fillers, the blank Braille pattern), each also beside a space.
+BLANK_LETTERS = ["\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"]
+BLANK_NAMES = [" ", "\u3000", "\u00a0", "\u200b", "\ufeff", "\u0301", "\u20dd", *BLANK_LETTERS] + [
+    " " + letter for letter in BLANK_LETTERS
+]
+
+
+@pytest.mark.parametrize("name", BLANK_NAMES, ids=[ascii(n) for n in BLANK_NAMES])
+def test_a_new_name_without_a_visible_character_is_refused(name: str) -> None:
+    assert check_filename(name) == name  # an old file under this name can still be looked up
+    with pytest.raises(InvalidFilename) as info:
+        check_new_filename(name)
+    assert info.value.message == "Invalid filename: a name needs at least one visible character"
+    assert str(info.value) == info.value.message
+
+
+@pytest.mark.parametrize("name", ["a\u200b", " x ", "\u200bb", "e\u0301", "\u3164x", "\u2800\u2801", "..."])
+def test_a_new_name_with_one_visible_character_is_accepted(name: str) -> None:
+    assert check_new_filename(name) == unicodedata.normalize("NFC", name)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "x" * 256, "a\u202eb"])
+def test_a_new_name_keeps_every_rule_of_a_stored_name(name: str) -> None:
+    with pytest.raises(InvalidFilename):
+        check_new_filename(name)
