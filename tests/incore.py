@@ -13,7 +13,7 @@ from tests import pg
 from vault.config import Settings
 from vault.core import Core, open_core
 from vault.keys import Keyring
-from vault.store import Store
+from vault.store import StateStore, Store
 
 MASTER_KEY = bytes(range(32))
 BACKEND = "sqlite"  # or "postgres": set by the store_kind fixture (tests/conftest.py)
@@ -24,13 +24,16 @@ def keyring(master_key: bytes = MASTER_KEY, key_id: int = 1) -> Keyring:
 
 
 @contextlib.asynccontextmanager
-async def core(db: Path, ring: Keyring | None = None, **settings: Any) -> AsyncIterator[Core]:
+async def core(
+    db: Path, ring: Keyring | None = None, *, state: StateStore | None = None, **settings: Any
+) -> AsyncIterator[Core]:
     """The core on the database ``db`` (its folder is the data directory), with ``settings``
-    over the defaults, under ``ring`` (default: ``keyring()``)."""
+    over the defaults, under ``ring`` (default: ``keyring()``). Two cores on one database given
+    one ``state`` are two processes serving the same vault."""
     config = Settings(data_dir=db.parent, **settings)
     store = await open_store(db)
     try:
-        async with open_core(config, store, keyring=ring or keyring(), environ={}) as opened:
+        async with open_core(config, store, keyring=ring or keyring(), state=state, environ={}) as opened:
             yield opened
     finally:
         await store.close()

@@ -17,7 +17,6 @@ import logging
 
 from vault.errors import TooLarge
 from vault.records import Limits, Usage
-from vault.state import LocalState
 from vault.store import FileStore, Hold, StateStore
 
 log = logging.getLogger(__name__)
@@ -29,10 +28,10 @@ STALE_READS = 20  # store counts read again because another upload committed mea
 
 class Quotas:
     def __init__(
-        self, store: FileStore, *, default_quota: int, max_file_size: int, state: StateStore | None = None
+        self, store: FileStore, *, default_quota: int, max_file_size: int, state: StateStore
     ) -> None:
         self._store = store
-        self._state: StateStore = LocalState() if state is None else state
+        self._state = state
         self.default_quota = default_quota  # 0: none
         self.max_file_size = max_file_size
         self._stored: dict[int, tuple[int, int]] = {}  # owner -> (version, bytes stored then)
