@@ -5,15 +5,17 @@ import asyncio
 import dataclasses
 import inspect
 import io
+import logging
 from pathlib import Path
 
 import pytest
 
 from tests import incore
+from vault import rows
 from vault import store as store_module
 from vault.admin import Admin
 from vault.auth import Identity
-from vault.keys import Keyring
+from vault.keys import Keyring, row_tag
 from vault.rows import GRANT, LINK, REFRESH, ROW_KINDS, USER
 from vault.store import Resumable, User
 
@@ -118,3 +120,42 @@ def test_rotate_leaves_a_forged_row_refused(tmp_path: Path) -> None:
 def test_each_kind_names_its_label_once() -> None:
     assert [kind.label for kind in ROW_KINDS] == [b"user", b"grant", b"link", b"refresh"]
     assert {USER, GRANT, LINK, REFRESH} == set(ROW_KINDS)
+
+
+def test_a_user_row_tags_its_epoch_and_disabled_flag_only_once_set() -> None:
+    """Rows written before the token epoch (and before the disabled flag) existed keep their
+    tag: the epoch is authenticated only once raised, the flag only while set, after it."""
+    ring = incore.keyring(OLD_KEY)
+    base = User(7, "alice", b"$2b$hash", 1, b"")
+    layouts = {
+        (0, 0): (1, 7, "alice", b"$2b$hash"),
+        (3, 0): (1, 7, "alice", b"$2b$hash", 3),
+        (0, 1): (1, 7, "alice", b"$2b$hash", 0, 1),
+        (3, 1): (1, 7, "alice", b"$2b$hash", 3, 1),
+    }
+    for (epoch, disabled), fields in layouts.items():
+        user = dataclasses.replace(base, token_epoch=epoch, disabled=disabled)
+        assert USER.tag(ring, user) == row_tag(ring, 1, b"user", *fields), (epoch, disabled)
+
+
+def test_rotation_counts_and_logs_each_row_it_sealed_and_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    both = Keyring.of(2, {1: OLD_KEY, 2: NEW_KEY})
+
+    async def forge_and_rotate() -> dict[str, tuple[int, int]]:
+        async with incore.core(tmp_path / "vault.db", incore.keyring(OLD_KEY), bcrypt_rounds=4) as core:
+            for name in ("alice", "bob", "mallory", "trudy"):
+                await core.auth.register(name, PASSWORD)
+            for name in ("mallory", "trudy"):
+                user = await core.store.get_user(name)
+                assert user is not None
+                await core.store.update_user(dataclasses.replace(user, password_hash=b"$2b$forged"))
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="vault.rows"):
+                return await rows.rotate(core.store, both)
+
+    report = asyncio.run(forge_and_rotate())
+    assert report == {"user": (2, 2), "grant": (0, 0), "link": (0, 0), "refresh": (0, 0)}
+    logged = [r.getMessage() for r in caplog.records if r.name == "vault.rows"]
+    assert logged == ["a user row failed its integrity check: left as it is"] * 2
