@@ -90,7 +90,13 @@ class UploadHandler(BodyHandler):
         # The slot before the reservation, and nothing that can fail after it: a request
         # refused here holds no quota while its body drains (see BodyHandler.send_error).
         await self.take_upload_slot(self.identity.user_id)
-        self.upload = await self.files.begin_upload(self.identity.user_id, length, slack=self.slack)
+        try:
+            self.upload = await self.files.begin_upload(self.identity.user_id, length, slack=self.slack)
+        except BaseException:
+            # Refused (413 over quota, ...): the slot is free before the answer goes out, so a
+            # client's next upload, on any worker or instance, does not find it taken (429).
+            await self.give_back_slot()
+            raise
         limit = self.upload.max_size
         assert limit is not None
         # Tornado's own cap (a bare 400) sits one chunk above ours, so ours answers first: 413.

@@ -200,9 +200,13 @@ class TusCreateHandler(TusHandler):
         else:
             self.connection.set_max_body_size(0)
             self.body_sha = None
-        self.upload = await self.files.resumables.create(identity.user_id, name, length, raw_metadata)
-        if has_body or length == 0:
-            self.session = await self.files.resumables.resume(identity.user_id, self.upload.tus_id, 0)
+        try:
+            self.upload = await self.files.resumables.create(identity.user_id, name, length, raw_metadata)
+            if has_body or length == 0:
+                self.session = await self.files.resumables.resume(identity.user_id, self.upload.tus_id, 0)
+        except BaseException:
+            await self.give_back_slot()  # refused: free before the answer (see UploadHandler.prepare)
+            raise
         if has_body:
             self.watch_body(upload=True)
 
@@ -252,9 +256,13 @@ class TusUploadHandler(TusHandler):
                 raise OffsetMismatch(f"Upload-Offset must be {upload.offset}")
             self.expect_body(upload.length - offset)
             await self.take_upload_slot(self.identity.user_id)
-            self.session = await self.files.resumables.resume(
-                self.identity.user_id, self.path_args[0], offset
-            )
+            try:
+                self.session = await self.files.resumables.resume(
+                    self.identity.user_id, self.path_args[0], offset
+                )
+            except BaseException:
+                await self.give_back_slot()  # refused: free before the answer
+                raise
             self.watch_body(upload=True)
         else:
             self.connection.set_max_body_size(0)

@@ -145,18 +145,25 @@ class Resumables:
             raise OffsetMismatch(busy)
         self._busy[tus_id] = hold
 
-    def _done(self, tus_id: str) -> None:
+    def _done(self, tus_id: str) -> "asyncio.Future[None] | None":
         hold = self._busy.pop(tus_id, None)
-        if hold is not None:  # given back in a task's first step (at once, in one process)
-            asyncio.ensure_future(self._pipe.state.release(hold))
+        if hold is None:
+            return None
+        # Given back in a task's first step (at once, in one process); a shared state's write
+        # is awaited by ``ResumedUpload`` before its answer goes out (see ``end``).
+        return asyncio.ensure_future(self._pipe.state.release(hold))
 
-    def end(self, upload: Resumable) -> None:
-        """A request stopped writing to ``upload``; pair with each successful ``resume``."""
-        self._done(upload.tus_id)
+    def end(self, upload: Resumable) -> "asyncio.Future[None] | None":
+        """A request stopped writing to ``upload``; pair with each successful ``resume``.
+        Returns the release of its write hold, for a caller that must answer only once every
+        process can see it (else a client's next PATCH, above all on another instance after
+        this one dies, finds the upload still being written: 409 until the lease runs out)."""
+        released = self._done(upload.tus_id)
         saving = self._saving.pop(upload.tus_id, None)
         if saving is not None:
             saving.set()
         self._pipe.pins.release(upload.file_id)
+        return released
 
     def completed(self, upload: Resumable) -> None:
         """``upload`` became a file: nothing to resume any more."""
@@ -259,7 +266,7 @@ class ResumedUpload:
                 return resumable.length
             return await self._uploads.keep_progress(resumable, await self._upload.checkpoint())
         finally:
-            self._close()
+            await self._close()
 
     async def discard(self) -> None:
         """Forget what this request sent: the stored offset stays where it was."""
@@ -268,9 +275,16 @@ class ResumedUpload:
             try:
                 await self._upload.checkpoint()  # let segment writes under way finish first
             finally:
-                self._close()
+                await self._close()
 
-    def _close(self) -> None:
-        if not self._done:
-            self._done = True
-            self._uploads.end(self.resumable)
+    async def _close(self) -> None:
+        """End the request's writing, and wait until every process can see it ended."""
+        if self._done:
+            return
+        self._done = True
+        released = self._uploads.end(self.resumable)
+        if released is not None:
+            try:
+                await released
+            except Exception:  # the hold's lease frees it; the saved bytes stay saved
+                log.exception("a resumable upload's write hold could not be given back")
