@@ -2,7 +2,6 @@
 bench/instances.py): two ``run.py`` from the README's config.yaml on one PostgreSQL and one
 bucket, behind nginx from docs/deploy/nginx-vault-instances.conf as the README shows it."""
 
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -35,26 +34,15 @@ class Balancer(Nginx):
         self.prefix, self.port = prefix, free_port()
         self.cert, self.key = prefix / "proxy-cert.pem", prefix / "proxy-key.pem"
         ensure_certificate(self.cert, self.key)
-        recipe = (
+        self.write_conf(
             readme_recipe()
             .replace("10.0.0.11:5000", f"127.0.0.1:{a.port}")
             .replace("10.0.0.12:5000", f"127.0.0.1:{b.port}")
             .replace("listen 443 ssl", f"listen 127.0.0.1:{self.port} ssl")
             .replace("/etc/ssl/vault/fullchain.pem", str(self.cert))
             .replace("/etc/ssl/vault/privkey.pem", str(self.key))
-            .replace("/etc/nginx/vault-backend.pem", str(a.cert))
-        )
-        temp = "".join(
-            f"{kind}_temp_path {prefix}/{kind};\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        (prefix / "nginx.conf").write_text(
-            f"{user}worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\n"
-            f"error_log {prefix}/error.log;\n"
-            "events { worker_connections 64; }\n"
-            "http {\nlog_format upstream '$request_method $uri $status $upstream_addr';\n"
-            f"access_log {prefix}/access.log upstream;\n{temp}{recipe}\n}}\n"
+            .replace("/etc/nginx/vault-backend.pem", str(a.cert)),
+            log_format="upstream '$request_method $uri $status $upstream_addr'",
         )
         self.process = None
 

@@ -35,7 +35,7 @@ class Nginx:
         self.prefix, self.port = prefix, free_port()
         self.cert, self.key = prefix / "proxy-cert.pem", prefix / "proxy-key.pem"
         ensure_certificate(self.cert, self.key)
-        recipe = (
+        self.write_conf(
             RECIPE.read_text()
             .replace("127.0.0.1:5000", f"127.0.0.1:{vault.port}")
             .replace("listen 443 ssl", f"listen 127.0.0.1:{self.port} ssl")
@@ -43,18 +43,25 @@ class Nginx:
             .replace("/etc/ssl/vault/privkey.pem", str(self.key))
             .replace("/srv/vault/certs/cert.pem", str(vault.cert))
         )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def write_conf(self, recipe: str, log_format: str = "") -> None:
+        """nginx.conf around a deploy recipe: everything under the prefix, in the foreground;
+        ``log_format`` names a format the recipe's caller defines in ``http``."""
+        prefix = self.prefix
         temp = "".join(
             f"{kind}_temp_path {prefix}/{kind};\n"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
         user = "user root;\n" if os.geteuid() == 0 else ""
+        formats = f"log_format {log_format};\n" if log_format else ""
+        used = f" {log_format.split()[0]}" if log_format else ""
         (prefix / "nginx.conf").write_text(
             f"{user}worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\n"
             f"error_log {prefix}/error.log;\n"
             "events { worker_connections 64; }\n"
-            f"http {{\naccess_log {prefix}/access.log;\n{temp}{recipe}\n}}\n"
+            f"http {{\n{formats}access_log {prefix}/access.log{used};\n{temp}{recipe}\n}}\n"
         )
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Nginx":
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
