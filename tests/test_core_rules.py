@@ -28,7 +28,8 @@ from vault.errors import (
 )
 from vault.keys import row_tag
 from vault.rows import REFRESH
-from vault.sharing import MAX_DOWNLOADS, MAX_EXPIRY, PREVIEW_ALLOWANCE, link_budget
+from vault.sharing import COUNT_KEPT, LINK_BYTES, MAX_DOWNLOADS, MAX_EXPIRY, PREVIEW_ALLOWANCE, link_budget
+from vault.state import LocalState
 from vault.tokens import MAX_REFRESH_CHARS, RefreshTokens, check_refresh_field, refresh_id
 
 pytestmark = pytest.mark.usefixtures("store_kind")  # each test on SQLite and on PostgreSQL
@@ -281,6 +282,29 @@ def test_link_ids_are_hex_so_none_reads_as_a_command_line_option(tmp_path: Path)
             assert len(info.id) == 18 and all(c in "0123456789abcdef" for c in info.id), info.id
 
     run(tmp_path, scenario)
+
+
+def test_a_links_count_leaves_the_shared_state_in_time_and_the_link_stays_spent(tmp_path: Path) -> None:
+    """A link without an expiry kept its count in the shared state forever, revoked or not.
+    It is forgotten COUNT_KEPT after it was seeded, and seeded again from the store's count."""
+    shift = [0.0]
+    state = LocalState(clock=lambda: time.time() + shift[0])
+
+    async def scenario() -> None:
+        async with incore.core(tmp_path / "vault.db", bcrypt_rounds=4, state=state) as core:
+            alice = await shared_file(core, 1000)
+            info, token = await core.sharing.create_link(alice, "f.bin", None, None, 1)
+            await download(core, token)
+            await download(core, token, link_budget(1, 1000) - 1000)  # the preview allowance too
+            assert (await state.counter(LINK_BYTES, info.id)).version > 0
+            shift[0] = COUNT_KEPT + 1
+            assert (await state.counter(LINK_BYTES, info.id)).version == 0  # forgotten
+            shift[0] = 0.0  # back to the clock the core seeds by: the count is gone for good
+            assert (await state.counter(LINK_BYTES, info.id)).version == 0
+            with pytest.raises(Gone, match="no downloads left"):
+                await download(core, token, 1)  # the store's count still spends it
+
+    asyncio.run(scenario())
 
 
 def test_a_link_without_a_limit_is_never_spent(tmp_path: Path) -> None:

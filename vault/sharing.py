@@ -72,7 +72,8 @@ PREVIEW_ALLOWANCE = 64 * 1024
 IN_FLIGHT_ALLOWANCE = 16 * 1024 * 1024  # given back in all to resumed downloads (in_flight_allowance)
 RECEIVE_SLACK = 8 * 1024 * 1024  # a client's receive buffer (Linux: up to 6 MiB), lost when it dies
 LINK_BYTES = "link"  # by link id: holds of the bytes reserved, a counter of the bytes served
-COUNT_KEPT = 86400  # seconds the shared state keeps an expiring link's count after its expiry
+COUNT_KEPT = 86400  # seconds the shared state keeps a link's count: after its expiry, or after
+# it was seeded for a link without one (then seeded again from the store)
 LINK_GUESS = "link-password"  # noqa: S105 (a state kind, not a secret): the mutex of a link's password guesses, by link id
 LINK_CURSOR = r"^[0-9]{1,40}(\.[0-9]{1,200})?/[A-Za-z0-9_-]{1,32}$"  # link_cursor (OpenAPI too)
 STALE_READS = 20  # budgets computed again because another download was charged meanwhile
@@ -448,7 +449,10 @@ class Sharing:
                 # this one): their bytes may be in the store's count too. Counted twice until
                 # they end, never not at all; the count is seeded once none runs.
                 return Counter(count, 0.0, served.version), held
-            expires = None if link.expires is None else link.expires + COUNT_KEPT
+            # Every count is forgotten in time, a revoked or deleted link's too (kept forever,
+            # one row per link ever used): the store's bytes_served, written before each
+            # settle, is the durable record it is seeded from again.
+            expires = (time.time() if link.expires is None else link.expires) + COUNT_KEPT
             await self._state.set_counter(
                 LINK_BYTES, link.id, count, time.time(), version=served.version, expires=expires
             )
