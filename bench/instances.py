@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.storage import cluster_cpu
-from bench.transfer import _stat_cpu, bench_environment, human, make_test_file, parse_size
+from bench.storage import cluster_cpu, tree_cpu
+from bench.transfer import bench_environment, human, make_test_file, parse_size
 from tests import pg
 from tests.balancer import several_instances
 from tests.s3server import S3Server
@@ -35,21 +35,6 @@ KINDS = ("put", "get")
 MODES = ("sqlite", "instances")
 PARTS = ("vault", "nginx", "postgres", "weed")
 NAME = "bench.bin"
-
-
-def tree_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` and its direct children, seconds."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(entry.name) == pid or int(fields[1]) == pid:
-                total += _stat_cpu(str(entry / "stat"))
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended meanwhile
-    return total
 
 
 class Target:

@@ -35,21 +35,24 @@ GB = 1_000_000_000
 MB = 1_000_000
 
 
-def cluster_cpu(cluster: pg.Cluster) -> float:
-    """utime + stime of the postmaster and every process whose parent it is, seconds."""
-    pid_file = cluster.data / "postmaster.pid"
-    postmaster = int(pid_file.read_text().split()[0])
+def tree_cpu(pid: int) -> float:
+    """utime + stime of ``pid`` and every process whose parent it is, seconds."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+            if int(entry.name) == pid or int(fields[1]) == pid:
                 total += _stat_cpu(str(entry / "stat"))
         except (OSError, ValueError, IndexError):
             continue  # the process ended meanwhile
     return total
+
+
+def cluster_cpu(cluster: pg.Cluster) -> float:
+    """CPU seconds of the postmaster and its backends."""
+    return tree_cpu(int((cluster.data / "postmaster.pid").read_text().split()[0]))
 
 
 def curl(server: Server, token: str, args: Sequence[str]) -> float:
