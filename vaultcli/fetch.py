@@ -102,10 +102,11 @@ class Reply:
         got = 0
         try:
             if want and self._buffered:
-                # readinto1 hands over what the reader holds, plus at most one read straight
-                # into ``buffer``; its own buffer is empty afterwards, so the socket is next.
-                self._buffered = False
+                # readinto1 hands over what the reader holds (or, holding nothing, makes one
+                # read straight into ``buffer``). Only a short answer shows that the reader is
+                # empty and the socket is next; a full one may have left bytes: ask it again.
                 got = self.response.fp.readinto1(buffer[:want])
+                self._buffered = got == want
             while got < want:
                 n = self._sock.recv_into(buffer[got:want])
                 if not n:  # also ssl's end without close_notify: the length says it was cut
