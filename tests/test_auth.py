@@ -518,7 +518,11 @@ def test_logins_beyond_the_pending_limit_are_refused_with_busy(
                 executor=pool,
             )
             first = [asyncio.ensure_future(authenticator.login("nobody1", "password1")) for _ in range(2)]
-            await asyncio.sleep(0.05)
+            for _ in range(1000):  # until both wait for bcrypt (loop turns, not time)
+                if authenticator.pending_hashes == 2:
+                    break
+                await asyncio.sleep(0)
+            assert authenticator.pending_hashes == 2
             outcome: list[BaseException | None] = []
             try:
                 await authenticator.login("nobody2", "password2")

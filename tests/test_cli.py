@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.marks import needs_curl
 from tests.server import ROOT, Server
 
 MiB = 1 << 20
@@ -662,6 +663,7 @@ def test_share_shared_and_get_shared(
     assert bob.run("get", "--shared", f"{alice[0]}/notes.txt", "-o", "x").returncode == 1
 
 
+@needs_curl
 def test_send_prints_a_link_that_downloads_once(server: Server, cli: Cli, alice: tuple[str, str]) -> None:
     data = os.urandom(300_000)
     (cli.home / "photo.jpg").write_bytes(data)

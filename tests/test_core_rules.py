@@ -28,7 +28,15 @@ from vault.errors import (
 )
 from vault.keys import row_tag
 from vault.rows import REFRESH
-from vault.sharing import COUNT_KEPT, LINK_BYTES, MAX_DOWNLOADS, MAX_EXPIRY, PREVIEW_ALLOWANCE, link_budget
+from vault.sharing import (
+    COUNT_KEPT,
+    FREE_FAILURES,
+    LINK_BYTES,
+    MAX_DOWNLOADS,
+    MAX_EXPIRY,
+    PREVIEW_ALLOWANCE,
+    link_budget,
+)
 from vault.state import LocalState
 from vault.tokens import MAX_REFRESH_CHARS, RefreshTokens, check_refresh_field, refresh_id
 
@@ -413,7 +421,8 @@ def test_wrong_link_passwords_arriving_one_after_another_are_all_counted(tmp_pat
         info, token = await core.sharing.create_link(alice, "f.bin", None, "open sesame 42", None)
 
         async def guess(i: int) -> type[BaseException]:
-            await asyncio.sleep(i * 0.0005)
+            for _ in range(i):  # guess i arrives i turns of the loop after the first
+                await asyncio.sleep(0)
             try:
                 await core.sharing.open_link(token, f"guess {i}")
             except (InvalidCredentials, TooManyAttempts) as exc:
@@ -427,6 +436,34 @@ def test_wrong_link_passwords_arriving_one_after_another_are_all_counted(tmp_pat
 
     wrong, counted = run(tmp_path, scenario)
     assert counted == wrong >= 5
+
+
+def test_wrong_link_passwords_sent_at_once_are_checked_no_more_than_the_free_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty guesses at once, the clock held still so the lock-out cannot run out meanwhile:
+    one guess is checked at a time, each seeing the failures before it, so exactly
+    FREE_FAILURES are tried and every other one finds the link locked. (Without the link's
+    mutex all of them read the row before any failure is written, and all are tried.)"""
+    frozen = time.time()
+    monkeypatch.setattr(time, "time", lambda: frozen)
+
+    async def scenario(core: Core) -> list[type[BaseException]]:
+        alice = await shared_file(core, 10)
+        _, token = await core.sharing.create_link(alice, "f.bin", None, "open sesame 42", None)
+
+        async def guess(i: int) -> type[BaseException]:
+            try:
+                await core.sharing.open_link(token, f"guess {i}")
+            except (InvalidCredentials, TooManyAttempts) as exc:
+                return type(exc)
+            raise AssertionError("a wrong password opened the link")
+
+        return list(await asyncio.gather(*(guess(i) for i in range(40))))
+
+    outcomes = run(tmp_path, scenario)
+    assert outcomes.count(InvalidCredentials) == FREE_FAILURES
+    assert outcomes.count(TooManyAttempts) == 40 - FREE_FAILURES
 
 
 @pytest.mark.parametrize(

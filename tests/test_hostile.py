@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests import incore
+from tests.marks import needs_curl
 from tests.server import Response, Server
 from vault.auth import Identity
 from vault.errors import InvalidFilename
@@ -239,6 +240,7 @@ def test_headers_just_under_the_limit_are_served(server: Server) -> None:
     assert (resp.status, resp.json()) == (200, {"status": "ok"})
 
 
+@needs_curl
 def test_the_generated_certificate_is_a_leaf_that_curl_trusts(server: Server) -> None:
     cert = x509.load_pem_x509_certificate(server.cert.read_bytes())
     constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
@@ -380,6 +382,7 @@ def wait_until_charged(server: Server, path: str, at_least: int) -> int:
     return served(server, path)
 
 
+@needs_curl
 def test_an_interrupted_one_time_download_resumes_to_completion_with_curl(
     fresh_server: Server, tmp_path: Path
 ) -> None:

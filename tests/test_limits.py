@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import shutil
 import ssl
 import subprocess
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.marks import needs_curl
 from tests.server import Server
 from tests.test_api import user_id, wait_until_clean
 from tests.test_transfers import cut, open_tls, start_upload, wait_for
@@ -263,7 +263,7 @@ def test_upload_refused_before_its_body_is_read_still_gets_its_answer(fresh_serv
     assert server.put_file(token, "small.bin", b"fits").status == 201  # the connection state is clean
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the curl binary is not installed")
+@needs_curl
 @pytest.mark.parametrize("expect", ["100-continue", ""])
 def test_curl_prints_the_413_with_and_without_expect(
     fresh_server: Server, tmp_path: Path, expect: str

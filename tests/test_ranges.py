@@ -7,7 +7,6 @@ import base64
 import email.utils
 import hashlib
 import random
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from handlers.ranges import if_range_holds, none_match, parse_range
 from tests import incore
+from tests.marks import needs_curl
 from tests.server import Response, Server
 from vault.errors import RangeNotSatisfiable
 from vault.files import FileService
@@ -27,7 +27,6 @@ SIZE = 2 * S + 123  # three segments, the last one short
 DATA = random.Random(9110).randbytes(SIZE)
 NAME = "ranges.bin"
 CURL_TIMEOUT = 60
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="the curl binary is not installed")
 
 # --------------------------------------------------------------------------- helpers
 

@@ -20,7 +20,6 @@ import html
 import json
 import random
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -36,6 +35,7 @@ import pytest
 
 from tests import pg
 from tests.dbedit import server_database
+from tests.marks import needs_curl
 from tests.server import Response, Server
 from vault.keys import load_keyring
 from vault.rows import LINK
@@ -65,7 +65,6 @@ LINK_COLUMNS = (
     "tag",
 )
 ACCESS_LINE = re.compile(r"tornado\.access: (\d{3} [A-Z]+ \S+) \(")
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="the curl binary is not installed")
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
 Account = tuple[str, str]  # (username, token)

@@ -4,7 +4,6 @@ mid-upload, and stored segments tampered with under a running server."""
 import hashlib
 import http.client
 import json
-import shutil
 import signal
 import socket
 import ssl
@@ -19,6 +18,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.dbedit import server_database, sqlite_only
+from tests.marks import needs_curl
 from tests.server import Server
 from tests.test_api import (
     BOUNDARY,
@@ -35,7 +35,6 @@ from tests.test_api import (
 
 MiB = 1024 * 1024
 CURL_TIMEOUT = 60
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="the curl binary is not installed")
 
 # --------------------------------------------------------------------------- helpers
 
