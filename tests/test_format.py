@@ -624,6 +624,58 @@ def test_cbc_decrypt_refuses_anything_but_iv_and_whole_blocks(size: int) -> None
     assert_integrity_error(sfs.cbc_decrypt, bytes(32), bytes(size))
 
 
+# --- cbc_encrypt_into: segments are sealed by OpenSSL's CBC, byte for byte pycryptodome's --------
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 4])
+def test_cbc_encrypt_into_matches_nist_sp800_38a(blocks: int) -> None:
+    # NIST SP 800-38A, F.2.5 CBC-AES256.Encrypt (the same key, IV and blocks as F.2.6 above)
+    out = memoryview(bytearray(blocks * 16 + 15))
+    sfs.cbc_encrypt_into(NIST_KEY, NIST_IV, NIST_PLAINTEXT[: blocks * 16], out)
+    assert bytes(out[: blocks * 16]) == NIST_CIPHERTEXT[: blocks * 16]
+
+
+def test_cbc_encrypt_into_equals_pycryptodome_cbc_on_random_data() -> None:
+    for size in CBC_SIZES:
+        key, iv, plaintext = os.urandom(32), os.urandom(16), os.urandom(size)
+        room = bytearray(b"\xa5" * (size + sfs.TAG_LEN))
+        sfs.cbc_encrypt_into(key, iv, memoryview(bytearray(plaintext)), memoryview(room))
+        assert bytes(room[:size]) == AES.new(key, AES.MODE_CBC, iv).encrypt(plaintext), size
+        assert room[size:] == b"\xa5" * sfs.TAG_LEN  # nothing written past the ciphertext
+        assert sfs.cbc_decrypt(key, iv + bytes(room[:size])) == plaintext
+
+
+@pytest.mark.parametrize("size", [1, 15, 17, 33])
+def test_cbc_encrypt_into_refuses_a_partial_block(size: int) -> None:
+    with pytest.raises(ValueError):
+        sfs.cbc_encrypt_into(bytes(32), bytes(16), bytes(size), memoryview(bytearray(size + 32)))
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, S - 1])
+def test_sealed_segment_decrypts_with_pycryptodome_cbc(size: int) -> None:
+    keys, plaintext = file_keys(), os.urandom(size)
+    blob = bytes(sfs.seal_segment(keys, FILE_ID, S, 3, True, plaintext))
+    iv, ct = blob[: sfs.IV_LEN], blob[sfs.IV_LEN : -sfs.TAG_LEN]
+    pad = 16 - size % 16
+    assert AES.new(keys.enc, AES.MODE_CBC, iv).decrypt(ct) == plaintext + bytes([pad]) * pad
+    assert blob[-sfs.TAG_LEN :] == seg_tag_by_spec(keys.mac, S, True, FILE_ID, 3, iv, ct)
+
+
+def test_segments_are_sealed_by_openssl_not_pycryptodome(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoPycryptodome:
+        MODE_CBC, MODE_ECB = AES.MODE_CBC, AES.MODE_ECB
+
+        def new(self, *args: Any) -> Any:
+            raise AssertionError("pycryptodome's AES was used to seal a segment")
+
+    monkeypatch.setattr(sfs, "AES", NoPycryptodome())
+    for final, plaintext in ((False, data_of(S)), (True, data_of(S - 5))):
+        blob = sfs.seal_segment(file_keys(), FILE_ID, S, 0, final, plaintext)
+        monkeypatch.undo()
+        assert sfs.open_segment(file_keys(), FILE_ID, S, 0, final, len(plaintext), bytes(blob)) == plaintext
+        monkeypatch.setattr(sfs, "AES", NoPycryptodome())
+
+
 # --- known-answer vectors: these freeze SFS v1 -------------------------------------------------
 
 

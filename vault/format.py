@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from Crypto.Cipher import AES  # nosec B413  # pycryptodome (maintained), not the old PyCrypto
 from Crypto.Util.strxor import strxor  # nosec B413  # pycryptodome, as above
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from vault.errors import IntegrityError
 
@@ -147,6 +148,25 @@ def cbc_decrypt(key: bytes, iv_ct: bytes | bytearray | memoryview) -> bytes:
         decrypted.release()
 
 
+def cbc_encrypt_into(key: bytes, iv: bytes, data: bytes | bytearray | memoryview, out: memoryview) -> None:
+    """AES-256-CBC encryption of ``data`` (a whole number of blocks, no padding added) into the
+    first ``len(data)`` bytes of ``out``, which must hold at least ``len(data) + 15`` bytes.
+
+    OpenSSL's CBC (the ``cryptography`` package, already what vault/tls.py uses), not
+    pycryptodome's: the same AES-256-CBC, byte for byte (tests/test_format.py checks it
+    against pycryptodome and NIST SP 800-38A), but CBC encryption is sequential, one block
+    after the other, and OpenSSL's assembly chains the blocks about 1.5 times cheaper than
+    pycryptodome's per-block loop (``python -m bench.floor``: ~1.0 against ~1.6 CPU-s/GB).
+    Uploads seal every byte this way; the rest of the format stays with pycryptodome.
+    """
+    if len(data) % BLOCK_LEN:
+        raise ValueError("CBC encryption of a partial block")
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    written = encryptor.update_into(data, out)
+    if written != len(data) or encryptor.finalize():
+        raise ValueError("CBC encryption wrote another length")
+
+
 def _wrap_tag(kek: KeyPair, key_id: int, file_id: bytes, iv_ct: bytes) -> bytes:
     prefix = _WRAP_FIELDS.pack(_WRAP_LABEL, VERSION, key_id, file_id)
     return hmac.digest(kek.mac, prefix + iv_ct, "sha256")
@@ -231,7 +251,7 @@ def seal_segment(
     blob = bytearray(IV_LEN + len(data) + TAG_LEN)
     view = memoryview(blob)
     view[:IV_LEN] = iv
-    AES.new(keys.enc, AES.MODE_CBC, iv).encrypt(data, output=view[IV_LEN:-TAG_LEN])
+    cbc_encrypt_into(keys.enc, iv, data, view[IV_LEN:])  # OpenSSL writes in the tag's room
     view[-TAG_LEN:] = _seg_mac(keys, seg_size, final, file_id, index, view[:-TAG_LEN])
     return blob
 
