@@ -29,11 +29,13 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import sqlite3
 import ssl
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -233,7 +235,9 @@ class TLSPair:
 
 
 def tls_cases(seg: Segments, workdir: Path) -> dict[tuple[str, str], Case]:
-    """TLS records only (no socket, no kernel), ``TLS_WRITE`` bytes of plaintext per call."""
+    """TLS records alone (memory BIOs: no socket, no kernel), ``TLS_WRITE`` bytes of plaintext
+    per call; and the server's side of a TLS connection over loopback TCP, whose client reads
+    on another thread (the kernel's send, the loopback and the wake-ups count, the reader not)."""
     cert, key = _self_signed(workdir)
     data = memoryview(seg.plain[0])
     sink = bytearray(TLS_WRITE)
@@ -259,11 +263,76 @@ def tls_cases(seg: Segments, workdir: Path) -> dict[tuple[str, str], Case]:
                         # with a buffer, read returns a count (typeshed says bytes)
                         got += cast(int, pair.server.read(len(sink) - got, memoryview(sink)[got:]))  # type: ignore[arg-type]
 
+    def send(clock: Clock) -> None:  # the server's loop on a download, with the kernel's part
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(cert, key)
+        client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client_ctx.load_verify_locations(cert)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            reader = threading.Thread(target=_drain, args=(client_ctx, port, seg.total), name="floor-reader")
+            reader.start()
+            raw, _ = listener.accept()
+            with server_ctx.wrap_socket(raw, server_side=True) as sock:
+                with clock:
+                    for _ in range(seg.count):
+                        for at in range(0, seg.size, TLS_WRITE):
+                            sock.sendall(data[at : at + TLS_WRITE])
+                reader.join()
+
+    def receive(clock: Clock) -> None:  # the server's loop on an upload, with the kernel's part
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(cert, key)
+        client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client_ctx.load_verify_locations(cert)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            writer = threading.Thread(target=_fill, args=(client_ctx, port, seg), name="floor-writer")
+            writer.start()
+            raw, _ = listener.accept()
+            with server_ctx.wrap_socket(raw, server_side=True) as sock:
+                view = memoryview(sink)
+                got = 0
+                with clock:
+                    while got < seg.total:  # a read takes one record, as Python's ssl does
+                        n = sock.recv_into(view)
+                        if not n:
+                            raise RuntimeError(f"the floor's TLS writer stopped early: {got} of {seg.total}")
+                        got += n
+                sock.sendall(b"k")
+                writer.join()
+
     name = TLSPair(cert, key).name
     return {
+        ("upload", "TLS receive over loopback TCP (records + the kernel's receive)"): receive,
         ("upload", f"TLS record decrypt ({name})"): decrypt,
         ("download", f"TLS record encrypt ({name})"): encrypt,
+        ("download", "TLS send over loopback TCP (records + the kernel's send)"): send,
     }
+
+
+def _fill(ctx: ssl.SSLContext, port: int, seg: Segments) -> None:
+    """The client of the ``receive`` row, on its own thread (its CPU is not counted)."""
+    data = memoryview(seg.plain[0])
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+            for _ in range(seg.count):
+                for at in range(0, seg.size, TLS_WRITE):
+                    sock.sendall(data[at : at + TLS_WRITE])
+            sock.recv(1)  # closing before the reader has it all would reset the connection
+
+
+def _drain(ctx: ssl.SSLContext, port: int, total: int) -> None:
+    """The client of the ``send`` row, on its own thread (its CPU is not counted)."""
+    buffer = memoryview(bytearray(TLS_WRITE))
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+            got = 0
+            while got < total:
+                n = sock.recv_into(buffer)
+                if not n:
+                    raise RuntimeError("the floor's TLS sender stopped early")
+                got += n
 
 
 @contextmanager
