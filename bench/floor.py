@@ -24,7 +24,6 @@ See bench/README.md and the README's Performance section.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import hmac
 import json
@@ -44,16 +43,13 @@ from pathlib import Path
 from typing import cast
 
 from Crypto.Cipher import AES
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.x509.oid import NameOID
 
 from bench.transfer import parse_size
 from storage.sqlite import _PRAGMAS
 from vault import format as sfs
 from vault.memory import tune_malloc
+from vault.tls import ensure_certificate
 
 GB = 1_000_000_000
 TLS_WRITE = 256 * 1024  # what one socket write of the server hands to TLS at most
@@ -178,26 +174,8 @@ def crypto_cases(seg: Segments) -> dict[tuple[str, str], Case]:
 
 
 def _self_signed(workdir: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
     cert_path, key_path = workdir / "cert.pem", workdir / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    ensure_certificate(cert_path, key_path)
     return cert_path, key_path
 
 
