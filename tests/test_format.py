@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from Crypto.Cipher import AES
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vault import format as sfs
 from vault.errors import IntegrityError
@@ -178,6 +180,24 @@ def fixed_urandom(first: int) -> Callable[[int], bytes]:
 )
 def test_hkdf_matches_rfc5869_vectors(ikm: bytes, salt: bytes, info: bytes, length: int, okm: str) -> None:
     assert sfs.hkdf_sha256(ikm, salt, info, length).hex() == okm
+
+
+def hkdf_reference(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 by the cryptography package (OpenSSL), independent of vault.format."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
+
+
+@pytest.mark.parametrize("length", [1, 31, 32, 33, 64, 65, 255 * 32])
+def test_hkdf_matches_an_independent_implementation_up_to_the_rfc_limit(length: int) -> None:
+    """Every output length up to L = 255 * HashLen (RFC 5869's limit), with and without salt."""
+    ikm, info = bytes(range(22)), b"sfs/v1/test"
+    for salt in (b"", bytes(range(13))):
+        assert sfs.hkdf_sha256(ikm, salt, info, length) == hkdf_reference(ikm, salt, info, length)
+
+
+def test_hkdf_refuses_more_than_the_rfc_limit() -> None:
+    with pytest.raises(ValueError):
+        sfs.hkdf_sha256(bytes(22), b"", b"", 255 * 32 + 1)
 
 
 # --- round trips -----------------------------------------------------------------------------
@@ -533,6 +553,63 @@ def test_header_field_out_of_range_fails_as_integrity_error(field: str, value: A
     assert_integrity_error(sfs.verify_header, keys, dataclasses.replace(h, **{field: value}), tag)
 
 
+# A digest and a file id whose last byte is zero: struct's "32s" and "16s" pad a short value
+# with zeros, so the value cut by its last byte would pack to the same bytes.
+ENDS_IN_ZERO = {"sha256": bytes(range(1, 32)) + b"\x00", "seg_root": bytes(range(101, 132)) + b"\x00"}
+ENDS_IN_ZERO["file_id"] = FILE_ID[:-1] + b"\x00"
+
+
+@pytest.mark.parametrize("field", ["sha256", "seg_root", "file_id"])
+def test_a_header_field_one_byte_short_is_not_zero_padded_into_the_same_tag(field: str) -> None:
+    keys, full = file_keys(), ENDS_IN_ZERO[field]
+    whole: dict[str, Any] = {field: full}
+    cut: dict[str, Any] = {field: full[:-1]}
+    h = dataclasses.replace(header(), **whole)
+    tag = sfs.header_tag(keys, h)
+    sfs.verify_header(keys, h, tag)
+    short = dataclasses.replace(h, **cut)
+    assert_integrity_error(sfs.header_tag, keys, short)
+    assert_integrity_error(sfs.verify_header, keys, short, tag)
+
+
+def test_a_header_name_of_exactly_max_name_bytes_verifies_and_one_byte_more_is_refused() -> None:
+    keys, name = file_keys(), "\u00e9" * 127 + "x"  # 255 bytes of UTF-8
+    assert len(name.encode()) == sfs.MAX_NAME_BYTES
+    h = dataclasses.replace(header(), name=name)
+    sfs.verify_header(keys, h, sfs.header_tag(keys, h))
+    assert_integrity_error(sfs.header_tag, keys, dataclasses.replace(h, name=name + "x"))
+
+
+@pytest.mark.parametrize(
+    "seg_size", [sfs.MIN_SEG_SIZE, sfs.MIN_SEG_SIZE + 16, 3 * S, sfs.DEFAULT_SEG_SIZE, sfs.MAX_SEG_SIZE]
+)
+def test_a_supported_segment_size_is_accepted(seg_size: int) -> None:
+    sfs.check_seg_size(seg_size)
+    keys = file_keys()
+    h = dataclasses.replace(header(), seg_size=seg_size, seg_count=sfs.segment_count(2 * S + 5, seg_size))
+    sfs.verify_header(keys, h, sfs.header_tag(keys, h))
+    t = ticket(seg_size=seg_size)
+    sfs.verify_upload(keys, t, sfs.upload_tag(keys, t))
+
+
+UNSUPPORTED_SEG_SIZES = [0, 16, sfs.MIN_SEG_SIZE - 16, S + 1, S + 8, 3 * S + 4, sfs.MAX_SEG_SIZE - 8]
+UNSUPPORTED_SEG_SIZES += [sfs.MAX_SEG_SIZE + 16, 2 * sfs.MAX_SEG_SIZE]
+
+
+@pytest.mark.parametrize("seg_size", UNSUPPORTED_SEG_SIZES)
+def test_an_unsupported_segment_size_is_refused_even_under_a_valid_tag(seg_size: int) -> None:
+    """Below the minimum, above the maximum or not a whole number of blocks: refused by
+    check_seg_size, and a header or upload ticket that names it is refused though its tag is
+    right (the tag alone does not make a segment size one the format supports)."""
+    with pytest.raises(ValueError, match="^segment size must be a multiple of 16 between 4096 and 16777216$"):
+        sfs.check_seg_size(seg_size)
+    keys = file_keys()
+    h = dataclasses.replace(header(), seg_size=seg_size, seg_count=3)
+    assert_integrity_error(sfs.verify_header, keys, h, sfs.header_tag(keys, h))
+    t = ticket(seg_size=seg_size)
+    assert_integrity_error(sfs.verify_upload, keys, t, sfs.upload_tag(keys, t))
+
+
 # --- freshness ---------------------------------------------------------------------------------
 
 
@@ -619,6 +696,34 @@ def test_cbc_decrypt_in_parallel_threads() -> None:
     assert got == [AES.new(key, AES.MODE_CBC, b[:16]).decrypt(b[16:]) for b in jobs]
 
 
+def scratch_buffers_in_a_new_thread(sizes: list[int]) -> list[tuple[int, object]]:
+    """``_scratch_buffer`` called for each size in turn by one fresh thread (no buffer yet):
+    the length of each view and the buffer under it."""
+
+    def take(size: int) -> tuple[int, object]:
+        view = sfs._scratch_buffer(size)
+        try:
+            return len(view), view.obj
+        finally:
+            view.release()  # as cbc_decrypt does
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: [take(size) for size in sizes]).result()
+
+
+def test_cbc_decrypt_reuses_one_scratch_buffer_per_thread_grown_to_the_largest_segment() -> None:
+    """The ECB pass writes into one buffer per thread, reused call after call and replaced
+    only by a larger one: a fresh segment-sized buffer per call costs page faults (issue 17)."""
+    taken = scratch_buffers_in_a_new_thread([S, S, 16, 2 * S, S])
+    assert [length for length, _ in taken] == [S, S, 16, 2 * S, S]
+    first, same, smaller, larger, after_larger = (buffer for _, buffer in taken)
+    assert same is first and smaller is first
+    assert larger is not first and len(larger) == 2 * S  # type: ignore[arg-type]
+    assert after_larger is larger
+    ((_, other_thread),) = scratch_buffers_in_a_new_thread([S])
+    assert other_thread is not first and other_thread is not larger
+
+
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 31, 33])
 def test_cbc_decrypt_refuses_anything_but_iv_and_whole_blocks(size: int) -> None:
     assert_integrity_error(sfs.cbc_decrypt, bytes(32), bytes(size))
@@ -647,7 +752,7 @@ def test_cbc_encrypt_into_equals_pycryptodome_cbc_on_random_data() -> None:
 
 @pytest.mark.parametrize("size", [1, 15, 17, 33])
 def test_cbc_encrypt_into_refuses_a_partial_block(size: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^CBC encryption of a partial block$"):
         sfs.cbc_encrypt_into(bytes(32), bytes(16), bytes(size), memoryview(bytearray(size + 32)))
 
 
@@ -689,6 +794,16 @@ def test_derive_file_keys_known_answer() -> None:
     keys = file_keys()
     assert keys.enc.hex() == "89944eb5b35c8c1a1c73e496078bf404c6c72e30f0889bc81f8c8e56eed75462"
     assert keys.mac.hex() == "4764d9a391b4a816ab0580d2f365469f5dd77289bce78b016a09fa032dbc6c9f"
+
+
+def test_derive_user_key_known_answer() -> None:
+    """K_user = HKDF-SHA256(ikm=MK, salt="", info="sfs/v1/user", 32) (docs/FORMAT.md)."""
+    key = sfs.derive_user_key(MASTER_KEY)
+    assert key.hex() == "811b8b0a20d5ee1de7d9875a1e296cbd9b15cb8d5316696cd6755b83c79df7ed"
+    assert key == hkdf_reference(MASTER_KEY, b"", b"sfs/v1/user", 32)
+    kek = sfs.derive_kek(MASTER_KEY)
+    assert kek.enc + kek.mac == hkdf_reference(MASTER_KEY, b"", b"sfs/v1/kek", 64)
+    assert key not in (kek.enc, kek.mac)
 
 
 def test_wrap_file_key_known_answer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -824,6 +939,20 @@ def test_a_tail_opens_nowhere_else(offset: int) -> None:
             sfs.open_tail(keys, FILE_ID, S, offset, ROOT, cut)
 
 
+@pytest.mark.parametrize("field", ["prefix_root", "file_id"])
+def test_a_tail_root_or_file_id_one_byte_short_is_not_zero_padded_into_the_same_tag(field: str) -> None:
+    keys, offset, tail = file_keys(), 17, data_of(17)
+    root, file_id = ENDS_IN_ZERO["seg_root"], ENDS_IN_ZERO["file_id"]
+    blob = sfs.seal_tail(keys, file_id, S, offset, root, tail)
+    assert sfs.open_tail(keys, file_id, S, offset, root, blob) == tail
+    if field == "prefix_root":
+        root = root[:-1]
+    else:
+        file_id = file_id[:-1]
+    assert_integrity_error(sfs.open_tail, keys, file_id, S, offset, root, blob)
+    assert_integrity_error(sfs.seal_tail, keys, file_id, S, offset, root, tail)
+
+
 def test_a_validly_tagged_tail_with_a_wrong_pad_length_is_refused() -> None:
     """Padding is checked after the MAC too: a sealer bug cannot hand back the wrong bytes."""
     keys, offset = file_keys(), 17
@@ -903,6 +1032,7 @@ def test_an_upload_ticket_with_any_field_changed_fails_its_tag(changes: dict[str
         {"owner": 2**64},
         {"length": 2**64},
         {"created": -1.0},
+        {"upload_id": "3f1c0d2e9a8b7c6\u00e9"},  # not ASCII: a tampered column
     ],
     # plain ids: pytest's escaped id of a bytes value is not found again when passed back on
     # the command line, as mutmut does (the whole mutation run stopped on it)
@@ -916,6 +1046,7 @@ def test_an_upload_ticket_with_any_field_changed_fails_its_tag(changes: dict[str
         "owner_2_64",
         "length_2_64",
         "created_negative",
+        "upload_id_not_ascii",
     ],
 )
 def test_an_upload_ticket_outside_the_format_is_refused_not_crashed_on(changes: dict[str, Any]) -> None:
@@ -928,3 +1059,30 @@ def test_a_key_pair_never_shows_its_keys() -> None:
     keys = file_keys()
     assert repr(keys) == str(keys) == "KeyPair(<secret>)"
     assert keys.enc.hex() not in repr(keys) and keys.mac.hex() not in repr(keys)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"file_id": ENDS_IN_ZERO["file_id"][:-1]},
+        {"name": "\u00e9" * 127 + "xx"},
+        {"upload_id": "u" * 256},
+    ],
+    ids=["file_id_one_byte_short", "name_256_bytes", "upload_id_256_chars"],
+)
+def test_upload_tag_refuses_a_field_outside_the_format_instead_of_packing_it(changes: dict[str, Any]) -> None:
+    """A short file id would be zero-padded by struct into another ticket's tag; a name over
+    MAX_NAME_BYTES or an id over 255 has no place in the layout."""
+    keys = file_keys()
+    assert_integrity_error(sfs.upload_tag, keys, ticket(**changes))
+    assert_integrity_error(sfs.verify_upload, keys, ticket(**changes), sfs.upload_tag(keys, ticket()))
+
+
+def test_upload_tag_takes_every_field_at_its_largest() -> None:
+    keys = file_keys()
+    for t in (
+        ticket(file_id=ENDS_IN_ZERO["file_id"]),
+        ticket(name="\u00e9" * 127 + "x"),  # MAX_NAME_BYTES of UTF-8
+        ticket(upload_id="u" * 255),
+    ):
+        sfs.verify_upload(keys, t, sfs.upload_tag(keys, t))
