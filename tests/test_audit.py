@@ -82,14 +82,14 @@ def test_entries_keep_their_order_and_content(db: Path) -> None:
     ],
 )
 def test_a_changed_entry_breaks_the_chain_there(db: Path, sql: str, intact: int, first_broken: int) -> None:
-    with sqlite3.connect(db) as con:
+    with sqlite3.connect(db, factory=Edits) as con:
         con.execute(sql)
     checked, broken, _ = verify(db)
     assert (checked, broken.seq if broken else None) == (intact, first_broken)
 
 
 def test_swapped_entries_break_the_chain(db: Path) -> None:
-    with sqlite3.connect(db) as con:
+    with sqlite3.connect(db, factory=Edits) as con:
         a = con.execute("SELECT actor, action, target, outcome, mac FROM audit WHERE seq = 2").fetchone()
         b = con.execute("SELECT actor, action, target, outcome, mac FROM audit WHERE seq = 3").fetchone()
         for seq, row in ((2, b), (3, a)):
@@ -101,7 +101,7 @@ def test_swapped_entries_break_the_chain(db: Path) -> None:
 
 
 def test_a_forged_entry_appended_does_not_verify(db: Path) -> None:
-    with sqlite3.connect(db) as con:
+    with sqlite3.connect(db, factory=Edits) as con:
         con.execute(
             "INSERT INTO audit (seq, at, actor, address, action, target, outcome, key_id, mac)"
             " VALUES (11, 0, 'x', 'x', 'delete', 'x', '200', 1, zeroblob(32))"
@@ -294,7 +294,8 @@ def test_retire_key_refuses_while_audit_entries_use_it(fresh_server: Server) -> 
     server.new_user()
     wait_for_rows(server, 2)
     server.stop()
-    with sqlite3.connect(server.db_path) as con:  # a broken entry is not re-chained: it keeps key 1
+    # a broken entry is not re-chained: it keeps key 1
+    with sqlite3.connect(server.db_path, factory=Edits) as con:
         con.execute("UPDATE audit SET outcome = '500' WHERE seq = 2")
     assert server.admin("rotate-key").returncode == 0
     with sqlite3.connect(server.db_path) as con:

@@ -204,6 +204,82 @@ def test_a_rotated_token_presented_again_revokes_its_family_and_only_it(tmp_path
     run(tmp_path, scenario)
 
 
+async def log_out_everywhere(core: Core) -> None:
+    alice = await core.auth.find_user("alice")
+    assert alice is not None and alice.token_epoch == 0
+    await core.auth.logout_all(Identity(alice.id, alice.username))
+    raised = await core.auth.find_user("alice")
+    assert raised is not None and raised.token_epoch == 1
+
+
+def refresh_row(db: Path, refresh_token: str) -> tuple[Any, ...]:
+    """The columns of a refresh row that "log out everywhere" changes: (revoked, key_id, tag)."""
+    with edit(db) as con:
+        row = con.execute(
+            "SELECT revoked, key_id, tag FROM refresh_tokens WHERE id = ?", (refresh_id(refresh_token),)
+        ).fetchone()
+    assert row is not None and row[0] is None
+    return tuple(row)
+
+
+def restore_refresh_row(db: Path, refresh_token: str, row: tuple[Any, ...]) -> None:
+    with edit(db) as con:
+        con.execute(
+            "UPDATE refresh_tokens SET revoked = ?, key_id = ?, tag = ? WHERE id = ?",
+            (*row, refresh_id(refresh_token)),
+        )
+
+
+def test_an_epoch_set_back_in_the_database_does_not_revive_an_ended_access_token(tmp_path: Path) -> None:
+    """A writer without the master key undoes "log out everywhere": the session's refresh row
+    copied back as it was (genuine: its family is no longer revoked), then the account's epoch
+    set back. The epoch then comes from a row that fails its check: the token is refused as
+    invalid, where an unchecked row would let it in. Each step is a new core (nothing cached)."""
+    db = tmp_path / "vault.db"
+
+    async def start(core: Core) -> Any:
+        await account(core)
+        return await core.auth.login("alice", PASSWORD)
+
+    pair = run(tmp_path, start)
+    before = refresh_row(db, pair.refresh_token)
+    run(tmp_path, log_out_everywhere)
+    restore_refresh_row(db, pair.refresh_token, before)
+
+    async def refused(core: Core) -> type[BaseException]:
+        with pytest.raises(InvalidToken) as caught:
+            await core.auth.authenticate(pair.token)
+        return caught.type
+
+    assert run(tmp_path, refused) is RevokedToken  # the session is back, the epoch is not
+    with edit(db) as con:
+        con.execute("UPDATE users SET token_epoch = 0 WHERE username = ?", ("alice",))
+    assert run(tmp_path, refused) is InvalidToken  # no verified row: no epoch, no account
+
+
+def test_a_refresh_row_restored_from_before_log_out_everywhere_does_not_refresh(tmp_path: Path) -> None:
+    """A genuine refresh row (its tag verifies) copied back as it was before "log out
+    everywhere" names an epoch the account has left: refused, whatever the row says."""
+    db = tmp_path / "vault.db"
+
+    async def start(core: Core) -> str:
+        await account(core)
+        return (await core.auth.login("alice", PASSWORD)).refresh_token
+
+    refresh_token = run(tmp_path, start)
+    before = refresh_row(db, refresh_token)
+    run(tmp_path, log_out_everywhere)
+    restore_refresh_row(db, refresh_token, before)
+
+    async def check(core: Core) -> None:
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10)
+        assert (await tokens.redeem(refresh_token)).epoch == 0  # the row verifies, not revoked
+        with pytest.raises(RevokedToken):
+            await core.auth.refresh(refresh_token)
+
+    run(tmp_path, check)
+
+
 @pytest.mark.parametrize("token", [None, "", 42, ["x"]])
 def test_a_refresh_field_must_be_a_non_empty_string(token: object) -> None:
     with pytest.raises(

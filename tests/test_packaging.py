@@ -42,7 +42,9 @@ def test_dockerfile_runs_as_a_user_with_a_volume_and_a_health_check() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^USER 10001:10001$", text, re.M)
     assert 'VOLUME ["/data"]' in text and "HEALTHCHECK" in text and "/health" in text
-    for source in re.findall(r"^COPY (\S+)", text, re.M):
+    copies = [line.split()[1:-1] for line in re.findall(r"^COPY .+$", text, re.M)]  # sources, then the target
+    assert [s for sources in copies for s in sources][:2] == ["requirements.txt", "run.py"]  # found at all
+    for source in (s for sources in copies for s in sources):
         assert (ROOT / source).exists(), source
 
 
@@ -61,5 +63,5 @@ def test_compose_file_builds_that_dockerfile_with_a_data_volume_on_loopback() ->
         DEPLOY / "Dockerfile"
     ).resolve()
     assert service["volumes"] == ["vault-data:/data"] and "vault-data" in compose["volumes"]
-    assert all(port.startswith("127.0.0.1:") for port in service["ports"])
+    assert service["ports"] and all(port.startswith("127.0.0.1:") for port in service["ports"])
     assert service["read_only"] is True and service["cap_drop"] == ["ALL"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from run import warn_if_exposed
+from tests.dbedit import Edits
 from tests.server import Response, Server
 from vault.config import Settings
 
@@ -100,7 +101,7 @@ def test_concurrent_use_of_one_invite_admits_exactly_one(invite_server: Server) 
 
 def test_an_expired_invite_is_refused(invite_server: Server) -> None:
     code = new_invite(invite_server, "--ttl", "1h")
-    with sqlite3.connect(invite_server.db_path) as con:
+    with sqlite3.connect(invite_server.db_path, factory=Edits) as con:
         con.execute("UPDATE invites SET expires = ? WHERE used IS NULL", (time.time() - 1,))
     assert_error(register(invite_server, "too-late", code), 403, "Invite code unknown, used or expired")
 
@@ -108,7 +109,7 @@ def test_an_expired_invite_is_refused(invite_server: Server) -> None:
 def test_invites_are_stored_keyed_so_a_row_cannot_be_forged(invite_server: Server) -> None:
     code = new_invite(invite_server)
     forged = "F" * 24
-    with sqlite3.connect(invite_server.db_path) as con:
+    with sqlite3.connect(invite_server.db_path, factory=Edits) as con:
         con.execute(
             "INSERT INTO invites (code_hash, key_id, created, expires) VALUES (?, 1, ?, ?)",
             (hashlib.sha256(forged.encode()).digest(), time.time(), time.time() + 3600),
@@ -184,7 +185,7 @@ def test_a_disabled_user_loses_every_session_and_keeps_their_files(server: Serve
 def test_enabling_a_row_by_hand_does_not_let_a_disabled_user_in(server: Server) -> None:
     name, _ = server.new_user()
     assert server.admin("disable-user", name).returncode == 0
-    with sqlite3.connect(server.db_path) as con:
+    with sqlite3.connect(server.db_path, factory=Edits) as con:
         con.execute("UPDATE users SET disabled = 0 WHERE username = ?", (name,))
     assert login(server, name).status == 401  # the row's tag no longer verifies
 

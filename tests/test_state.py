@@ -12,6 +12,7 @@ import pytest
 
 from storage.sqlite_state import SQLiteState
 from tests import pg
+from tests.dbedit import Edits
 from vault.errors import InvalidCredentials, TooManyAttempts, TooManyRegistrations
 from vault.state import LocalState
 from vault.store import Counter, StateStore
@@ -325,7 +326,8 @@ def test_postgres_holds_and_counters_stay_atomic_across_instances(
             assert await dead.hold("upload", "8", 2, 2) is not None
             assert await alive.hold("upload", "8", 1, 2) is None
             async with stores[1].pool.acquire() as db:  # its lease ran out (it was killed)
-                await db.execute("UPDATE state_holders SET expires = 0 WHERE holder = $1", dead.holder)
+                done = await db.execute("UPDATE state_holders SET expires = 0 WHERE holder = $1", dead.holder)
+                assert done == "UPDATE 1", done
             assert await alive.held("upload", "8") == 0
             assert await alive.hold("upload", "8", 2, 2) is not None
         finally:
@@ -358,7 +360,8 @@ def test_sqlite_a_dead_processs_holds_lapse_with_its_lease(tmp_path: Path) -> No
             assert await dead.hold("upload", "7", 2, 2) is not None
             assert await alive.hold("upload", "7", 1, 2) is None
             assert await alive.held_keys("upload") == {"7"}
-            with sqlite3.connect(tmp_path / "vault.db") as db:  # its lease ran out (it was killed)
+            # its lease ran out (it was killed)
+            with sqlite3.connect(tmp_path / "vault.db", factory=Edits) as db:
                 db.execute("UPDATE state_holders SET expires = 0 WHERE holder = ?", (dead.holder,))
             assert await alive.held("upload", "7") == 0 and await alive.held_keys("upload") == set()
             assert await alive.hold("upload", "7", 2, 2) is not None
