@@ -5,6 +5,8 @@ sees which of them each rule's code answers to, and they pin exact boundaries.""
 
 import asyncio
 import hashlib
+import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from tests import incore
 from tests.dbedit import edit
+from vault import tokens as tokens_module
 from vault.auth import Identity
 from vault.core import Core
 from vault.errors import (
@@ -57,6 +60,12 @@ async def account(core: Core, name: str = "alice") -> Identity:
     user = await core.auth.find_user(name)
     assert user is not None
     return Identity(user.id, user.username)
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == "vault.tokens" and r.levelno == logging.WARNING
+    ]
 
 
 class Clock:
@@ -186,7 +195,9 @@ def test_a_revoked_familys_access_tokens_die_for_exactly_one_access_lifetime(tmp
     run(tmp_path, scenario)
 
 
-def test_a_rotated_token_presented_again_revokes_its_family_and_only_it(tmp_path: Path) -> None:
+def test_a_rotated_token_presented_again_revokes_its_family_and_only_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario(core: Core) -> None:
         tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10)
         alice = await account(core)
@@ -195,6 +206,9 @@ def test_a_rotated_token_presented_again_revokes_its_family_and_only_it(tmp_path
         successor = await tokens.rotate(await tokens.redeem(token))
         with pytest.raises(RevokedToken):
             await tokens.redeem(token)
+        assert warnings(caplog) == [
+            f"user {alice.user_id}: a rotated refresh token was used again; its session is revoked"
+        ]
         assert await tokens.family_revoked(family)
         with pytest.raises(RevokedToken):
             await tokens.redeem(successor)
@@ -555,7 +569,9 @@ def test_wrong_link_passwords_sent_at_once_are_checked_no_more_than_the_free_one
         ("key_id", 9),
     ],
 )
-def test_a_refresh_row_edited_in_any_column_is_refused(tmp_path: Path, column: str, value: object) -> None:
+def test_a_refresh_row_edited_in_any_column_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, column: str, value: object
+) -> None:
     """Every column is under the row's tag: an edit without the master key (un-using,
     un-revoking, extending, moving to another user or epoch) makes the row unknown."""
 
@@ -580,7 +596,14 @@ def test_a_refresh_row_edited_in_any_column_is_refused(tmp_path: Path, column: s
         with pytest.raises(InvalidToken):
             await tokens.redeem(token)
 
+    caplog.clear()
     run(tmp_path, check)
+    logged = [
+        r.getMessage() for r in caplog.records if r.name == "vault.tokens" and r.levelno == logging.ERROR
+    ]
+    assert len(logged) == 2 and all(
+        re.fullmatch(r"a refresh token row of user [0-9]+ failed its integrity check", m) for m in logged
+    ), logged
 
 
 def test_the_refresh_tag_is_the_row_tag_of_every_field_under_its_own_label(tmp_path: Path) -> None:
@@ -614,7 +637,9 @@ def test_a_refresh_row_under_a_retired_master_key_is_refused(tmp_path: Path) -> 
     asyncio.run(check())
 
 
-def test_a_row_rotated_twice_at_once_revokes_its_family(tmp_path: Path) -> None:
+def test_a_row_rotated_twice_at_once_revokes_its_family(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Two refreshes that both redeemed the row before either rotated it: the second rotation
     finds it used and revokes the session (including the first one's successor)."""
 
@@ -628,10 +653,118 @@ def test_a_row_rotated_twice_at_once_revokes_its_family(tmp_path: Path) -> None:
         assert not await tokens.family_revoked(family)
         with pytest.raises(RevokedToken):
             await tokens.rotate(row)
+        assert warnings(caplog) == [
+            f"user {alice.user_id}: a refresh token was used twice at once; its session is revoked"
+        ]
         assert await tokens.family_revoked(family)
         with pytest.raises(RevokedToken):
             await tokens.redeem(successor)
         assert not await tokens.family_revoked(other)
         assert (await tokens.redeem(bystander)).user_id == alice.user_id
+
+    run(tmp_path, scenario)
+
+
+def test_storing_a_refresh_row_prunes_the_users_rows_expired_an_access_lifetime_ago(tmp_path: Path) -> None:
+    """A row is kept for one access lifetime after it expires (its revocation must outlive the
+    access tokens of its family), then the next login or rotation of the user deletes it; a
+    row still valid, even for less than that, is never deleted."""
+
+    async def scenario(core: Core) -> None:
+        clock = Clock()
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10, clock=clock)
+        alice = await account(core)
+        expiring, _ = await tokens.start(alice.user_id, 0)  # expires at +100
+        clock.now += 95  # 5 s before it expires: a login now must keep it
+        later, _ = await tokens.start(alice.user_id, 0)
+        assert (await tokens.redeem(expiring)).expires == 1_000_100.0
+        clock.now += 1  # and so must a rotation
+        later = await tokens.rotate(await tokens.redeem(later))
+        assert (await tokens.redeem(expiring)).expires == 1_000_100.0
+        clock.now += 14  # expired exactly one access lifetime ago: kept
+        later = await tokens.rotate(await tokens.redeem(later))
+        assert await core.store.get_refresh(refresh_id(expiring)) is not None
+        clock.now += 0.5  # now longer: the next rotation deletes it
+        later = await tokens.rotate(await tokens.redeem(later))
+        assert await core.store.get_refresh(refresh_id(expiring)) is None
+        clock.now += 200
+        _, _ = await tokens.start(alice.user_id, 0)  # a login prunes too
+        assert await core.store.get_refresh(refresh_id(later)) is None
+
+    run(tmp_path, scenario)
+
+
+def test_a_revocation_by_another_process_is_seen_at_the_next_poll_and_not_before(tmp_path: Path) -> None:
+    """With several processes each reads the families revoked elsewhere at most every ``poll``
+    seconds (documented: a logout reaches the others within that time), reading again the
+    POLL_OVERLAP seconds before its last look (a revocation is stamped before it commits)."""
+
+    async def scenario(core: Core) -> None:
+        clock = Clock()
+        here = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=900, clock=clock, poll=1.0)
+        there = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=900, clock=clock, poll=1.0)
+        alice = await account(core)
+        families = [(await there.start(alice.user_id, 0))[1] for _ in range(3)]
+        assert not await here.family_revoked(families[0])  # loaded at +0
+        await there.revoke(alice.user_id, families[0])
+        clock.now += 0.999
+        assert not await here.family_revoked(families[0])  # not read again yet
+        clock.now += 0.001
+        assert await here.family_revoked(families[0])  # the poll at +1 reads it
+        clock.now -= 5  # stamped 5 s before the last look (+1), committed after it
+        await there.revoke(alice.user_id, families[1])
+        clock.now += 6  # +2: the next poll
+        assert await here.family_revoked(families[1])
+        clock.now += 1  # and the one after that still polls
+        await there.revoke(alice.user_id, families[2])
+        clock.now += 1
+        assert await here.family_revoked(families[2])
+        assert await here.family_revoked(families[0])
+
+    run(tmp_path, scenario)
+
+
+def test_a_family_revoked_again_stays_revoked_an_access_lifetime_after_the_last_revocation(
+    tmp_path: Path,
+) -> None:
+    """The store keeps a family's first revocation time; this process remembers its latest, and
+    a poll of the store's times does not shorten that."""
+
+    async def scenario(core: Core) -> None:
+        clock = Clock()
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10, clock=clock, poll=1.0)
+        alice = await account(core)
+        _, family = await tokens.start(alice.user_id, 0)
+        assert not await tokens.family_revoked(family)
+        await tokens.revoke(alice.user_id, family)
+        clock.now += 5
+        await tokens.revoke(alice.user_id, family)  # the rows are revoked already: the store keeps +0
+        clock.now += 2  # past the poll interval: the store's revocations are read again
+        assert await tokens.family_revoked(family)
+        clock.now += 7.5  # 14.5 s after the first revocation, 9.5 s after the second
+        assert await tokens.family_revoked(family)
+        clock.now += 0.5
+        assert not await tokens.family_revoked(family)
+
+    run(tmp_path, scenario)
+
+
+def test_remembered_revocations_are_swept_past_the_prune_mark_and_the_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokens_module, "REVOKED_PRUNE_AT", 2)
+
+    async def scenario(core: Core) -> None:
+        clock = Clock()
+        tokens = RefreshTokens(core.store, core.keyring, ttl=100, access_ttl=10, clock=clock)
+        alice = await account(core)
+        families = [(await tokens.start(alice.user_id, 0))[1] for _ in range(5)]
+        assert not await tokens.family_revoked(families[0])  # loads (nothing) from the store
+        for family in families[:3]:  # the third is past the mark: a sweep, with nothing expired
+            await tokens.revoke(alice.user_id, family)
+        clock.now += 11  # the first three have run out
+        for family in families[3:]:  # sweeps that drop them, then keep sweeping
+            await tokens.revoke(alice.user_id, family)
+        assert [await tokens.family_revoked(f) for f in families] == [False] * 3 + [True] * 2
 
     run(tmp_path, scenario)
