@@ -1,0 +1,463 @@
+"""vault/sharing.py in-process on the real core (tests/incore.py: ``open_core`` on a real
+SQLite file): grants, links, their passwords, budgets, refunds and listings, each rule at its
+exact boundary. tests/test_sharing.py checks the same rules over HTTPS against run.py; these
+run inside the test process, so mutation testing (bench/mutation.sh) sees them."""
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import incore
+from tests.dbedit import edit
+from vault.auth import Identity
+from vault.core import Core
+from vault.errors import FileNotFound, Gone, InvalidCredentials, InvalidField, NotFound, TooManyAttempts
+from vault.rows import GRANT
+from vault.sharing import (
+    FREE_FAILURES,
+    LINK_GUESS,
+    MAX_BACKOFF,
+    RECEIVE_SLACK,
+    link_budget,
+    link_key,
+    lock_out,
+    token_hash,
+)
+from vault.state import LocalState
+from vault.store import Grant, Link
+
+PASSWORD = "correct horse battery"
+
+
+def run(tmp_path: Path, scenario: Callable[[Core], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        async with incore.core(tmp_path / "vault.db", bcrypt_rounds=4) as core:
+            return await scenario(core)
+
+    return asyncio.run(main())
+
+
+async def account(core: Core, name: str) -> Identity:
+    await core.auth.register(name, PASSWORD)
+    return await known(core, name)
+
+
+async def known(core: Core, name: str) -> Identity:
+    user = await core.auth.find_user(name)
+    assert user is not None
+    return Identity(user.id, user.username)
+
+
+async def put(core: Core, owner: Identity, name: str, data: bytes) -> None:
+    upload = await core.files.begin_upload(owner.user_id, len(data))
+    await upload.write(data)
+    await upload.finish(name)
+
+
+async def read_all(core: Core, opened: Any) -> bytes:
+    try:
+        return b"".join([chunk async for chunk in opened.read()])
+    finally:
+        opened.close()
+
+
+# --------------------------------------------------------------------------- pure rules
+
+
+def test_lock_out_starts_at_the_fifth_failure_and_doubles_up_to_an_hour() -> None:
+    now = 1_000_000.0
+    assert [lock_out(n, now) for n in range(FREE_FAILURES)] == [0.0] * FREE_FAILURES
+    waits = [lock_out(FREE_FAILURES + k, now) - now for k in range(14)]
+    assert waits == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, MAX_BACKOFF, MAX_BACKOFF]
+    assert lock_out(10**6, now) == now + MAX_BACKOFF
+
+
+def test_a_cursor_that_is_not_one_is_refused_with_the_documented_message() -> None:
+    assert link_key("12.5/abc_-") == (12.5, "abc_-")
+    with pytest.raises(InvalidField) as refused:
+        link_key("12.5")
+    assert str(refused.value) == "Query parameter 'after' is not a cursor from 'next'"
+
+
+# --------------------------------------------------------------------------- grants
+
+
+def test_a_grant_is_revoked_once_and_then_opens_nothing(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice, bob = await account(core, "alice"), await account(core, "bob")
+        await put(core, alice, "caf\u00e9.txt", b"latte")
+        decomposed = "cafe\u0301.txt"
+        assert await core.sharing.grant(alice, decomposed, "bob") == ("caf\u00e9.txt", "bob")
+        assert await read_all(core, await core.sharing.open_shared(bob, "alice", decomposed)) == b"latte"
+        assert await core.sharing.revoke(alice, decomposed, "bob") == ("caf\u00e9.txt", "bob")
+        with pytest.raises(FileNotFound):
+            await core.sharing.open_shared(bob, "alice", "caf\u00e9.txt")
+        assert await core.sharing.shared_with(bob) == []
+        for username in ("bob", "nobody"):
+            with pytest.raises(NotFound) as refused:
+                await core.sharing.revoke(alice, "caf\u00e9.txt", username)
+            assert str(refused.value) == "Not shared with that user"
+
+    run(tmp_path, scenario)
+
+
+def test_only_the_owners_grant_to_the_reader_opens_a_shared_file(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice, bob, carol = [await account(core, name) for name in ("alice", "bob", "carol")]
+        await put(core, alice, "f.bin", b"alice's")
+        await put(core, carol, "f.bin", b"carol's")
+        await core.sharing.grant(alice, "f.bin", "bob")
+        assert await read_all(core, await core.sharing.open_shared(bob, "alice", "f.bin")) == b"alice's"
+        for reader, owner, name in [
+            (carol, "alice", "f.bin"),  # not granted to carol
+            (bob, "carol", "f.bin"),  # carol granted nothing
+            (bob, "nobody", "f.bin"),  # no such owner
+            (bob, "alice", "g.bin"),  # no such file
+        ]:
+            with pytest.raises(FileNotFound):
+                await core.sharing.open_shared(reader, owner, name)
+
+    run(tmp_path, scenario)
+
+
+def test_grantees_are_sorted_and_a_forged_grant_is_neither_listed_nor_opened(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await account(core, "alice")
+        for name in ("carol", "bob"):
+            await account(core, name)
+        dave = await account(core, "dave")
+        await put(core, alice, "caf\u00e9.txt", b"latte")
+        await core.sharing.grant(alice, "caf\u00e9.txt", "carol")
+        await core.sharing.grant(alice, "caf\u00e9.txt", "bob")
+        # dave's grant written by someone without the row key: a wrong tag.
+        forged = GRANT.seal(
+            core.keyring, Grant(alice.user_id, "caf\u00e9.txt", dave.user_id, time.time(), 0, b"")
+        )
+        assert await core.store.put_grant(dataclasses.replace(forged, tag=bytes(len(forged.tag))))
+        assert await core.sharing.grantees(alice, "cafe\u0301.txt") == ("caf\u00e9.txt", ["bob", "carol"])
+        with pytest.raises(FileNotFound):
+            await core.sharing.open_shared(dave, "alice", "caf\u00e9.txt")
+        assert await core.sharing.shared_with(dave) == []
+        with pytest.raises(FileNotFound):
+            await core.sharing.grantees(alice, "missing.txt")
+
+    run(tmp_path, scenario)
+
+
+# --------------------------------------------------------------------------- budgets and refunds
+
+SIZE = 1000  # a link allowing N downloads may send N * SIZE + 500 (the preview allowance)
+BIG = RECEIVE_SLACK + 1024 * 1024  # where a cut-off response's doubt starts after its start
+
+
+async def limited_link(core: Core, max_downloads: int, size: int = SIZE) -> tuple[Identity, Link]:
+    """alice and a link to her ``size``-byte file f.bin allowing ``max_downloads``."""
+    alice = await account(core, "alice")
+    await put(core, alice, "f.bin", b"d" * size)
+    _, token = await core.sharing.create_link(alice, "f.bin", None, None, max_downloads)
+    link, opened = await core.sharing.open_link(token, None)
+    opened.close()
+    return alice, link
+
+
+async def respond(
+    core: Core, link: Link, nbytes: int, start: int, sent: int, unacked: int | None = None, size: int = SIZE
+) -> None:
+    """A response of ``nbytes`` from ``start`` that sent ``sent`` of them (fewer: cut off) with
+    ``unacked`` of those not acknowledged by the client's TCP when it ended (None: not measured)."""
+    reservation = await core.sharing.reserve(link, size, nbytes, start)
+    reservation.sent = sent
+    if unacked is not None:
+        reservation.unacked = unacked
+    await reservation.close()
+
+
+async def fits(core: Core, link: Link, nbytes: int, start: int, size: int = SIZE) -> bool:
+    try:
+        await core.sharing.check_left(link, size, nbytes, start)
+    except Gone as gone:
+        assert str(gone) == "This link has no downloads left"
+        return False
+    return True
+
+
+async def most(core: Core, link: Link, start: int, size: int = SIZE) -> int:
+    """The longest response from ``start`` the link allows now (check_left's bound, exactly)."""
+    left = link_budget(4, size)
+    assert not await fits(core, link, left + 1, start, size)
+    low, high = 0, left
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if await fits(core, link, mid, start, size) else (low, mid - 1)
+    return low
+
+
+def test_a_resume_inside_what_a_cut_off_response_may_not_have_delivered_gets_it_back(tmp_path: Path) -> None:
+    """The first response, from byte 100, is cut off after 300 bytes: bytes [100, 400) may not
+    have arrived. A request starting in there gets back what it asks again, once."""
+
+    async def scenario(core: Core) -> None:
+        alice, link = await limited_link(core, 1)
+        await respond(core, link, 900, start=100, sent=300)
+        left = link_budget(1, SIZE) - 300
+        assert [await most(core, link, start) for start in (99, 100, 101, 399, 400)] == [
+            left,
+            left + 300,
+            left + 299,
+            left + 1,
+            left,
+        ]
+        await respond(core, link, 900, start=100, sent=900)  # the resume: 600 charged
+        assert [await most(core, link, start) for start in (99, 100, 101)] == [left - 600] * 3
+        [listed] = await core.sharing.links(alice)
+        assert listed.downloads_left == round((SIZE - 900) / SIZE, 3)
+
+    run(tmp_path, scenario)
+
+
+def test_what_a_link_gives_back_to_resumes_stops_at_its_in_flight_allowance(tmp_path: Path) -> None:
+    """in_flight_allowance(SIZE) = SIZE in all, over the link's life, however often it is cut."""
+
+    async def scenario(core: Core) -> None:
+        _, link = await limited_link(core, 3)
+        budget = link_budget(3, SIZE)
+        await respond(core, link, SIZE, start=0, sent=600)  # [0, 600) in doubt
+        await respond(core, link, SIZE, start=0, sent=900)  # 600 given back, 300 charged
+        assert await most(core, link, 0) == budget - 900 + 400  # 400 of the allowance left
+        await respond(core, link, SIZE, start=0, sent=999)  # 400 given back, 599 charged
+        assert await most(core, link, 0) == budget - 1499  # nothing more to give back
+
+    run(tmp_path, scenario)
+
+
+def test_a_response_closed_twice_or_with_nothing_sent_is_charged_once_or_not_at_all(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        _, link = await limited_link(core, 2)
+        budget = link_budget(2, SIZE)
+        reservation = await core.sharing.reserve(link, SIZE, SIZE, 0)
+        await reservation.close()  # the client went away before the first byte
+        assert await most(core, link, 0) == budget
+        reservation = await core.sharing.reserve(link, SIZE, SIZE, 0)
+        reservation.sent = 700
+        await reservation.close()
+        await reservation.close()
+        assert await most(core, link, 0) == budget - 700 + 700  # [0, 700) in doubt
+        assert await most(core, link, 700) == budget - 700
+
+    run(tmp_path, scenario)
+
+
+def test_a_response_that_sent_one_byte_or_none_leaves_the_doubt_as_it_was(tmp_path: Path) -> None:
+    """Only a response cut off after its first byte and before its last is in doubt; one that
+    sent nothing leaves the doubt of the one before it for the next request."""
+
+    async def scenario(core: Core) -> None:
+        _, link = await limited_link(core, 2)
+        budget = link_budget(2, SIZE)
+        first = await core.sharing.reserve(link, SIZE, SIZE, 0)
+        second = await core.sharing.reserve(link, SIZE, SIZE, 0)
+        first.sent = 600
+        await first.close()  # [0, 600) in doubt
+        await second.close()  # sent nothing: no doubt of its own
+        assert await most(core, link, 0) == budget - 600 + 600
+        await respond(core, link, SIZE, start=0, sent=1)  # 600 back, then cut after one byte
+        assert await most(core, link, 0) == budget - 1 + 1  # 1 byte served in all, [0, 1) in doubt
+
+    run(tmp_path, scenario)
+
+
+def test_the_doubt_of_a_long_cut_off_response_is_its_unacknowledged_bytes_and_the_receive_slack(
+    tmp_path: Path,
+) -> None:
+    """Bytes [end - unacked - RECEIVE_SLACK, end) of a response cut off at ``end`` may not have
+    arrived (unacknowledged, or in the client's receive buffer); those before them did."""
+
+    async def scenario(core: Core) -> None:
+        _, link = await limited_link(core, 3, BIG)
+        budget = link_budget(3, BIG)
+        end = BIG - 1
+        await respond(core, link, BIG, start=0, sent=end, size=BIG)  # unacked not measured: 0
+        assert await most(core, link, end - RECEIVE_SLACK - 1, BIG) == budget - end
+        assert await most(core, link, end - RECEIVE_SLACK, BIG) == budget - end + RECEIVE_SLACK
+        await respond(core, link, BIG, start=0, sent=end, unacked=1000, size=BIG)  # none back
+        assert await most(core, link, end - RECEIVE_SLACK - 1001, BIG) == budget - 2 * end
+        assert (
+            await most(core, link, end - RECEIVE_SLACK - 1000, BIG) == budget - 2 * end + RECEIVE_SLACK + 1000
+        )
+
+    run(tmp_path, scenario)
+
+
+def test_a_refund_is_claimed_by_the_next_request_only(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        _, link = await limited_link(core, 2)
+        budget = link_budget(2, SIZE)
+        await respond(core, link, SIZE, start=0, sent=600)
+        await core.sharing.check_left(link, SIZE, budget)  # from byte 0 (the default): 600 back
+        resumed = await core.sharing.reserve(link, SIZE, SIZE)  # from byte 0: gets the 600 back
+        assert await most(core, link, 0) == budget - 600 - SIZE  # none for a second one
+        resumed.sent = SIZE
+        await resumed.close()
+        assert await most(core, link, 0) == budget - SIZE
+
+    run(tmp_path, scenario)
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+def test_a_locked_link_opens_again_at_its_lock_outs_end_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+
+    async def scenario(core: Core) -> None:
+        alice = await account(core, "alice")
+        await put(core, alice, "f.bin", b"d" * 10)
+        _, token = await core.sharing.create_link(alice, "f.bin", None, "open sesame 42", None)
+        with pytest.raises(InvalidCredentials) as refused:
+            await core.sharing.open_link(token, None)
+        assert str(refused.value) == "This link needs a password: curl -u :PASSWORD ..."
+        for attempt in range(FREE_FAILURES):
+            with pytest.raises(InvalidCredentials) as refused:
+                await core.sharing.open_link(token, f"guess {attempt}")
+            assert str(refused.value) == "Wrong password for this link"
+        row = await core.store.get_link(token_hash(token))
+        assert row is not None and (row.failures, row.locked_until) == (FREE_FAILURES, clock[0] + 1)
+        clock[0] += 0.5
+        with pytest.raises(TooManyAttempts) as locked:
+            await core.sharing.open_link(token, "open sesame 42")
+        assert locked.value.retry_after == 1
+        clock[0] += 0.5  # now == locked_until: the lock is over
+        _, opened = await core.sharing.open_link(token, "open sesame 42")
+        opened.close()
+        row = await core.store.get_link(token_hash(token))
+        assert row is not None and (row.failures, row.locked_until) == (0, 0.0)
+
+    run(tmp_path, scenario)
+
+
+def test_a_guess_waits_for_the_one_before_it_and_finds_a_link_revoked_meanwhile_gone(
+    tmp_path: Path,
+) -> None:
+    """A guess is checked under the link's mutex, on the row read again inside it: a guess
+    that waited while the link was revoked finds no link (and tries no password)."""
+
+    async def scenario(core: Core) -> None:
+        state = core.state
+        assert isinstance(state, LocalState)
+        alice = await account(core, "alice")
+        await put(core, alice, "f.bin", b"d" * 10)
+        info, token = await core.sharing.create_link(alice, "f.bin", None, "open sesame 42", None)
+        async with state.mutex(LINK_GUESS, info.id):  # a guess being checked
+            guess = asyncio.ensure_future(core.sharing.open_link(token, "open sesame 42"))
+            while not guess.done() and state._mutexes[(LINK_GUESS, info.id)].users < 2:  # noqa: ASYNC110 (no event to wait on: the mutex counts its users)
+                await asyncio.sleep(0)  # until the guess waits for the mutex (or got past it)
+            assert not guess.done()
+            await core.sharing.revoke_link(alice, info.id)
+        with pytest.raises(NotFound) as refused:
+            await guess
+        assert str(refused.value) == "Link not found"
+        with pytest.raises(NotFound) as refused:
+            await core.sharing.revoke_link(alice, info.id)
+        assert str(refused.value) == "Link not found"
+
+    run(tmp_path, scenario)
+
+
+# --------------------------------------------------------------------------- listings
+
+
+def test_listed_links_count_downloads_left_by_their_files_size(tmp_path: Path) -> None:
+    """downloads_left is (N * size - bytes served) / size: the size of the file each link
+    names. A file whose row no longer verifies is left out of the listing of files, and its
+    link is listed as if the file were empty (its count still comes from its own row)."""
+    db = tmp_path / "vault.db"
+
+    async def populate(core: Core) -> None:
+        alice = await account(core, "alice")
+        for name, size in (("a.bin", 1000), ("b.bin", 4000), ("c.bin", 10)):
+            await put(core, alice, name, b"d" * size)
+            _, token = await core.sharing.create_link(alice, name, None, None, 2)
+            link, opened = await core.sharing.open_link(token, None)
+            opened.close()
+            if name != "c.bin":
+                reservation = await core.sharing.reserve(link, size, 500, 0)
+                reservation.sent = 500
+                await reservation.close()
+
+    async def listed(core: Core) -> None:
+        alice = await known(core, "alice")
+        expected = [("a.bin", 1.5), ("b.bin", 1.875), ("c.bin", 2.0)]
+        whole = await core.sharing.links(alice)
+        assert [(info.name, info.downloads_left) for info in whole] == expected
+        limits: list[int] = []
+        links_after = core.store.links_after
+
+        async def counted(owner: int, after: tuple[float, str] | None, limit: int) -> Any:
+            limits.append(limit)
+            return await links_after(owner, after, limit)
+
+        core.store.links_after = counted  # type: ignore[method-assign]
+        first = await core.sharing.links_page(alice, None, 2)
+        assert [info.downloads_left for info in first.items] == [1.5, 1.875] and first.next
+        rest = await core.sharing.links_page(alice, first.next, 1)
+        assert rest.items == whole[2:] and rest.next is None  # exactly the last one: no next
+        assert limits == [3, 2]  # one row more than the page, to know whether there is a next
+        assert (await core.sharing.links_page(alice, None, 3)).next is None
+
+    run(tmp_path, populate)
+    run(tmp_path, listed)
+    with edit(db) as con:
+        con.execute("UPDATE files SET header_tag = zeroblob(length(header_tag)) WHERE name = 'b.bin'")
+
+    async def tampered(core: Core) -> None:
+        alice = await known(core, "alice")
+        # b.bin's size is unknown: 2 copies of "an empty file" (1 byte each) less 500 served.
+        expected = [("a.bin", 1.5), ("b.bin", 0.0), ("c.bin", 2.0)]
+        assert [(info.name, info.downloads_left) for info in await core.sharing.links(alice)] == expected
+        page = await core.sharing.links_page(alice, None, 3)
+        assert [(info.name, info.downloads_left) for info in page.items] == expected
+
+    run(tmp_path, tampered)
+
+
+def test_a_page_of_shared_files_ends_where_its_cursor_says_across_owners(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice, bob, carol = [await account(core, name) for name in ("alice", "bob", "carol")]
+        for owner, name in ((alice, "x.txt"), (carol, "a.txt"), (carol, "b.txt")):
+            await put(core, owner, name, name.encode())
+            await core.sharing.grant(owner, name, "bob")
+        first = await core.sharing.shared_page(bob, None, 2)
+        assert [(s.owner, s.info.name) for s in first.items] == [("alice", "x.txt"), ("carol", "a.txt")]
+        assert first.next == "carol/a.txt"
+        rest = await core.sharing.shared_page(bob, first.next, 1)
+        assert [(s.owner, s.info.name) for s in rest.items] == [("carol", "b.txt")]
+        assert rest.next is None
+        assert (await core.sharing.shared_page(bob, None, 3)).next is None
+
+    run(tmp_path, scenario)
+
+
+def test_a_link_without_a_limit_counts_every_byte_it_served(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await account(core, "alice")
+        await put(core, alice, "f.bin", b"d" * SIZE)
+        _, token = await core.sharing.create_link(alice, "f.bin", None, None, None)
+        link, opened = await core.sharing.open_link(token, None)
+        opened.close()
+        for sent in (SIZE, 600):
+            await core.sharing.check_left(link, SIZE, 10 * SIZE, 0)  # no limit to check
+            reservation = await core.sharing.reserve(link, SIZE, SIZE, 0)
+            reservation.sent = sent
+            await reservation.close()
+        row = await core.store.get_link(token_hash(token))
+        assert row is not None and row.bytes_served == SIZE + 600
+
+    run(tmp_path, scenario)
