@@ -1,17 +1,37 @@
-"""Login throttling: vault.throttle with a fake clock, then /login over HTTPS."""
+"""Login throttling: vault.throttle in process with a fake clock (in memory, then on the shared
+state), then /login over HTTPS."""
 
+import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from tests.server import Response, Server
 from vault.config import load_settings
 from vault.errors import Busy, ConfigError, InvalidCredentials, TooManyAttempts, TooManyRegistrations
-from vault.throttle import MAX_KEYS, LoginThrottle, RegistrationLimit, address_key, parse_networks
+from vault.state import LocalState
+from vault.store import Counter, Hold
+from vault.throttle import (
+    ACCOUNT,
+    ADDRESS,
+    BUSY_RETRY,
+    CAS_ROUNDS,
+    MAX_KEYS,
+    PENDING,
+    REGISTER,
+    LoginThrottle,
+    RegistrationLimit,
+    SharedLoginThrottle,
+    address_key,
+    parse_networks,
+)
 
 PASSWORD = "correct horse battery"
 LOCKED = b'{"message": "Too many wrong passwords: wait before trying again", "status": 429}'
@@ -137,6 +157,23 @@ def test_tracked_keys_are_capped_dropping_the_oldest() -> None:
     assert wait_of(throttle, "user4", "203.0.113.1") > 0
 
 
+def test_a_failure_whose_key_was_dropped_meanwhile_still_counts() -> None:
+    """Past max_keys a key is dropped even with an attempt in flight; that attempt's failure is
+    counted on a new entry (making room again), its abandonment leaves nothing."""
+    throttle, _ = make(free=1, max_keys=1)
+    throttle.check("alice", "192.0.2.1")
+    fail(throttle, "bob", "192.0.2.2")  # drops alice and 192.0.2.1 to make room, then fails
+    throttle.failed("alice", "192.0.2.1")  # drops bob and 192.0.2.2 (expired or not) in turn
+    assert throttle.tracked() == (1, 1)
+    assert wait_of(throttle, "alice", "203.0.113.1") == 1
+    assert wait_of(throttle, "carol", "192.0.2.1") == 1
+    assert wait_of(throttle, "bob", "192.0.2.2") == 0
+    throttle.check("dave", "192.0.2.3")
+    throttle.check("erin", "192.0.2.4")  # drops dave's and 192.0.2.3's entries
+    throttle.abandoned("dave", "192.0.2.3")
+    assert throttle.tracked() == (1, 1)
+
+
 # --- keys ------------------------------------------------------------------------------------------
 
 
@@ -178,6 +215,21 @@ def test_account_key_ignores_case_and_applies_to_unknown_names() -> None:
     assert wait_of(throttle, "alice", "192.0.2.3") == 1
 
 
+def test_account_key_is_the_name_lower_cased_and_cut_to_64_characters() -> None:
+    throttle, _ = make(free=1)
+    fail(throttle, "Straße", "192.0.2.1")  # lower-cased, not upper-cased: 'STRASSE' is another
+    assert wait_of(throttle, "straße", "192.0.2.2") == 1
+    assert wait_of(throttle, "STRASSE", "192.0.2.2") == 0
+    fail(throttle, "x" * 64 + "a", "192.0.2.3")
+    assert wait_of(throttle, "X" * 64 + "b", "192.0.2.4") == 1
+    assert wait_of(throttle, "x" * 63, "192.0.2.4") == 0
+
+
+def test_a_peer_that_is_no_address_is_keyed_by_its_first_64_characters() -> None:
+    assert address_key("unix-socket") == "unix-socket"
+    assert address_key("p" * 100) == "p" * 64
+
+
 def test_ipv6_addresses_are_keyed_by_their_64_and_mapped_ipv4_as_ipv4() -> None:
     assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
     assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
@@ -215,6 +267,19 @@ def test_abandoned_attempt_counts_nothing() -> None:
     assert throttle.tracked() == (0, 0)
 
 
+def test_an_attempt_ending_gives_back_exactly_its_own_turn() -> None:
+    throttle, _ = make(free=2)
+    throttle.check("alice", "192.0.2.1")
+    throttle.check("alice", "192.0.2.2")
+    throttle.abandoned("alice", "192.0.2.1")  # one of two in flight ends: one turn is free
+    throttle.check("alice", "192.0.2.3")
+    with pytest.raises(TooManyAttempts):
+        throttle.check("alice", "192.0.2.4")
+    throttle.succeeded("alice", "192.0.2.2")
+    throttle.abandoned("alice", "192.0.2.3")
+    assert throttle.tracked() == (0, 0)
+
+
 def test_attempt_records_the_outcome_of_its_body() -> None:
     throttle, _ = make(free=1)
     with throttle.attempt("alice", "192.0.2.1"):
@@ -227,6 +292,67 @@ def test_attempt_records_the_outcome_of_its_body() -> None:
         raise InvalidCredentials()
     with pytest.raises(TooManyAttempts), throttle.attempt("alice", "192.0.2.1"):
         raise AssertionError("the body must not run while locked")
+
+
+def test_the_lock_is_logged_once_naming_the_address_never_the_account(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    throttle, clock = make(free=2, max_backoff=3600)
+    with caplog.at_level(logging.DEBUG, "vault.throttle"):
+        for _ in range(4):
+            clock.now += wait_of(throttle, "alice-secret", "192.0.2.1")
+            fail(throttle, "alice-secret", "192.0.2.1")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "login throttled for an account after 2 failures"),
+        ("WARNING", "login throttled for '192.0.2.1' after 2 failures"),
+    ]
+
+
+def test_throttle_arguments_must_be_positive() -> None:
+    for free, max_backoff, max_keys in ((0, 1, 1), (1, 0, 1), (1, 1, 0)):
+        with pytest.raises(ValueError, match="^free, max_backoff and max_keys must be positive$"):
+            LoginThrottle(free=free, max_backoff=max_backoff, max_keys=max_keys)
+    throttle = LoginThrottle(free=1, max_backoff=1, max_keys=1)  # the smallest that works
+    fail(throttle)
+    assert wait_of(throttle) == 1
+
+
+def test_throttle_defaults_trust_no_proxy_and_limit_no_registration() -> None:
+    throttle = LoginThrottle(free=1, max_backoff=1)
+    assert throttle.client_address("10.0.0.1", "203.0.113.5") == "10.0.0.1"
+
+    async def register() -> None:
+        for _ in range(5):
+            await throttle.check_registration("192.0.2.1")
+
+    asyncio.run(register())
+
+
+def test_throttle_passes_its_registration_limits_keys_and_clock_on() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(
+        free=1, max_backoff=1, max_keys=2, clock=clock, register_per_address=1, register_per_hour=4
+    )
+
+    async def register(address: str) -> int:
+        try:
+            await throttle.check_registration(address)
+        except TooManyRegistrations as exc:
+            return exc.retry_after
+        return 0
+
+    async def scenario() -> None:
+        assert await register("192.0.2.1") == 0
+        clock.now += 600
+        assert await register("192.0.2.1") == 3000  # one per address, an hour from the first
+        assert await register("192.0.2.2") == 0
+        assert await register("192.0.2.3") == 0
+        assert await register("192.0.2.1") == 0  # max_keys 2: 192.0.2.1 was forgotten
+        assert await register("192.0.2.4") == 3000  # the total of 4 is used up
+        clock.now += 3000
+        assert await register("192.0.2.5") == 0
+
+    asyncio.run(scenario())
 
 
 # --- the victim ------------------------------------------------------------------------------------
@@ -264,12 +390,22 @@ def test_x_forwarded_for_from_a_trusted_proxy_gives_its_last_address() -> None:
     assert throttle.client_address("172.20.1.2", "6.6.6.6, 203.0.113.5") == "203.0.113.5"
     assert throttle.client_address("10.0.0.1", None) == "10.0.0.1"
     assert throttle.client_address("10.0.0.1", "not an address") == "10.0.0.1"
+    assert throttle.client_address("10.0.0.1", "6.6.6.6,203.0.113.5") == "203.0.113.5"  # no space
+    assert throttle.client_address("10.0.0.1", "6.6.6.6, 7.7.7.7, 203.0.113.5") == "203.0.113.5"
     assert throttle.client_address("10.0.0.2", "203.0.113.5") == "10.0.0.2"  # not trusted
 
 
 def test_trusted_proxies_must_be_addresses_or_networks() -> None:
     assert parse_networks("") == ()
     assert len(parse_networks("10.0.0.1,::1, 192.168.0.0/16")) == 3
+    assert [str(n) for n in parse_networks(" , 10.0.0.1,, 192.168.0.0/16 ,")] == [
+        "10.0.0.1/32",
+        "192.168.0.0/16",
+    ]
+    with pytest.raises(
+        ConfigError, match="^config key 'trusted_proxies': not an IP address or network: 'proxy'$"
+    ):
+        parse_networks("10.0.0.1, proxy")
     with pytest.raises(ConfigError, match="'trusted_proxies'"):
         load_settings(None, {"VAULT_TRUSTED_PROXIES": "10.0.0.1, proxy.example"})
     with pytest.raises(ConfigError, match="'trusted_proxies'"):
@@ -283,6 +419,426 @@ def test_trusted_proxies_must_be_addresses_or_networks() -> None:
 def test_throttle_settings_out_of_range_are_refused(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"'{key.lower()}'"):
         load_settings(None, {f"VAULT_{key}": value})
+
+
+# --- the same rules on the shared state (SharedLoginThrottle), in process ----------------------
+# LocalState and the throttle read one fake clock; Meddled runs another process's move at the
+# moment a compare-and-set round is most exposed to it.
+
+Move = Callable[[str, str], Awaitable[None]]  # (kind, key) of the call it runs before
+
+
+class Meddled(LocalState):
+    """The one-process state, running ``before_hold`` / ``before_set`` (another process's
+    move) just before a hold is taken or a counter set; counts the holds asked for."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock=clock)
+        self.clock = clock
+        self.before_hold: Move | None = None
+        self.before_set: Move | None = None
+        self.holds_asked = 0
+
+    async def hold(
+        self,
+        kind: str,
+        key: str,
+        amount: int,
+        limit: int | None,
+        *,
+        need: int | None = None,
+        version: int | None = None,
+    ) -> Hold | None:
+        self.holds_asked += 1
+        if self.before_hold is not None:
+            await self.before_hold(kind, key)
+        return await super().hold(kind, key, amount, limit, need=need, version=version)
+
+    async def set_counter(
+        self, kind: str, key: str, count: int, stamp: float, *, version: int, expires: float | None
+    ) -> Counter | None:
+        if self.before_set is not None:
+            await self.before_set(kind, key)
+        return await super().set_counter(kind, key, count, stamp, version=version, expires=expires)
+
+
+def shared(
+    free: int = 3, max_backoff: int = 60, **options: Any
+) -> tuple[SharedLoginThrottle, Meddled, Clock]:
+    clock = Clock()
+    state = Meddled(clock)
+    return (
+        SharedLoginThrottle(state, free=free, max_backoff=max_backoff, clock=clock, **options),
+        state,
+        clock,
+    )
+
+
+async def shared_fail(
+    throttle: SharedLoginThrottle, account: str = "alice", address: str = "192.0.2.1"
+) -> None:
+    with pytest.raises(InvalidCredentials):
+        async with throttle.guard(account, address):
+            raise InvalidCredentials()
+
+
+async def shared_wait(
+    throttle: SharedLoginThrottle, account: str = "alice", address: str = "192.0.2.1"
+) -> int:
+    """The Retry-After a login would get now (0: let in; the attempt is then abandoned)."""
+    try:
+        async with throttle.guard(account, address):
+            raise Busy()
+    except TooManyAttempts as exc:
+        return exc.retry_after
+    except Busy:
+        return 0
+    raise AssertionError("unreachable")
+
+
+async def pending(state: LocalState, account: str = "alice", address: str = "192.0.2.1") -> tuple[int, int]:
+    """The attempts in flight under the account and the address."""
+    return await state.held(PENDING, f"{ACCOUNT}:{account}"), await state.held(
+        PENDING, f"{ADDRESS}:{address}"
+    )
+
+
+def test_shared_throttle_arguments_must_be_positive_and_default_to_no_proxy_and_no_limit() -> None:
+    for free, max_backoff in ((0, 1), (1, 0)):
+        with pytest.raises(ValueError, match="^free and max_backoff must be positive$"):
+            SharedLoginThrottle(LocalState(), free=free, max_backoff=max_backoff)
+    state = LocalState()
+    throttle = SharedLoginThrottle(state, free=1, max_backoff=1)
+    assert throttle.client_address("10.0.0.1", "203.0.113.5") == "10.0.0.1"
+
+    async def scenario() -> None:
+        for _ in range(5):
+            await throttle.check_registration("192.0.2.1")
+        assert await state.counter(REGISTER, "*") == Counter()  # nothing limited, nothing kept
+        assert await state.counter(REGISTER, "192.0.2.1") == Counter()
+        await shared_fail(throttle)
+        assert await shared_wait(throttle) == 1  # free=1, max_backoff=1: the smallest that works
+
+    asyncio.run(scenario())
+
+
+def test_shared_throttle_trusts_its_proxies_for_x_forwarded_for() -> None:
+    throttle = SharedLoginThrottle(LocalState(), free=1, max_backoff=1, trusted_proxies="10.0.0.0/8")
+    assert throttle.client_address("10.1.2.3", "6.6.6.6, 203.0.113.5") == "203.0.113.5"
+    assert throttle.client_address("192.0.2.1", "203.0.113.5") == "192.0.2.1"
+
+
+def test_shared_failures_double_the_window_up_to_max_backoff() -> None:
+    throttle, _, clock = shared(free=3, max_backoff=20)
+
+    async def scenario() -> None:
+        for _ in range(2):
+            await shared_fail(throttle)
+            assert await shared_wait(throttle) == 0
+        await shared_fail(throttle)
+        waits = []
+        for _ in range(7):
+            waits.append(await shared_wait(throttle))
+            clock.now += waits[-1]
+            await shared_fail(throttle)
+        assert waits == [1, 2, 4, 8, 16, 20, 20]
+
+    asyncio.run(scenario())
+
+
+def test_shared_lock_ends_exactly_when_its_window_passes_and_retry_after_rounds_up() -> None:
+    throttle, _, clock = shared(free=1)
+
+    async def scenario() -> None:
+        await shared_fail(throttle)
+        clock.now += 1
+        await shared_fail(throttle)  # the second failure: 2 s
+        clock.now += 0.5
+        assert await shared_wait(throttle) == 2  # 1.5 s left, rounded up
+        clock.now += 1.499
+        assert await shared_wait(throttle) == 1
+        clock.now += 0.001
+        assert await shared_wait(throttle) == 0
+
+    asyncio.run(scenario())
+
+
+def test_shared_failures_are_counted_under_both_keys_and_forgotten_max_backoff_after_the_lock() -> None:
+    throttle, state, clock = shared(free=2, max_backoff=60)
+
+    async def scenario() -> None:
+        await shared_fail(throttle, "Alice", "2001:db8:1:2::1")
+        assert await state.counter(ACCOUNT, "alice") == Counter(1, 1000.0, 1)
+        assert await state.counter(ADDRESS, "2001:db8:1:2::/64") == Counter(1, 1000.0, 1)
+        clock.now += 10
+        await shared_fail(throttle, "ALICE", "2001:db8:1:2::2")
+        assert await state.counter(ACCOUNT, "alice") == Counter(2, 1010.0, 2)
+        clock.now += 1 + 60 - 0.001  # the lock (1 s) and max_backoff after it
+        assert (await state.counter(ACCOUNT, "alice")).count == 2
+        assert (await state.counter(ADDRESS, "2001:db8:1:2::/64")).count == 2
+        clock.now += 0.001
+        assert await state.counter(ACCOUNT, "alice") == Counter()
+        assert await state.counter(ADDRESS, "2001:db8:1:2::/64") == Counter()
+        await shared_fail(throttle, "alice", "2001:db8:1:2::3")
+        assert (await state.counter(ACCOUNT, "alice")).count == 1  # the first again
+        assert await shared_wait(throttle, "alice", "192.0.2.1") == 0
+
+    asyncio.run(scenario())
+
+
+def test_shared_account_key_is_lower_cased_and_cut_to_64_characters() -> None:
+    throttle, state, _ = shared(free=1)
+
+    async def scenario() -> None:
+        await shared_fail(throttle, "X" * 64 + "tail", "192.0.2.1")
+        assert (await state.counter(ACCOUNT, "x" * 64)).count == 1
+        assert await shared_wait(throttle, "x" * 64 + "other", "192.0.2.2") == 1
+
+    asyncio.run(scenario())
+
+
+def test_shared_refused_attempts_neither_count_nor_extend_the_lock_nor_stay_in_flight() -> None:
+    throttle, state, clock = shared(free=1, max_backoff=3600)
+
+    async def scenario() -> None:
+        await shared_fail(throttle)
+        for _ in range(5):
+            assert await shared_wait(throttle) == 1
+        assert await state.counter(ACCOUNT, "alice") == Counter(1, 1000.0, 1)
+        assert await pending(state) == (0, 0)
+        clock.now += 1
+        await shared_fail(throttle)
+        assert await shared_wait(throttle) == 2  # the second failure, not the seventh
+
+    asyncio.run(scenario())
+
+
+def test_shared_attempt_refused_by_its_address_gives_back_the_accounts_turn() -> None:
+    throttle, state, _ = shared(free=1)
+
+    async def scenario() -> None:
+        await shared_fail(throttle, "mallory", "192.0.2.1")  # locks 192.0.2.1
+        assert await shared_wait(throttle, "bob", "192.0.2.1") == 1
+        assert await pending(state, "bob", "192.0.2.1") == (0, 0)
+        assert await shared_wait(throttle, "bob", "192.0.2.2") == 0  # bob's turn was given back
+
+    asyncio.run(scenario())
+
+
+def test_shared_attempts_in_flight_are_free_minus_failures_and_one_in_backoff() -> None:
+    throttle, state, clock = shared(free=3)
+
+    async def scenario() -> None:
+        async with throttle.guard("alice", "192.0.2.1"), throttle.guard("alice", "192.0.2.2"):
+            async with throttle.guard("alice", "192.0.2.3"):
+                assert await pending(state, "alice", "192.0.2.3") == (3, 1)
+                assert await shared_wait(throttle, "alice", "192.0.2.4") == 1  # all 3 turns taken
+        assert await pending(state, "alice", "192.0.2.3") == (0, 0)
+        await shared_fail(throttle)
+        await shared_fail(throttle, "alice", "192.0.2.2")  # 2 failures: 1 turn left
+        async with throttle.guard("alice", "192.0.2.3"):
+            assert await shared_wait(throttle, "alice", "192.0.2.4") == 1
+        await shared_fail(throttle, "alice", "192.0.2.3")
+        clock.now += 1
+        await shared_fail(throttle, "alice", "192.0.2.4")  # 4 failures, in backoff: 1 at a time
+        clock.now += 2
+        async with throttle.guard("alice", "192.0.2.5"):
+            assert await shared_wait(throttle, "alice", "192.0.2.6") == 1
+        assert await shared_wait(throttle, "alice", "192.0.2.6") == 0
+
+    asyncio.run(scenario())
+
+
+def test_shared_success_clears_the_account_only_and_an_abandoned_attempt_changes_nothing() -> None:
+    throttle, state, _ = shared(free=3)
+
+    async def scenario() -> None:
+        async with throttle.guard("alice", "192.0.2.1"):  # no failure yet: nothing to clear
+            pass
+        assert await state.counter(ACCOUNT, "alice") == Counter()
+        await shared_fail(throttle)
+        await shared_fail(throttle)
+        assert await shared_wait(throttle) == 0  # abandoned: counts nothing, clears nothing
+        assert (await state.counter(ACCOUNT, "alice")).count == 2
+        assert (await state.counter(ADDRESS, "192.0.2.1")).count == 2
+        async with throttle.guard("alice", "192.0.2.1"):
+            pass
+        assert await state.counter(ACCOUNT, "alice") == Counter()  # cleared and forgotten
+        assert (await state.counter(ADDRESS, "192.0.2.1")).count == 2  # the address is not
+        assert await pending(state) == (0, 0)
+        await shared_fail(throttle, "bob", "192.0.2.1")
+        assert await shared_wait(throttle, "carol", "192.0.2.1") == 1
+
+    asyncio.run(scenario())
+
+
+def test_shared_lock_is_logged_once_per_key_naming_the_address_never_the_account(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    throttle, _, clock = shared(free=2, max_backoff=3600)
+
+    async def scenario() -> None:
+        for _ in range(4):
+            clock.now += await shared_wait(throttle, "alice-secret", "192.0.2.1")
+            await shared_fail(throttle, "alice-secret", "192.0.2.1")
+
+    with caplog.at_level(logging.DEBUG, "vault.throttle"):
+        asyncio.run(scenario())
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "login throttled for an account after 2 failures"),
+        ("WARNING", "login throttled for '192.0.2.1' after 2 failures"),
+    ]
+
+
+async def another_failure(state: Meddled, kind: str, key: str) -> None:
+    """Another process counts a failure on (kind, key), as its _fail would."""
+    counter = await state.counter(kind, key)
+    assert await LocalState.set_counter(
+        state, kind, key, counter.count + 1, state.clock(), version=counter.version, expires=None
+    )
+
+
+def test_shared_attempt_decides_again_when_a_failure_is_counted_while_it_takes_its_turn() -> None:
+    throttle, state, _ = shared(free=1)
+
+    async def once(kind: str, key: str) -> None:
+        state.before_hold = None
+        await another_failure(state, ACCOUNT, "alice")
+
+    async def scenario() -> None:
+        state.before_hold = once
+        assert await shared_wait(throttle) == 1  # the failure locked the account meanwhile
+        assert await pending(state) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_shared_attempt_taken_on_a_changed_count_is_let_in_on_the_second_round() -> None:
+    throttle, state, _ = shared(free=3)
+
+    async def once(kind: str, key: str) -> None:
+        state.before_hold = None
+        await another_failure(state, ACCOUNT, "alice")
+
+    async def scenario() -> None:
+        state.before_hold = once
+        async with throttle.guard("alice", "192.0.2.1"):
+            assert state.holds_asked == 3  # the account twice, the address once
+            assert await pending(state) == (1, 1)
+        assert await pending(state) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_shared_attempt_gives_up_busy_after_cas_rounds_of_changes() -> None:
+    throttle, state, _ = shared(free=3)
+
+    async def always(kind: str, key: str) -> None:
+        await state.bump(ACCOUNT, "alice")  # a new version each time, no failure
+
+    async def scenario() -> None:
+        state.before_hold = always
+        assert await shared_wait(throttle) == BUSY_RETRY
+        assert state.holds_asked == CAS_ROUNDS
+        assert await pending(state) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_shared_failure_counted_meanwhile_by_another_process_is_not_lost() -> None:
+    throttle, state, _ = shared(free=5)
+
+    async def once(kind: str, key: str) -> None:
+        state.before_set = None
+        await another_failure(state, kind, key)
+
+    async def scenario() -> None:
+        state.before_set = once
+        await shared_fail(throttle)
+        assert (await state.counter(ACCOUNT, "alice")).count == 2  # the other's and this one
+        assert (await state.counter(ADDRESS, "192.0.2.1")).count == 1
+
+    asyncio.run(scenario())
+
+
+def test_shared_failure_not_counted_after_cas_rounds_of_changes_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    throttle, state, _ = shared(free=5)
+
+    async def always(kind: str, key: str) -> None:
+        if kind == ACCOUNT:
+            await state.bump(kind, key)
+
+    async def scenario() -> None:
+        state.before_set = always
+        await shared_fail(throttle)
+        assert (await state.counter(ACCOUNT, "alice")).count == 0
+        assert (await state.counter(ADDRESS, "192.0.2.1")).count == 1
+        assert await pending(state) == (0, 0)
+
+    with caplog.at_level(logging.DEBUG, "vault.throttle"):
+        asyncio.run(scenario())
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "login failure not counted: login-account changed 20 times meanwhile")
+    ]
+
+
+def test_shared_registrations_are_counted_per_address_and_in_total_in_windows_of_an_hour() -> None:
+    throttle, state, clock = shared(register_per_address=2, register_per_hour=3)
+
+    async def register(address: str) -> int:
+        try:
+            await throttle.check_registration(address)
+        except TooManyRegistrations as exc:
+            return exc.retry_after
+        return 0
+
+    async def scenario() -> None:
+        assert await register("2001:db8:1:2::1") == 0
+        assert await state.counter(REGISTER, "*") == Counter(1, 1000.0, 1)
+        assert await state.counter(REGISTER, "2001:db8:1:2::/64") == Counter(1, 1000.0, 1)
+        clock.now += 600
+        assert await register("2001:db8:1:2::2") == 0  # the same /64
+        assert await state.counter(REGISTER, "2001:db8:1:2::/64") == Counter(2, 1000.0, 2)
+        assert await register("2001:db8:1:2::3") == 3000  # an hour from the window's first
+        assert await register("192.0.2.1") == 0  # the third in total
+        assert await register("192.0.2.2") == 3000
+        assert await state.counter(REGISTER, "192.0.2.2") == Counter()  # refused: not counted
+        clock.now += 2999.5
+        assert await register("192.0.2.2") == 1  # half a second left: rounded up
+        clock.now += 0.5
+        assert await state.counter(REGISTER, "*") == Counter()  # the window has expired
+        assert await register("2001:db8:1:2::4") == 0
+        assert await register("2001:db8:1:2::4") == 0
+        assert await state.counter(REGISTER, "*") == Counter(2, 4600.0, 2)
+
+    asyncio.run(scenario())
+
+
+def test_shared_registration_counted_meanwhile_by_another_process_is_counted_again() -> None:
+    throttle, state, clock = shared(register_per_address=0, register_per_hour=2)
+
+    async def once(kind: str, key: str) -> None:
+        state.before_set = None
+        await another_failure(state, kind, key)  # another process's registration
+
+    async def always(kind: str, key: str) -> None:
+        await state.bump(kind, key)
+
+    async def scenario() -> None:
+        state.before_set = once
+        await throttle.check_registration("192.0.2.1")
+        assert (await state.counter(REGISTER, "*")).count == 2
+        with pytest.raises(TooManyRegistrations):
+            await throttle.check_registration("192.0.2.2")
+        clock.now += 3600
+        state.before_set = always
+        with pytest.raises(TooManyRegistrations) as busy:
+            await throttle.check_registration("192.0.2.3")
+        assert busy.value.retry_after == BUSY_RETRY
+
+    asyncio.run(scenario())
 
 
 # --- over HTTPS ----------------------------------------------------------------------------------
@@ -358,7 +914,21 @@ def test_registration_limit_counts_per_address_and_in_total_and_forgets_after_an
         limit.check("10.0.0.3")
     assert refused.value.retry_after == 1
     now[0] += 1
+    limit.check("10.0.0.1")  # a new window for the total and the address, counted from 0
     limit.check("10.0.0.1")
+
+
+def test_registration_limit_remembers_at_most_max_keys_windows_dropping_the_oldest() -> None:
+    limit = RegistrationLimit(per_address=1, total=0, max_keys=2, clock=Clock())
+    limit.check("192.0.2.1")
+    limit.check("192.0.2.2")
+    with pytest.raises(TooManyRegistrations):
+        limit.check("192.0.2.1")  # two windows kept: both still count
+    limit.check("192.0.2.3")  # a third: the oldest (192.0.2.1) is forgotten
+    for address in ("192.0.2.2", "192.0.2.3"):
+        with pytest.raises(TooManyRegistrations):
+            limit.check(address)
+    limit.check("192.0.2.1")
 
 
 def test_registrations_are_throttled_per_address_with_the_json_429(fresh_server: Server) -> None:

@@ -98,6 +98,14 @@ def address_key(address: str) -> str:
     return str(ip)
 
 
+def lock_seconds(failures: int, free: int, max_backoff: int) -> int:
+    """How long a key is locked after its last failure: 0 below ``free`` failures, then 1 s,
+    2 s, 4 s ..., never more than ``max_backoff``."""
+    if failures < free:
+        return 0
+    return int(min(max_backoff, 2 ** min(failures - free, MAX_EXPONENT)))
+
+
 @dataclass
 class _Entry:
     failures: int = 0
@@ -119,9 +127,7 @@ class _Keys:
         return len(self._entries)
 
     def window(self, failures: int) -> int:
-        if failures < self._free:
-            return 0
-        return int(min(self._max_backoff, 2 ** min(failures - self._free, MAX_EXPONENT)))
+        return lock_seconds(failures, self._free, self._max_backoff)
 
     def wait(self, key: str, now: float) -> float:
         """Seconds before ``key`` may try again (0: now); forgets the key if it has expired."""
@@ -323,7 +329,8 @@ class SharedLoginThrottle:
     hold in total across the processes serving one vault: failures are counters (count, time of
     the last failure, forgotten ``max_backoff`` after the lock ends), attempts in flight are
     holds (at most ``free - failures`` at once, one once in backoff; a process that dies gives
-    its own back with its lease), registrations are counters per window. Clock: wall time."""
+    its own back with its lease), registrations are counters per window. ``clock`` is wall time
+    (the state's expiry uses it too)."""
 
     def __init__(
         self,
@@ -334,11 +341,11 @@ class SharedLoginThrottle:
         trusted_proxies: str = "",
         register_per_address: int = 0,
         register_per_hour: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if free < 1 or max_backoff < 1:
             raise ValueError("free and max_backoff must be positive")
-        self._state = state
-        self._keys = _Keys("account", free, max_backoff, 1)  # for its window() only
+        self._state, self._clock = state, clock
         self._free, self._max_backoff = free, max_backoff
         self._trusted = parse_networks(trusted_proxies)
         self._register = ((REGISTER, "*", register_per_hour), (REGISTER, "", register_per_address))
@@ -376,8 +383,9 @@ class SharedLoginThrottle:
     async def _take(self, kind: str, key: str) -> Hold:
         for _ in range(CAS_ROUNDS):
             counter = await self._state.counter(kind, key)
-            now = time.time()
-            wait = counter.stamp + self._keys.window(counter.count) - now if counter.version else 0.0
+            now = self._clock()
+            # a counter never set or expired is Counter(): stamp 0, count 0, so no wait
+            wait = counter.stamp + lock_seconds(counter.count, self._free, self._max_backoff) - now
             if wait > 0:
                 raise TooManyAttempts(max(math.ceil(wait), 1))
             in_flight = max(self._free - counter.count, 1)  # one at a time once in backoff
@@ -409,9 +417,9 @@ class SharedLoginThrottle:
     async def _fail(self, kind: str, key: str) -> None:
         for _ in range(CAS_ROUNDS):
             counter = await self._state.counter(kind, key)
-            now = time.time()
+            now = self._clock()
             failures = counter.count + 1
-            expires = now + self._keys.window(failures) + self._max_backoff
+            expires = now + lock_seconds(failures, self._free, self._max_backoff) + self._max_backoff
             if await self._state.set_counter(
                 kind, key, failures, now, version=counter.version, expires=expires
             ):
@@ -424,11 +432,11 @@ class SharedLoginThrottle:
     async def _reset(self, kind: str, key: str) -> None:
         counter = await self._state.counter(kind, key)
         if counter.count:
-            await self._state.set_counter(kind, key, 0, 0.0, version=counter.version, expires=time.time())
+            await self._state.set_counter(kind, key, 0, 0.0, version=counter.version, expires=self._clock())
 
     async def check_registration(self, address: str) -> None:
         for _ in range(CAS_ROUNDS):
-            now = time.time()
+            now = self._clock()
             limited = []
             for kind, key, limit in self._register:
                 key = key or address_key(address)
