@@ -547,7 +547,10 @@ def test_database_holds_only_the_sha256_of_a_link_token(server: Server, alice: A
             assert token not in (value if isinstance(value, str) else value.decode("latin-1")), column
     # Nowhere in the database files either (main file, WAL).
     assert fetch(server, token).status == 200
-    for path in database_files(server):
+    files = database_files(server)
+    assert server.database_url or "vault.db" in {path.name for path in files}, files  # looked at
+    assert files
+    for path in files:
         content = path.read_bytes()
         assert token.encode() not in content and raw not in content, path.name
 
