@@ -48,7 +48,7 @@ from vault.errors import (
 from vault.keys import Keyring, row_tag
 from vault.rows import USER
 from vault.store import RefreshToken, Store, User
-from vault.tokens import RefreshTokens, refresh_id
+from vault.tokens import MAX_REFRESH_CHARS, POLL_OVERLAP, RefreshTokens, refresh_id
 
 KEYRING = Keyring.of(1, {1: bytes(range(32))})
 SECRET = bytes(range(32))
@@ -484,6 +484,7 @@ def test_login_of_unknown_user_and_wrong_password_fail_alike(
         asyncio.run(auth.login("alice", "wrong password"))
     assert len(calls) == 2
     assert str(unknown.value) == str(wrong.value) == "Invalid username or password"
+    assert calls[0][:7] == calls[1][:7] == b"$2b$04$"  # the dummy hash costs what a real one does
 
 
 @pytest.mark.parametrize(
@@ -770,14 +771,25 @@ def test_disabling_an_unknown_user_is_not_found(tmp_path: Path) -> None:
 class Watched(SQLiteStore):
     """The real SQLite store, with two hooks a test sets: ``reads`` counts the account reads by
     id (what the epoch cache saves), and ``before_replace`` runs inside a compare-and-set of an
-    account row before it is tried, standing for another process changing the row just then."""
+    account row before it is tried, standing for another process changing the row just then;
+    ``refresh_lookups`` and ``revoked_since`` record what the refresh tokens read."""
 
     reads = 0
     before_replace: Callable[[User], Awaitable[None]] | None = None
+    refresh_lookups = 0
+    revoked_since: list[float] = []
 
     async def get_user_by_id(self, user_id: int) -> User | None:
         self.reads += 1
         return await super().get_user_by_id(user_id)
+
+    async def get_refresh(self, token_id: bytes) -> RefreshToken | None:
+        self.refresh_lookups += 1
+        return await super().get_refresh(token_id)
+
+    async def revoked_families(self, since: float) -> list[tuple[str, float]]:
+        self.revoked_since = [*self.revoked_since, since]
+        return await super().revoked_families(since)
 
     async def replace_user(self, old: User, new: User) -> bool:
         if self.before_replace is not None:
@@ -1139,15 +1151,25 @@ def test_account_ids_are_62_random_bits_plus_one(
 def test_registrations_beyond_the_waiting_limit_are_refused_with_busy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """MAX_PENDING_REGISTRATIONS wait (one hashing at a time); the next gets 503 at once; and
-    once they are done the same number may wait again. bcrypt is held by an event, not time."""
+    """MAX_PENDING_REGISTRATIONS wait, one hashing at a time (the core has two bcrypt threads);
+    the next gets 503 at once; and once they are done the same number may wait again. bcrypt is
+    held by an event, not time."""
     gate = threading.Event()
     gate.set()  # open while the core starts (its dummy hash)
     real_hashpw = bcrypt.hashpw
+    lock = threading.Lock()
+    running = [0, 0]  # now, most at once
 
     def held_hashpw(password: bytes, salt: bytes) -> bytes:
-        gate.wait(60)
-        return real_hashpw(password, salt)
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        try:
+            gate.wait(60)
+            return real_hashpw(password, salt)
+        finally:
+            with lock:
+                running[0] -= 1
 
     monkeypatch.setattr(bcrypt, "hashpw", held_hashpw)
 
@@ -1169,3 +1191,54 @@ def test_registrations_beyond_the_waiting_limit_are_refused_with_busy(
             assert await core.auth.find_user(f"user-{round_}-over") is None
 
     on_core(tmp_path, scenario)
+    assert running[1] == 1
+
+
+def test_a_login_records_its_time_on_the_account_and_a_failed_one_does_not(tmp_path: Path) -> None:
+    """What ``run.py admin list-users`` shows as the last login."""
+
+    async def scenario(core: Core) -> None:
+        await core.auth.register("alice", PASSWORD)
+        with pytest.raises(InvalidCredentials):
+            await core.auth.login("alice", "not the password")
+        assert [a.last_login for a in await core.store.accounts()] == [None]
+        before = time.time()
+        await core.auth.login("alice", PASSWORD)
+        after = time.time()
+        [account] = await core.store.accounts()
+        assert account.username == "alice"
+        assert account.last_login is not None and before <= account.last_login <= after
+
+    on_core(tmp_path, scenario)
+
+
+def test_a_refresh_token_longer_than_256_characters_is_not_even_looked_up(tmp_path: Path) -> None:
+    async def scenario(core: Core, store: Watched) -> None:
+        tokens = RefreshTokens(store, core.keyring, ttl=100, access_ttl=10)
+        assert await tokens.find("x" * MAX_REFRESH_CHARS) is None
+        assert store.refresh_lookups == 1
+        assert await tokens.find("x" * (MAX_REFRESH_CHARS + 1)) is None
+        assert store.refresh_lookups == 1
+
+    on_watched(tmp_path, scenario)
+
+
+def test_each_poll_reads_the_revocations_since_its_last_look_less_the_overlap(tmp_path: Path) -> None:
+    """The first read covers one access lifetime; each poll after it only the time since the
+    last look, and POLL_OVERLAP before it (a revocation is stamped before it commits)."""
+
+    async def scenario(core: Core, store: Watched) -> None:
+        now = [1_000_000.0]
+        tokens = RefreshTokens(store, core.keyring, ttl=100, access_ttl=900, clock=lambda: now[0], poll=1.0)
+        assert not await tokens.family_revoked("0" * 32)
+        now[0] += 1
+        assert not await tokens.family_revoked("0" * 32)
+        now[0] += 3
+        assert not await tokens.family_revoked("0" * 32)
+        assert store.revoked_since == [
+            1_000_000.0 - 900,
+            1_000_000.0 - POLL_OVERLAP,
+            1_000_001.0 - POLL_OVERLAP,
+        ]
+
+    on_watched(tmp_path, scenario)
