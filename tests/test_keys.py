@@ -5,6 +5,7 @@ and the row-tag field encoding. The server tests reach these only in another pro
 import base64
 import hmac
 import json
+import logging
 import shlex
 import stat
 import struct
@@ -51,6 +52,9 @@ def test_the_key_command_comes_before_the_file(tmp_path: Path) -> None:
     ("environ", "message"),
     [
         ({"VAULT_MASTER_KEY": "not base64!"}, "VAULT_MASTER_KEY: not valid base64"),
+        # a stray character inside a valid key: refused, not skipped over
+        ({"VAULT_MASTER_KEY": KEY_B64[:20] + "*" + KEY_B64[20:]}, "VAULT_MASTER_KEY: not valid base64"),
+        ({"VAULT_MASTER_KEY": KEY_B64[:20] + "\n" + KEY_B64[20:]}, "VAULT_MASTER_KEY: not valid base64"),
         (
             {"VAULT_MASTER_KEY": base64.b64encode(KEY[:31]).decode()},
             "VAULT_MASTER_KEY: must decode to 32..32 bytes, got 31",
@@ -71,6 +75,19 @@ def test_a_bad_key_from_the_environment_or_command_is_refused(
     assert not (tmp_path / keys.KEYRING_FILE).exists()
 
 
+def test_a_key_command_that_never_ends_is_stopped_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KMS client that hangs must not hang the server's start: it is killed after
+    COMMAND_TIMEOUT (30 s; a fraction of a second here) and the start refused."""
+    monkeypatch.setattr(keys, "COMMAND_TIMEOUT", 0.2)
+    hanging = shlex.join([sys.executable, "-c", "import signal; signal.pause()"])  # waits for a signal
+    with pytest.raises(ConfigError) as info:
+        keys.load_keyring(tmp_path, {"VAULT_MASTER_KEY_COMMAND": hanging})
+    assert str(info.value).startswith("VAULT_MASTER_KEY_COMMAND failed to run: ")
+    assert "timed out after 0.2 seconds" in str(info.value)
+
+
 def test_a_key_command_that_cannot_run_is_refused(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-kms-client"
     with pytest.raises(ConfigError) as info:
@@ -79,12 +96,20 @@ def test_a_key_command_that_cannot_run_is_refused(tmp_path: Path) -> None:
     assert str(missing) in str(info.value)
 
 
-def test_the_keyring_file_is_generated_once_private_and_documented(tmp_path: Path) -> None:
-    first = keys.load_keyring(tmp_path, {})
+def test_the_keyring_file_is_generated_once_private_and_documented(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="vault.keys"):
+        first = keys.load_keyring(tmp_path, {})
     path = tmp_path / keys.KEYRING_FILE
+    assert [r.getMessage() for r in caplog.records] == [
+        f"generated a new master key in {path} (back it up: without it no file opens)"
+    ]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    doc = json.loads(text)
     assert set(doc) == {"primary", "keys"} and doc["primary"] == 1 and list(doc["keys"]) == ["1"]
+    assert text == json.dumps(doc, indent=2) + "\n"  # one field a line, for the operator who reads it
     master = base64.b64decode(doc["keys"]["1"], validate=True)
     assert len(master) == 32
     assert_keyring(first, 1, {1: master})
@@ -145,8 +170,10 @@ def test_rotation_adds_a_primary_key_and_removes_only_a_retired_one(tmp_path: Pa
     keys.remove_key(tmp_path, 1)
     primary, left = keys.read_keyring_file(path)
     assert (primary, sorted(left), left[2]) == (3, [2, 3], ring[2])
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    doc = json.loads(text)
     assert doc == {"primary": 3, "keys": {str(k): base64.b64encode(v).decode() for k, v in left.items()}}
+    assert text == json.dumps(doc, indent=2) + "\n"
 
 
 def test_a_leftover_temporary_keyring_file_is_replaced(tmp_path: Path) -> None:
@@ -154,6 +181,7 @@ def test_a_leftover_temporary_keyring_file_is_replaced(tmp_path: Path) -> None:
     path.with_suffix(".new").write_text("half-written", encoding="utf-8")
     keys.write_keyring_file(path, 4, {4: KEY})
     assert keys.read_keyring_file(path) == (4, {4: KEY})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [keys.KEYRING_FILE]  # the leftover is gone
 
 
 def test_the_keyring_repr_shows_ids_only() -> None:
@@ -187,3 +215,66 @@ def test_a_field_that_cannot_be_encoded_is_an_integrity_error(bad: float) -> Non
 def test_a_row_tag_under_a_key_not_in_the_ring_is_an_integrity_error() -> None:
     with pytest.raises(IntegrityError):
         keys.row_tag(keys.Keyring.of(1, {1: KEY}), 2, b"row", 1)
+
+
+# --- the JWT signing secret ---------------------------------------------------------------------
+
+
+def test_the_jwt_secret_from_the_environment_comes_first(tmp_path: Path) -> None:
+    for secret in (bytes(range(32)), bytes(range(256)) * 4):  # the shortest and the longest taken
+        environ = {"VAULT_JWT_SECRET": f" {base64.b64encode(secret).decode()}\n"}
+        assert keys.load_jwt_secret(tmp_path, environ) == secret
+    assert not (tmp_path / keys.JWT_SECRET_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        ("not base64!", "VAULT_JWT_SECRET: not valid base64"),
+        (base64.b64encode(bytes(31)).decode(), "VAULT_JWT_SECRET: must decode to 32..1024 bytes, got 31"),
+        (base64.b64encode(bytes(1025)).decode(), "VAULT_JWT_SECRET: must decode to 32..1024 bytes, got 1025"),
+    ],
+)
+def test_a_bad_jwt_secret_from_the_environment_is_refused(tmp_path: Path, secret: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        keys.load_jwt_secret(tmp_path, {"VAULT_JWT_SECRET": secret})
+    assert str(info.value) == message
+    assert not (tmp_path / keys.JWT_SECRET_FILE).exists()
+
+
+def test_the_jwt_secret_file_is_generated_once_private_and_read_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "srv" / "data"  # created on first run, parents too
+    with caplog.at_level(logging.INFO, logger="vault.keys"):
+        first = keys.load_jwt_secret(data_dir, {"VAULT_JWT_SECRET": ""})  # empty: not set
+    path = data_dir / keys.JWT_SECRET_FILE
+    assert [r.getMessage() for r in caplog.records] == [f"generated a new JWT signing secret in {path}"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("\n") and base64.b64decode(text, validate=False) == first
+    assert len(first) == keys.MIN_JWT_SECRET_LEN
+    assert keys.load_jwt_secret(data_dir, {}) == first  # read back, not regenerated
+    assert keys.load_jwt_secret(tmp_path / "other", {}) != first
+
+
+def test_sync_directory_opens_only_a_directory(tmp_path: Path) -> None:
+    """It exists to make a file's creation or rename durable, so it fsyncs the directory
+    itself, opened as one (O_DIRECTORY): a file in its place is an error, not synced instead."""
+    keys.sync_directory(tmp_path)
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(NotADirectoryError):
+        keys.sync_directory(tmp_path / "file")
+
+
+def test_a_jwt_secret_file_that_is_unreadable_or_short_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / keys.JWT_SECRET_FILE
+    path.mkdir()  # exists, but cannot be read as a file
+    with pytest.raises(ConfigError) as info:
+        keys.load_jwt_secret(tmp_path, {})
+    assert str(info.value) == f"JWT secret {path}: Is a directory"
+    path.rmdir()
+    path.write_text(base64.b64encode(bytes(31)).decode(), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        keys.load_jwt_secret(tmp_path, {})
+    assert str(info.value) == f"JWT secret {path}: must decode to 32..1024 bytes, got 31"
