@@ -1064,7 +1064,10 @@ def test_an_epoch_read_that_a_change_overtook_is_not_cached(tmp_path: Path) -> N
 
             store.get_user_by_id = slow_read  # type: ignore[method-assign]
             request = asyncio.ensure_future(core.auth.authenticate(old))
-            await reading.wait()
+            reader = asyncio.ensure_future(reading.wait())
+            await asyncio.wait({request, reader}, return_when=asyncio.FIRST_COMPLETED)
+            assert reading.is_set(), f"the request did not read the account: {request}"
+            await reader
             del store.get_user_by_id
             await core.auth.logout_all(user)
             overtaken.set()
@@ -1178,17 +1181,20 @@ def test_registrations_beyond_the_waiting_limit_are_refused_with_busy(
             gate.clear()
             waiting = [
                 asyncio.ensure_future(core.auth.register(f"user-{round_}{i}", PASSWORD))
-                for i in range(MAX_PENDING_REGISTRATIONS)
+                for i in range(MAX_PENDING_REGISTRATIONS + 1)
             ]
-            await asyncio.sleep(0)  # each has counted itself and waits for the lane or bcrypt
-            assert not any(task.done() for task in waiting)
-            with pytest.raises(Busy, match="^Too many registrations at once: retry shortly$"):
-                await core.auth.register(f"user-{round_}-over", PASSWORD)
-            gate.set()
+            try:
+                await asyncio.sleep(0)  # each has counted itself: the last, one too many, is refused
+                assert [task.done() for task in waiting] == [False] * MAX_PENDING_REGISTRATIONS + [True]
+                with pytest.raises(Busy, match="^Too many registrations at once: retry shortly$"):
+                    await waiting.pop()
+            finally:
+                gate.set()  # never left held, whatever failed
+                await asyncio.gather(*waiting, return_exceptions=True)
             await asyncio.gather(*waiting)
             for i in range(MAX_PENDING_REGISTRATIONS):
                 assert await core.auth.find_user(f"user-{round_}{i}") is not None
-            assert await core.auth.find_user(f"user-{round_}-over") is None
+            assert await core.auth.find_user(f"user-{round_}{MAX_PENDING_REGISTRATIONS}") is None
 
     on_core(tmp_path, scenario)
     assert running[1] == 1
