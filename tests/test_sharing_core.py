@@ -5,6 +5,7 @@ run inside the test process, so mutation testing (bench/mutation.sh) sees them."
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from vault.sharing import (
     token_hash,
 )
 from vault.state import LocalState
-from vault.store import Grant, Link
+from vault.store import Counter, Grant, Link
 
 PASSWORD = "correct horse battery"
 
@@ -125,7 +126,9 @@ def test_only_the_owners_grant_to_the_reader_opens_a_shared_file(tmp_path: Path)
     run(tmp_path, scenario)
 
 
-def test_grantees_are_sorted_and_a_forged_grant_is_neither_listed_nor_opened(tmp_path: Path) -> None:
+def test_grantees_are_sorted_and_a_forged_grant_is_neither_listed_nor_opened_but_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario(core: Core) -> None:
         alice = await account(core, "alice")
         for name in ("carol", "bob"):
@@ -139,14 +142,71 @@ def test_grantees_are_sorted_and_a_forged_grant_is_neither_listed_nor_opened(tmp
             core.keyring, Grant(alice.user_id, "caf\u00e9.txt", dave.user_id, time.time(), 0, b"")
         )
         assert await core.store.put_grant(dataclasses.replace(forged, tag=bytes(len(forged.tag))))
+        caplog.clear()
         assert await core.sharing.grantees(alice, "cafe\u0301.txt") == ("caf\u00e9.txt", ["bob", "carol"])
         with pytest.raises(FileNotFound):
             await core.sharing.open_shared(dave, "alice", "caf\u00e9.txt")
         assert await core.sharing.shared_with(dave) == []
         with pytest.raises(FileNotFound):
             await core.sharing.grantees(alice, "missing.txt")
+        logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "vault.sharing"]
+        forged_logged = (
+            logging.ERROR,
+            f"grant of 'caf\u00e9.txt' by {alice.user_id} failed its integrity check",
+        )
+        assert logged == [forged_logged] * 3  # grantees, open_shared, shared_with: each saw it
 
     run(tmp_path, scenario)
+
+
+@pytest.mark.parametrize("username", ["", 5, None, ["bob"]])
+def test_a_grant_needs_a_username_that_is_a_non_empty_string(tmp_path: Path, username: object) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await account(core, "alice")
+        await account(core, "bob")
+        await put(core, alice, "f.bin", b"x")
+        with pytest.raises(InvalidField) as refused:
+            await core.sharing.grant(alice, "f.bin", username)
+        assert str(refused.value) == "Field 'username' is required and must be a non-empty string"
+        assert await core.sharing.grantees(alice, "f.bin") == ("f.bin", [])
+
+    run(tmp_path, scenario)
+
+
+def test_a_grant_to_nobody_or_to_oneself_is_refused_with_its_reason(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        alice = await account(core, "alice")
+        await put(core, alice, "f.bin", b"x")
+        for username, error, message in [
+            ("nobody", NotFound, "User not found"),
+            ("alice", InvalidField, "You cannot share a file with yourself"),
+        ]:
+            with pytest.raises(error) as refused:
+                await core.sharing.grant(alice, "f.bin", username)
+            assert str(refused.value) == message
+        assert await core.sharing.grantees(alice, "f.bin") == ("f.bin", [])
+
+    run(tmp_path, scenario)
+
+
+def test_files_shared_by_an_owner_whose_row_no_longer_verifies_are_left_out(tmp_path: Path) -> None:
+    async def populate(core: Core) -> None:
+        alice, _, carol = [await account(core, name) for name in ("alice", "bob", "carol")]
+        for owner in (alice, carol):
+            await put(core, owner, "f.bin", owner.username.encode())
+            await core.sharing.grant(owner, "f.bin", "bob")
+
+    run(tmp_path, populate)
+    with edit(tmp_path / "vault.db") as con:
+        con.execute("UPDATE users SET password_hash = ? WHERE username = 'alice'", (b"$2b$forged",))
+
+    async def listed(core: Core) -> None:
+        bob = await known(core, "bob")
+        assert [(s.owner, s.info.name) for s in await core.sharing.shared_with(bob)] == [("carol", "f.bin")]
+        page = await core.sharing.shared_page(bob, None, 10)
+        assert [(s.owner, s.info.name) for s in page.items] == [("carol", "f.bin")]
+
+    run(tmp_path, listed)
 
 
 # --------------------------------------------------------------------------- budgets and refunds
@@ -163,6 +223,14 @@ async def limited_link(core: Core, max_downloads: int, size: int = SIZE) -> tupl
     link, opened = await core.sharing.open_link(token, None)
     opened.close()
     return alice, link
+
+
+async def link_to(core: Core, owner: Identity, max_downloads: int) -> Link:
+    """Another link to ``owner``'s f.bin."""
+    _, token = await core.sharing.create_link(owner, "f.bin", None, None, max_downloads)
+    link, opened = await core.sharing.open_link(token, None)
+    opened.close()
+    return link
 
 
 async def respond(
@@ -304,6 +372,77 @@ def test_a_refund_is_claimed_by_the_next_request_only(tmp_path: Path) -> None:
         resumed.sent = SIZE
         await resumed.close()
         assert await most(core, link, 0) == budget - SIZE
+
+    run(tmp_path, scenario)
+
+
+def test_a_resume_may_spend_what_it_gets_back_in_the_same_reservation(tmp_path: Path) -> None:
+    async def scenario(core: Core) -> None:
+        _, link = await limited_link(core, 1)
+        await respond(core, link, SIZE, start=0, sent=SIZE)
+        await respond(core, link, 500, start=0, sent=400)  # 100 left, [0, 400) in doubt
+        with pytest.raises(Gone, match="^This link has no downloads left$"):
+            await core.sharing.reserve(link, SIZE, 100 + 400 + 1, 0)
+        resumed = await core.sharing.reserve(link, SIZE, 100 + 400, 0)
+        resumed.sent = 500
+        await resumed.close()
+        assert await most(core, link, 0) == 0
+
+    run(tmp_path, scenario)
+
+
+class Interleaved:
+    """Wraps the real LocalState's ``tally``: counts the reads, and runs ``then`` once right
+    after the next one returns, as another response ending between a reservation's read of
+    the count and its hold would."""
+
+    def __init__(self, state: LocalState, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads = 0
+        self.then: Callable[[], Awaitable[None]] | None = None
+        tally = state.tally
+
+        async def interleaved(kind: str, key: str) -> tuple[Counter, int]:
+            result = await tally(kind, key)
+            self.reads += 1
+            then, self.then = self.then, None
+            if then is not None:
+                await then()
+            return result
+
+        monkeypatch.setattr(state, "tally", interleaved)
+
+
+def test_a_reservation_read_before_another_response_ended_is_computed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hold is taken at the version of the count it was computed from: a response that
+    ended in between (its bytes no longer held but served) refuses it, and it is computed
+    again from the new count, so it never grants bytes on a count that no longer holds.
+    A link genuinely spent is refused on one read."""
+
+    async def scenario(core: Core) -> None:
+        assert isinstance(core.state, LocalState)
+        reads = Interleaved(core.state, monkeypatch)
+        alice, _ = await limited_link(core, 1)
+        budget = link_budget(1, SIZE)
+        for nbytes, granted in ((budget - SIZE + 1, False), (budget - SIZE, True)):
+            link = await link_to(core, alice, 1)
+            first = await core.sharing.reserve(link, SIZE, SIZE, 0)
+            first.sent = SIZE
+            reads.then = first.close  # read: SIZE held, nothing served; then SIZE served
+            reads.reads = 0
+            if granted:
+                second = await core.sharing.reserve(link, SIZE, nbytes, 0)
+                second.sent = nbytes
+                await second.close()
+            else:
+                with pytest.raises(Gone):
+                    await core.sharing.reserve(link, SIZE, nbytes, 0)
+            assert reads.reads == 2  # the stale read and one more
+        reads.reads = 0
+        with pytest.raises(Gone):
+            await core.sharing.reserve(link, SIZE, 1, 0)
+        assert reads.reads == 1
 
     run(tmp_path, scenario)
 
