@@ -1248,3 +1248,47 @@ def test_each_poll_reads_the_revocations_since_its_last_look_less_the_overlap(tm
         ]
 
     on_watched(tmp_path, scenario)
+
+
+def test_with_several_processes_a_logout_in_one_reaches_the_other(tmp_path: Path) -> None:
+    """Two Authenticators of a server run by several processes (``shared``), each on its own
+    connection to one database: a logout in one ends the session in the other once it polls
+    (SHARED_POLL). The test waits for that on the real condition; the deadline only ends a hang
+    (a process that never polls again)."""
+
+    async def main() -> None:
+        db = tmp_path / "vault.db"
+        stores = [await SQLiteStore.open(db), await SQLiteStore.open(db)]
+        with ThreadPoolExecutor(2) as pool:
+            try:
+                here, there = (
+                    Authenticator(
+                        store,
+                        SECRET,
+                        KEYRING,
+                        rounds=4,
+                        ttl=TTL,
+                        issuer=ISSUER,
+                        audience=AUDIENCE,
+                        executor=pool,
+                        shared=True,
+                    )
+                    for store in stores
+                )
+                await there.register("alice", PASSWORD)
+                pair = await there.login("alice", PASSWORD)
+                await here.authenticate(pair.token)  # here has read the revoked sessions
+                await there.logout(await there.authenticate(pair.token))
+                deadline = time.monotonic() + 10
+                while True:
+                    try:
+                        await here.authenticate(pair.token)
+                    except RevokedToken:
+                        break
+                    assert time.monotonic() < deadline, "the other process never saw the logout"
+                    await asyncio.sleep(0.05)
+            finally:
+                for store in stores:
+                    await store.close()
+
+    asyncio.run(main())
