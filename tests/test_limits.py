@@ -13,8 +13,9 @@ from tests.marks import needs_curl
 from tests.server import Server
 from tests.test_api import user_id, wait_until_clean
 from tests.test_transfers import cut, open_tls, start_upload, wait_for
-from vault.errors import TooManyUploads
-from vault.limits import UploadSlots
+from vault.errors import TooManyDownloads, TooManyUploads
+from vault.limits import DOWNLOAD_KINDS, UPLOAD, DownloadSlots, UploadSlots
+from vault.state import LocalState
 
 
 def read_response(sock: ssl.SSLSocket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
@@ -80,6 +81,53 @@ def test_upload_slots_count_each_users_uploads_exactly() -> None:
             await slots.acquire(7)
         with pytest.raises(TooManyUploads):
             await slots.acquire(7)
+
+    asyncio.run(scenario())
+
+
+def test_upload_slots_of_two_processes_on_one_state_count_together() -> None:
+    async def scenario() -> None:
+        state = LocalState()
+        mine, theirs = UploadSlots(2, state), UploadSlots(2, state)
+        held = await mine.acquire(7)
+        assert await state.held(UPLOAD, "7") == 1
+        other = await theirs.acquire(7)
+        for slots in (mine, theirs):
+            with pytest.raises(TooManyUploads):
+                await slots.acquire(7)
+        assert (mine.in_progress(7), theirs.in_progress(7), mine.total()) == (1, 1, 1)
+        await theirs.release(other)
+        assert await state.held(UPLOAD, "7") == 1
+        await mine.release(await mine.acquire(7))
+        await mine.release(held)
+        assert await state.held(UPLOAD, "7") == 0
+
+    asyncio.run(scenario())
+
+
+def test_download_slots_of_two_processes_on_one_state_count_together_and_free_at_once() -> None:
+    async def scenario() -> None:
+        state = LocalState()
+        mine = DownloadSlots(per_user=1, per_link=1, per_address=2, state=state)
+        theirs = DownloadSlots(per_user=1, per_link=1, per_address=2, state=state)
+        holds = await mine.acquire(user=7, link="L", address="2001:db8::1")
+        held = [
+            await state.held(DOWNLOAD_KINDS["user"], "7"),
+            await state.held(DOWNLOAD_KINDS["link"], "L"),
+            await state.held(DOWNLOAD_KINDS["address"], "2001:db8::/64"),
+        ]
+        assert held == [1, 1, 1]
+        assert (mine.total(), theirs.total()) == (1, 0)  # one download, three holds
+        with pytest.raises(TooManyDownloads, match="for this account"):
+            await theirs.acquire(user=7, link=None, address="192.0.2.1")
+        with pytest.raises(TooManyDownloads, match="through this link"):
+            await theirs.acquire(user=8, link="L", address="192.0.2.1")
+        await mine.release(holds)  # given back at once, the first time
+        for kind, key in (("user", "7"), ("link", "L"), ("address", "2001:db8::/64")):
+            assert await state.held(DOWNLOAD_KINDS[kind], key) == 0
+        again = await theirs.acquire(user=7, link="L", address="2001:db8::2")
+        assert (mine.total(), theirs.total()) == (0, 1)
+        await theirs.release(again)
 
     asyncio.run(scenario())
 

@@ -188,6 +188,17 @@ def test_parse_range_beyond_the_end_or_of_an_empty_file_is_unsatisfiable(header:
     assert info.value.size == size
 
 
+def test_parse_range_positions_past_19_digits_are_beyond_any_file() -> None:
+    """Past MAX_DIGITS a position is 10**MAX_DIGITS, never int() of thousands of digits (which
+    Python refuses past 4300): the range runs to the end, or starts past it."""
+    for digits in (20, 5000):
+        assert parse_range("bytes=0-" + "9" * digits, 1000) == (0, 1000)
+        assert parse_range("bytes=-" + "9" * digits, 1000) == (0, 1000)
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range("bytes=" + "9" * digits + "-", 1000)
+    assert parse_range("bytes=0-" + "0" * 18 + "9", 1000) == (0, 10)  # 19 digits: read as is
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_parse_range_agrees_with_python_slicing_on_random_ranges(seed: int) -> None:
     rng = random.Random(seed)
