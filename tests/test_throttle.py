@@ -816,6 +816,27 @@ def test_shared_registrations_are_counted_per_address_and_in_total_in_windows_of
     asyncio.run(scenario())
 
 
+def test_shared_registration_retried_on_one_key_is_counted_once_under_the_other() -> None:
+    """Another process's registration from the same address lands between this one's two
+    writes: this one is counted under the total, loses the race on the address and retries
+    the address only. Each counter ends with the two registrations, no more."""
+    throttle, state, _ = shared(register_per_address=5, register_per_hour=5)
+
+    async def theirs(kind: str, key: str) -> None:
+        if key == "192.0.2.1":
+            state.before_set = None
+            await another_failure(state, REGISTER, "*")
+            await another_failure(state, REGISTER, "192.0.2.1")
+
+    async def scenario() -> None:
+        state.before_set = theirs
+        await throttle.check_registration("192.0.2.1")
+        assert (await state.counter(REGISTER, "*")).count == 2
+        assert (await state.counter(REGISTER, "192.0.2.1")).count == 2
+
+    asyncio.run(scenario())
+
+
 def test_shared_registration_counted_meanwhile_by_another_process_is_counted_again() -> None:
     throttle, state, clock = shared(register_per_address=0, register_per_hour=2)
 

@@ -435,24 +435,25 @@ class SharedLoginThrottle:
             await self._state.set_counter(kind, key, 0, 0.0, version=counter.version, expires=self._clock())
 
     async def check_registration(self, address: str) -> None:
+        # The keys this attempt is still to be counted under: a round that counts it under one
+        # key and loses a race on the other (another process counted meanwhile) retries the
+        # other only, so no attempt is counted twice.
+        left = [(kind, key or address_key(address), limit) for kind, key, limit in self._register if limit]
         for _ in range(CAS_ROUNDS):
             now = self._clock()
             limited = []
-            for kind, key, limit in self._register:
-                key = key or address_key(address)
-                if limit:
-                    counter = await self._state.counter(kind, key)
-                    start, count = (counter.stamp, counter.count) if counter.version else (now, 0)
-                    if count >= limit:
-                        raise TooManyRegistrations(max(math.ceil(start + REGISTRATION_WINDOW - now), 1))
-                    limited.append((kind, key, start, count, counter.version))
-            counted = 0
-            for kind, key, start, count, version in limited:
+            for kind, key, limit in left:
+                counter = await self._state.counter(kind, key)
+                start, count = (counter.stamp, counter.count) if counter.version else (now, 0)
+                if count >= limit:
+                    raise TooManyRegistrations(max(math.ceil(start + REGISTRATION_WINDOW - now), 1))
+                limited.append((kind, key, limit, start, count, counter.version))
+            for kind, key, limit, start, count, version in limited:
                 expires = start + REGISTRATION_WINDOW
                 if await self._state.set_counter(
                     kind, key, count + 1, start, version=version, expires=expires
                 ):
-                    counted += 1
-            if counted == len(limited):
+                    left.remove((kind, key, limit))
+            if not left:
                 return
         raise TooManyRegistrations(BUSY_RETRY)
