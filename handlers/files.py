@@ -21,8 +21,9 @@ from handlers.headers import declared_length
 from handlers.paging import page_json, page_query
 from handlers.ranges import if_range_holds, none_match, parse_range
 from handlers.redact import safe_path
+from handlers.stream import send_now
 from vault.auth import Identity
-from vault.download import Abandoned, Download
+from vault.download import PIECE, Abandoned, Download
 from vault.errors import InputError, IntegrityError, MalformedUpload
 from vault.multipart import MultipartParser, PartData, PartEnd, PartStart, boundary_from_content_type
 from vault.names import check_filename, check_new_filename
@@ -306,19 +307,42 @@ class FileSender(BaseHandler):
             self.body_done()
             self.finish()
 
-    async def _stream(self, chunks: AsyncGenerator[bytes]) -> None:
-        """Each piece is handed to the socket before the next is asked for (the download reads
-        ahead only meanwhile); a client that takes none of it for ``send_timeout`` seconds is
-        cut off, which frees the download's slot, pin and memory."""
+    async def _stream(self, views: AsyncGenerator[memoryview, int | None]) -> None:
+        """The body, a segment's view at a time (``Download.read``). What the socket takes at
+        once goes to it straight from the decrypted segment, a PIECE at a time, with no copy
+        and no write future (``send_now``). The first piece (with the headers), and a piece
+        the socket has no room for, is copied out and written through Tornado, and the view
+        is dropped before waiting for the client (the download reads ahead only meanwhile):
+        a stalled client holds that copy alone, and its segments can be reclaimed. A client
+        that takes none of it for ``send_timeout`` seconds is cut off, which frees the
+        download's slot, pin and memory."""
         try:
-            async with contextlib.aclosing(chunks):
-                async for chunk in chunks:
-                    self.write(chunk)
-                    flushed = self.flush()
-                    if not flushed.done():
-                        await self._drained(flushed)
-                    flushed.result()
-                    self.chunk_sent(len(chunk))
+            async with contextlib.aclosing(views):
+                taken: int | None = None
+                while True:
+                    try:
+                        view = await views.asend(taken)
+                    except StopAsyncIteration:
+                        break
+                    sent, size, piece = 0, len(view), b""
+                    while sent < size:
+                        # The first piece goes out with the headers, through Tornado (so a
+                        # segment that fails before it still gets an error status).
+                        headed = self._headers_written
+                        count = send_now(self.connection, view[sent : sent + PIECE]) if headed else 0
+                        if not count:  # the socket is full: these same bytes, through Tornado
+                            piece = bytes(view[sent : sent + PIECE])
+                            break
+                        sent += count
+                    del view  # the segment is the download's again (reclaimable) while we wait
+                    if sent:
+                        self.chunk_sent(sent)
+                    taken = sent
+                    if piece:
+                        self.write(piece)
+                        await self._flushed(self.flush())
+                        self.chunk_sent(len(piece))
+                        taken += len(piece)
         except (tornado.iostream.StreamClosedError, Abandoned):
             self._abandoned = True  # the client went away
         except IntegrityError:
@@ -326,6 +350,11 @@ class FileSender(BaseHandler):
                 raise
             # Headers are out: abort so the client sees a short body, never altered bytes.
             self._cut()
+
+    async def _flushed(self, flushed: "asyncio.Future[None]") -> None:
+        if not flushed.done():
+            await self._drained(flushed)
+        flushed.result()
 
     async def _drained(self, flushed: "asyncio.Future[None]") -> None:
         """Wait for ``flushed``, at most ``send_timeout`` seconds; then close the connection."""

@@ -1,4 +1,5 @@
-"""The HTTPS server's socket reads: every TLS record that is ready, in one read.
+"""The HTTPS server's socket I/O: reads take every TLS record that is ready, and a response
+body may go to the socket without passing through Tornado's write buffer (``send_now``).
 
 A TLS socket's ``recv_into`` returns at most one record (16 KiB) per call, and Tornado hands a
 streamed request body to its handler one socket read at a time: a 1 GiB upload was 65 536
@@ -15,6 +16,7 @@ from typing import Any
 
 import tornado.httpserver
 import tornado.iostream
+from tornado.http1connection import HTTP1Connection
 
 
 class BatchedSSLIOStream(tornado.iostream.SSLIOStream):
@@ -51,3 +53,34 @@ class HTTPServer(tornado.httpserver.HTTPServer):
             # only how it reads changes.
             stream.__class__ = BatchedSSLIOStream
         super().handle_stream(stream, address)
+
+
+def send_now(connection: HTTP1Connection, data: memoryview) -> int:
+    """Hand the socket what it takes of ``data`` at once, past Tornado's write buffer: the
+    number of bytes sent, 0 if none.
+
+    For a response body whose headers went out and whose Content-Length was given: the bytes
+    sent count against it as Tornado's ``write`` counts them, so ``finish`` checks the length
+    as usual. Nothing is sent (0) while Tornado still buffers a write (the bytes would
+    overtake it), for a chunked response, or when the socket takes nothing now: it is full,
+    or it failed. The caller then writes through Tornado, which waits for room, or meets the
+    same failure and closes the stream. Python's ``ssl`` sends all of ``data`` or raises
+    (no partial writes); after a refusal OpenSSL may keep the records it began, and the next
+    write must offer the same bytes from the same start (Tornado's write of a copy of
+    ``data`` does).
+
+    What this saves against ``write`` + ``flush``: per call, Tornado's write future, its
+    callbacks and the buffer's bookkeeping, and the copy of a piece the caller made so that a
+    stalled write holds only that piece (vault/download.py)."""
+    stream = connection.stream
+    remaining = connection._expected_content_remaining  # noqa: SLF001  # Tornado's Content-Length count
+    if remaining is None or len(data) > remaining or stream.writing() or stream.closed():
+        return 0
+    try:
+        sent: int = stream.socket.send(data)
+    except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError, InterruptedError):
+        return 0
+    except OSError:
+        return 0  # Tornado's write meets it again, and closes the stream
+    connection._expected_content_remaining = remaining - sent  # noqa: SLF001
+    return sent

@@ -152,6 +152,36 @@ def test_stalled_readers_keep_memory_bounded_and_the_server_answering(
         server.stop()
 
 
+def test_a_slow_reader_gets_every_byte_in_order(tmp_path: Path, closing: list[ssl.SSLSocket]) -> None:
+    """A client reading in small steps behind a small receive buffer keeps the server's
+    socket full: the body then goes out in turns, straight from the segment while the socket
+    takes it (handlers/stream.py send_now) and a copied piece through Tornado when it does
+    not; after a refused TLS write, OpenSSL resumes the records it began, so the retry must
+    offer the same bytes. Whole files and ranges, byte for byte."""
+    server, _ = started(tmp_path)
+    try:
+        _, token = server.new_user()
+        data = os.urandom(3 * MiB + 5)
+        assert server.put_file(token, "f.bin", data).status == 201
+        for first, last in [(0, len(data) - 1), (MiB - 7, 2 * MiB + 100_000)]:
+            sock = open_request(
+                server, "/download/f.bin", {**bearer(token), "Range": f"bytes={first}-{last}"}
+            )
+            closing.append(sock)
+            status, _, body = read_head(sock)
+            assert status == 206
+            chunks = [body]
+            got = len(body)
+            while got < last + 1 - first:
+                chunk = sock.recv(4096)
+                assert chunk, "closed before the end of the body"
+                chunks.append(chunk)
+                got += len(chunk)
+            assert b"".join(chunks) == data[first : last + 1]
+    finally:
+        server.stop()
+
+
 def test_send_timeout_closes_a_stalled_download_and_frees_it(
     tmp_path: Path, closing: list[ssl.SSLSocket]
 ) -> None:

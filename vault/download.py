@@ -10,8 +10,9 @@ from vault.pipeline import Pipeline
 from vault.records import FileInfo
 from vault.store import StoredFile
 
-# What one step of a download hands its client: a stalled client holds at most this much in
-# the server's socket buffer; the segment it came from can be reclaimed (vault/budget.py).
+# The most a consumer of ``Download.read`` copies out of a segment for a client that does not
+# take the bytes as fast as they come: a stalled client holds at most this much in the
+# server's write buffer; the segment it came from can be reclaimed (vault/budget.py).
 PIECE = 64 * 1024
 
 
@@ -116,9 +117,9 @@ class Download:
     def _read_ahead(self, pos: int, last: int) -> None:
         """Start reading the segments after ``pos`` up to ``pipeline_depth`` held, while the
         budget has room to spare (never waiting for it)."""
+        if self.held >= self._pipe.pipeline_depth or self._abandoned:
+            return  # the common case, after each step: nothing to start
         seg_size, budget = self.header.seg_size, self._pipe.download_budget
-        if self._abandoned:
-            return
         base = pos // seg_size
         index = base + 1 if self._current is not None and self._index == base else base
         index = max(self._ahead, default=index - 1) + 1
@@ -126,12 +127,17 @@ class Download:
             self._ahead[index] = self._start(index)
             index += 1
 
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes]:
-        """Yield the plaintext of bytes [start, end) in pieces of at most PIECE bytes,
-        verifying each segment before it is used. The consumer hands each piece to its client
-        before it asks for the next; while it waits for that, this download is idle and its
-        segments may be reclaimed (then read again). Reading ahead starts only after the
-        client took a piece."""
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[memoryview, int | None]:
+        """Yield the plaintext of bytes [start, end) as views of its segments, each verified
+        before it is used: the rest of a segment within the range, each time. The consumer
+        sends back (``asend``) how many bytes of the view it took, or None for all of them,
+        and is given the rest next.
+
+        The consumer hands each view's bytes to its client before it asks for more and drops
+        the view before it waits for its client: while it waits, this download is idle and
+        its segments may be reclaimed (then read again), so a stalled client holds only what
+        the consumer copied out of the view for it (``PIECE``, handlers/files.py). Reading
+        ahead starts only after the client took something."""
         end = self.size if end is None else end
         if not 0 <= start <= end <= self.size:
             raise ValueError("range outside the file")
@@ -141,18 +147,17 @@ class Download:
         try:
             while pos < end:
                 index = pos // seg_size
-                plaintext = await self._plaintext(index)
                 offset = index * seg_size
-                stop = min(end, offset + len(plaintext))
-                piece = plaintext[pos - offset : min(stop, pos + PIECE) - offset]
-                del plaintext  # only _current keeps it, so reclaiming frees it
-                pos += len(piece)
-                if pos == stop:  # this segment is all handed out
-                    self._current = None
-                    budget.give(self)
+                stop = min(end, offset + len(await self._plaintext(index)))
                 budget.idle(self)
-                yield piece
+                # Only _current keeps the segment (no local here), so reclaiming frees it
+                # once the consumer dropped the view.
+                taken = yield memoryview(self._current or b"")[pos - offset : stop - offset]
                 budget.busy(self)
+                pos = stop if taken is None else pos + taken
+                if pos == stop and self._index == index and self._current is not None:
+                    self._current = None  # this segment is all handed out
+                    budget.give(self)
                 self._read_ahead(pos, last)
         finally:
             budget.busy(self)
