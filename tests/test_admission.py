@@ -334,3 +334,35 @@ def test_multipart_framing_may_pass_the_largest_file_size(tmp_path: Path) -> Non
             await core.files.begin_upload(OWNER, 1000 + 1025, slack=1024)
 
     run(tmp_path, framed, max_file_size=1000, user_quota=0)
+
+
+def test_a_commit_of_this_process_while_an_upload_grows_is_counted(tmp_path: Path) -> None:
+    """A grows its hold against the count it cached; while that resize waits, B of the same
+    owner commits in this process (which drops the cache and moves the version): the resize is
+    refused as stale, the count is read again, and A's growth is granted against it."""
+
+    async def race(core: Core) -> tuple[int, int]:
+        quotas = core.files.quotas
+        state = quotas._state
+        real = state.resize
+        b = await core.files.begin_upload(OWNER, 10)
+        await b.write(b"b" * 10)
+        a = await core.files.begin_upload(OWNER, None)
+        asked, go_on = asyncio.Event(), asyncio.Event()
+
+        async def paused(*args: Any, **kwargs: Any) -> Any:
+            if not asked.is_set():
+                asked.set()
+                await go_on.wait()
+            return await real(*args, **kwargs)
+
+        state.resize = paused  # type: ignore[method-assign]
+        grow = asyncio.ensure_future(a.write(b"a" * 1000))
+        await asked.wait()
+        await b.finish("b.bin")
+        go_on.set()
+        await grow
+        await a.finish("a.bin")
+        return await stored(core), await state.held(QUOTA_KIND, str(OWNER))
+
+    assert run(tmp_path, race) == (1010, 0)

@@ -68,7 +68,7 @@ PEER = "a slow peer: paces bytes, the behaviour under test"
 PROMISE = "the documented bound under test (a revocation reaches every process within 1 s)"
 INTERLEAVE = "holds a lock across a real wait, so that a second holder would show as overlap"
 SLEEPS = {
-    ("s3server.py", "S3Server.start"): POLL,
+    ("s3server.py", "S3Server._start"): POLL,
     ("server.py", "Server.start"): POLL,
     ("test_admin.py", "test_sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_broken"): POLL,
     ("test_answer_order.py", "answer"): POLL,
