@@ -22,6 +22,7 @@ from tests import incore
 from tests.dbedit import edit
 from vault.auth import (
     CHANGE_ATTEMPTS,
+    EPOCH_CACHE_SECONDS,
     INVITE_RE,
     MAX_PENDING_REGISTRATIONS,
     USER_ID_BITS,
@@ -38,6 +39,7 @@ from vault.errors import (
     Busy,
     ExpiredToken,
     Forbidden,
+    IntegrityError,
     InvalidCredentials,
     InvalidField,
     InvalidToken,
@@ -887,6 +889,97 @@ def test_an_account_row_with_a_swapped_password_hash_is_refused_everywhere(tmp_p
         assert await core.auth.user_by_id(alice.user_id) is None
 
     on_core(tmp_path, after)
+
+
+def test_reset_password_of_a_row_that_fails_its_check_is_refused_and_seals_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database writer sets the epoch back after "log out everywhere"; an administrator then
+    resets the password. Sealing the row again would make the writer's edit authentic (the old
+    access token alive again): the reset is refused and the row stays refused everywhere."""
+
+    async def before(core: Core) -> tuple[str, int]:
+        await core.auth.register("alice", PASSWORD)
+        old = await core.auth.login("alice", PASSWORD)
+        alice = await identity(core, "alice")
+        await core.auth.logout_all(alice)
+        return old.token, alice.user_id
+
+    old, user_id = on_core(tmp_path, before)
+    with edit(tmp_path / "vault.db") as con:
+        assert con.execute("UPDATE users SET token_epoch = 0 WHERE id = ?", (user_id,)).rowcount == 1
+
+    async def after(core: Core) -> None:
+        with pytest.raises(IntegrityError):
+            await core.auth.reset_password("alice", "a new password")
+        assert integrity_errors(caplog, user_id) == 1
+        assert await core.auth.find_user("alice") is None  # not sealed again
+        with pytest.raises(InvalidCredentials):
+            await core.auth.login("alice", "a new password")
+        with pytest.raises(InvalidToken):
+            await core.auth.authenticate(old)
+
+    caplog.set_level(logging.ERROR, logger="vault.auth")
+    on_core(tmp_path, after)
+
+
+def test_reset_password_racing_another_change_keeps_it(tmp_path: Path) -> None:
+    """Another process disables the account between the reset's read and its write: the reset
+    is a compare-and-set, so it reads the row again and the account stays disabled (a plain
+    write of the row read before would enable it again)."""
+
+    async def scenario(core: Core, store: Watched) -> tuple[int, str]:
+        await core.auth.register("alice", PASSWORD)
+        tries = 0
+
+        async def disabled_meanwhile(old: User) -> None:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                store.before_replace = None
+                await core.auth.set_disabled("alice", True)
+                store.before_replace = disabled_meanwhile
+
+        store.before_replace = disabled_meanwhile
+        await core.auth.reset_password("alice", "a new password")
+        store.before_replace = None
+        with pytest.raises(Forbidden) as refused:
+            await core.auth.login("alice", "a new password")  # the new password, still disabled
+        return tries, refused.value.message
+
+    assert on_watched(tmp_path, scenario) == (2, "Account disabled: ask an administrator")
+
+
+def test_the_epoch_cache_is_read_again_once_its_age_reaches_the_bound(tmp_path: Path) -> None:
+    """An account's token epoch is cached for less than EPOCH_CACHE_SECONDS: one instant
+    before the bound the cache answers, at the bound the row is read again (the clock is the
+    Authenticator's own, held still here)."""
+
+    async def scenario(core: Core, store: Watched) -> list[int]:
+        now = [1000.0]
+        await core.auth.register("alice", PASSWORD)
+        with ThreadPoolExecutor(1) as pool:
+            auth = Authenticator(
+                store,
+                SECRET,
+                core.keyring,
+                rounds=4,
+                ttl=TTL,
+                issuer=ISSUER,
+                audience=AUDIENCE,
+                executor=pool,
+                clock=lambda: now[0],
+            )
+            pair = await auth.login("alice", PASSWORD)
+            reads = []
+            for at in (1000.0, 1000.0 + EPOCH_CACHE_SECONDS - 0.25, 1000.0 + EPOCH_CACHE_SECONDS):
+                now[0] = at
+                before = store.reads
+                await auth.authenticate(pair.token)
+                reads.append(store.reads - before)
+            return reads
+
+    assert on_watched(tmp_path, scenario) == [1, 0, 1]
 
 
 def test_a_refresh_token_of_an_older_epoch_is_refused_and_refreshes_keep_the_epoch(tmp_path: Path) -> None:

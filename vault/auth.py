@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from vault.errors import (
     Busy,
     ExpiredToken,
     Forbidden,
+    IntegrityError,
     InvalidCredentials,
     InvalidField,
     InvalidToken,
@@ -141,8 +143,10 @@ class Authenticator:
         refresh_ttl: int = DEFAULT_REFRESH_TTL,
         registration: str = "open",
         shared: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._clock = clock  # for the epoch cache's age
         self._registration = registration
         # Several processes: what another one revoked is read at least every SHARED_POLL seconds.
         poll = SHARED_POLL if shared else None
@@ -234,13 +238,23 @@ class Authenticator:
         raise Busy("The account is changing: retry shortly")
 
     async def reset_password(self, username: str, password: object) -> None:
-        """Set a new password (an administrator's command); every token of the user dies."""
-        user = await self._store.get_user(username)
+        """Set a new password (an administrator's command); every token of the user dies. A row
+        that fails its integrity check is refused, not sealed again: sealing it would make a
+        database writer's edit (an epoch set back, an account enabled again) authentic."""
+        user = await self._store.get_user(username) if USERNAME_RE.fullmatch(username) else None
         if user is None:
             raise NotFound("User not found")
         hashed = await self._run(bcrypt.hashpw, check_password(password), bcrypt.gensalt(self._rounds))
-        await self._store.update_user(self._bumped(user, hashed))
-        await self._refresh.revoke(user.id, None)
+        for _ in range(CHANGE_ATTEMPTS):
+            if user is None:
+                raise NotFound("User not found")
+            if not self._authentic(user):
+                log.error("account row %d failed its integrity check", user.id)
+                raise IntegrityError()
+            if await self._end_sessions(user, hashed):
+                return
+            user = await self._store.get_user(username)
+        raise Busy("The account is changing: retry shortly")
 
     async def login(self, username: object, password: object) -> TokenPair:
         if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
@@ -370,14 +384,14 @@ class Authenticator:
         if not await self._store.replace_user(was or user, bumped):
             return None
         self._epoch_changes += 1
-        self._epochs[user.id] = (bumped.token_epoch, time.monotonic())
+        self._epochs[user.id] = (bumped.token_epoch, self._clock())
         await self._refresh.revoke(user.id, None)
         return bumped
 
     async def _epoch(self, user_id: int) -> int | None:
         """The user's token epoch from the verified row (None: no such account, or its row
         fails its check), cached for EPOCH_CACHE_SECONDS (SHARED_POLL when ``shared``)."""
-        now = time.monotonic()
+        now = self._clock()
         cached = self._epochs.get(user_id)
         if cached is not None and now - cached[1] < self._epoch_cache:
             return cached[0]
