@@ -17,13 +17,16 @@ from tests import incore
 from tests.dbedit import edit
 from vault.auth import Identity
 from vault.core import Core
-from vault.errors import FileNotFound, Gone, InvalidCredentials, InvalidField, NotFound, TooManyAttempts
+from vault.errors import Busy, FileNotFound, Gone, InvalidCredentials, InvalidField, NotFound, TooManyAttempts
 from vault.rows import GRANT
 from vault.sharing import (
+    COUNT_KEPT,
     FREE_FAILURES,
+    LINK_BYTES,
     LINK_GUESS,
     MAX_BACKOFF,
     RECEIVE_SLACK,
+    Sharing,
     link_budget,
     link_key,
     lock_out,
@@ -598,5 +601,253 @@ def test_a_link_without_a_limit_counts_every_byte_it_served(tmp_path: Path) -> N
             await reservation.close()
         row = await core.store.get_link(token_hash(token))
         assert row is not None and row.bytes_served == SIZE + 600
+
+    run(tmp_path, scenario)
+
+
+# --------------------------------------------------------------------------- links: rows and rules
+
+
+def test_a_new_link_has_a_24_character_token_and_a_clean_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [time.time()]  # near the shared state's own clock, which keeps counts by it
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+
+    async def scenario(core: Core) -> None:
+        alice = await account(core, "alice")
+        await put(core, alice, "f.bin", b"d" * 3000)
+        info, token = await core.sharing.create_link(alice, "f.bin", 60, "open sesame 42", 2)
+        assert len(token) == 24 and len(token_hash(token)) == 32  # LINK_TOKEN_BYTES of secret
+        assert (info.created, info.expires, info.has_password, info.max_downloads) == (
+            clock[0], clock[0] + 60, True, 2,
+        )  # fmt: skip
+        row = await core.store.get_link(token_hash(token))
+        assert row is not None
+        assert (row.bytes_served, row.failures, row.locked_until) == (0, 0, 0.0)
+        plain, _ = await core.sharing.create_link(alice, "f.bin", None, None, 2)
+        assert (plain.has_password, plain.expires) == (False, None)
+        link, opened = await core.sharing.open_link(token, "open sesame 42")
+        opened.close()
+        reservation = await core.sharing.reserve(link, 3000, 1, 0)
+        reservation.sent = 1
+        await reservation.close()
+        listed = {i.id: i.downloads_left for i in await core.sharing.links(alice)}
+        assert listed == {info.id: 2.0, plain.id: 2.0}  # 5999 / 3000 to three places
+
+    run(tmp_path, scenario)
+
+
+def test_a_link_expires_at_its_expiry_exactly_and_each_refusal_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [time.time()]  # near the shared state's own clock, which keeps counts by it
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+
+    async def scenario(core: Core) -> str:
+        alice = await account(core, "alice")
+        await put(core, alice, "f.bin", b"d" * 10)
+        _, expiring = await core.sharing.create_link(alice, "f.bin", 60, None, None)
+        revoked, revoked_token = await core.sharing.create_link(alice, "f.bin", None, None, None)
+        _, spent = await core.sharing.create_link(alice, "f.bin", None, None, 1)
+        _, moved = await core.sharing.create_link(alice, "f.bin", None, None, None)
+        clock[0] += 59.5
+        _, opened = await core.sharing.open_link(expiring, None)
+        opened.close()
+        clock[0] += 0.5  # now == expires
+        await refused(core, expiring, "This link has expired")
+        await core.sharing.revoke_link(alice, revoked.id)
+        await refused(core, revoked_token, "This link was revoked")
+        link, opened = await core.sharing.open_link(spent, None)
+        opened.close()
+        reservation = await core.sharing.reserve(link, 10, link_budget(1, 10), 0)
+        reservation.sent = link_budget(1, 10)
+        await reservation.close()
+        await refused(core, spent, "This link has no downloads left")
+        await refused(core, "\ud800 not UTF-8", "Link not found", NotFound)
+        return moved
+
+    moved = run(tmp_path, scenario)
+    with edit(tmp_path / "vault.db") as con:
+        con.execute("UPDATE files SET name = 'g.bin' WHERE name = 'f.bin'")
+
+    async def gone(core: Core) -> None:
+        await refused(core, moved, "The file behind this link is no longer available")
+
+    run(tmp_path, gone)
+
+
+async def refused(core: Core, token: str, message: str, error: type[Exception] = Gone) -> None:
+    with pytest.raises(error) as caught:
+        await core.sharing.open_link(token, None)
+    assert str(caught.value) == message
+
+
+def test_a_forged_link_row_is_not_found_nor_listed_and_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def populate(core: Core) -> tuple[str, str]:
+        alice = await account(core, "alice")
+        await put(core, alice, "f.bin", b"d" * 10)
+        info, token = await core.sharing.create_link(alice, "f.bin", None, None, 1)
+        return info.id, token
+
+    link_id, token = run(tmp_path, populate)
+    with edit(tmp_path / "vault.db") as con:  # a database writer lifts the limit
+        con.execute("UPDATE links SET max_downloads = NULL WHERE id = ?", (link_id,))
+
+    async def check(core: Core) -> None:
+        caplog.clear()
+        await refused(core, token, "Link not found", NotFound)
+        assert await core.sharing.links(await known(core, "alice")) == []
+        logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "vault.sharing"]
+        assert logged == [(logging.ERROR, f"link {link_id} failed its integrity check")] * 2
+
+    run(tmp_path, check)
+
+
+def test_a_count_not_kept_is_seeded_from_the_stores_row_not_from_the_callers_copy(tmp_path: Path) -> None:
+    """A process that has no count for a link (restarted, or the count forgotten) takes the
+    bytes served from the link's row as it is now, not from a Link read before they were."""
+    db = tmp_path / "vault.db"
+
+    async def serve() -> Link:
+        async with incore.core(db, bcrypt_rounds=4) as core:
+            _, link = await limited_link(core, 1)  # read before anything was served
+            await respond(core, link, SIZE, start=0, sent=SIZE)
+            return link
+
+    async def restarted(stale: Link) -> None:
+        async with incore.core(db, bcrypt_rounds=4, state=LocalState()) as core:
+            assert stale.bytes_served == 0
+            assert await most(core, stale, 0) == link_budget(1, SIZE) - SIZE
+
+    async def revoked(stale: Link) -> None:
+        """No row left to read (revoked): the caller's copy is all there is."""
+        async with incore.core(db, bcrypt_rounds=4, state=LocalState()) as core:
+            await core.sharing.revoke_link(await known(core, "alice"), stale.id)
+            assert await most(core, stale, 0) == link_budget(1, SIZE)
+
+    stale = asyncio.run(serve())
+    asyncio.run(restarted(stale))
+    asyncio.run(revoked(stale))
+
+
+def test_the_count_of_a_link_with_an_expiry_is_kept_until_a_day_after_it(tmp_path: Path) -> None:
+    shift = [0.0]
+    state = LocalState(clock=lambda: time.time() + shift[0])
+
+    async def scenario() -> None:
+        async with incore.core(tmp_path / "vault.db", bcrypt_rounds=4, state=state) as core:
+            alice = await account(core, "alice")
+            await put(core, alice, "f.bin", b"d" * SIZE)
+            info, token = await core.sharing.create_link(alice, "f.bin", 2 * COUNT_KEPT, None, 1)
+            link, opened = await core.sharing.open_link(token, None)
+            opened.close()
+            await respond(core, link, SIZE, start=0, sent=SIZE)
+            shift[0] = COUNT_KEPT + 60  # a day after it was seeded, a day before the link expires
+            assert (await state.counter(LINK_BYTES, info.id)).count == SIZE
+
+    asyncio.run(scenario())
+
+
+def test_a_count_forgotten_while_responses_ran_is_read_at_the_version_it_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two responses under way when the shared state forgets the link's count; one ends, its
+    bytes settling onto no count (version 1, never seeded). A third is then granted from the
+    store's count at that version (the responses still under way keep it from being seeded)."""
+    shift = [0.0]
+    state = LocalState(clock=lambda: time.time() + shift[0])
+
+    async def scenario() -> None:
+        async with incore.core(tmp_path / "vault.db", bcrypt_rounds=4, state=state) as core:
+            _, link = await limited_link(core, 3)
+            first = await core.sharing.reserve(link, SIZE, SIZE, 0)
+            second = await core.sharing.reserve(link, SIZE, SIZE, 0)
+            shift[0] = COUNT_KEPT + 60
+            first.sent = SIZE
+            await first.close()
+            assert (await state.counter(LINK_BYTES, link.id)) == Counter(SIZE, 0.0, 1)
+            third = await core.sharing.reserve(link, SIZE, SIZE, 0)
+            reads = Interleaved(state, monkeypatch)
+            with pytest.raises(Gone):  # 500 left: refused at once, on one read
+                await core.sharing.reserve(link, SIZE, 501, 0)
+            assert reads.reads == 1
+            for response in (second, third):
+                response.sent = SIZE
+                await response.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_count_that_never_stops_changing_is_busy_not_guessed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(core: Core) -> None:
+        assert isinstance(core.state, LocalState)
+        state = core.state
+        _, link = await limited_link(core, 1)
+        await state.set_counter(LINK_BYTES, link.id, 0, 0.0, version=(await counter(core, link)).version,
+                                expires=None)  # fmt: skip
+        tally = state.tally
+
+        async def moving(kind: str, key: str) -> tuple[Counter, int]:
+            read = await tally(kind, key)
+            await state.bump(kind, key)  # another process's settle, every time, before seeding
+            return read
+
+        monkeypatch.setattr(state, "tally", moving)
+        with pytest.raises(Busy) as busy:
+            await core.sharing.check_left(link, SIZE, 1, 0)
+        assert str(busy.value) == "This link's count of downloads is changing too fast to read: try again"
+
+    run(tmp_path, scenario)
+
+
+async def counter(core: Core, link: Link) -> Counter:
+    return await core.state.counter(LINK_BYTES, link.id)
+
+
+def test_sharing_built_without_a_shared_state_keeps_its_own(tmp_path: Path) -> None:
+    """Sharing(...) without ``state`` (one process) keeps the budgets and guess mutexes in a
+    LocalState of its own."""
+
+    async def scenario(core: Core) -> None:
+        alice = await account(core, "alice")
+        await put(core, alice, "f.bin", b"d" * SIZE)
+        _, token = await core.sharing.create_link(alice, "f.bin", None, "open sesame 42", 1)
+        alone = Sharing(core.store, core.files, core.keyring, core.auth)
+        link, opened = await alone.open_link(token, "open sesame 42")
+        opened.close()
+        reservation = await alone.reserve(link, SIZE, SIZE, 0)
+        reservation.sent = SIZE
+        await reservation.close()
+        with pytest.raises(Gone):
+            await alone.check_left(link, SIZE, link_budget(1, SIZE) - SIZE + 1, 0)
+
+    run(tmp_path, scenario)
+
+
+def test_a_link_whose_file_is_deleted_as_it_is_created_is_answered_not_crashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file deleted right after the link's row was written (the row goes with it): the
+    owner still gets the link's info, counted as for an empty file, and the link is gone."""
+
+    async def scenario(core: Core) -> None:
+        alice = await account(core, "alice")
+        await put(core, alice, "f.bin", b"d" * SIZE)
+        put_link = core.store.put_link
+
+        async def then_deleted(link: Link) -> bool:
+            written = await put_link(link)
+            await core.files.delete(alice.user_id, "f.bin")
+            return written
+
+        monkeypatch.setattr(core.store, "put_link", then_deleted)
+        info, token = await core.sharing.create_link(alice, "f.bin", None, None, 2)
+        assert info.downloads_left == 2
+        await refused(core, token, "This link was revoked")
 
     run(tmp_path, scenario)
