@@ -330,8 +330,19 @@ class Sharing:
         sizes = {info.name: info.size for info in await self._files.list(owner.user_id)}
         for link in await self._store.links_of(owner.user_id):
             if self._link_ok(link):
-                infos.append(LinkInfo.of(link, sizes.get(link.name, 0), link.bytes_served))
+                infos.append(LinkInfo.of(link, sizes.get(link.name, 0), await self._spent(link)))
         return infos
+
+    async def _spent(self, link: Link) -> int:
+        """The bytes a listing counts as used: served, and held by responses under way, as a
+        budget check counts them. The store's count alone lags a copy that has ended for its
+        client until its charge is written: the listing would offer a download that HEAD and
+        the link itself already refuse. A link the state has no count for is counted from the
+        row just listed, not seeded (a listing writes nothing, and reads no row again)."""
+        if link.max_downloads is None:
+            return link.bytes_served
+        served, held = await self._state.tally(LINK_BYTES, link.id)
+        return (served.count if served.stamp else link.bytes_served) + held
 
     async def links_page(self, owner: Identity, after: str | None, limit: int) -> Page[LinkInfo]:
         """``limit`` of the caller's links by creation after the cursor ``after``, with the size
@@ -348,7 +359,7 @@ class Sharing:
             if info is not None
         }
         infos = [
-            LinkInfo.of(link, sizes.get(link.name, 0), link.bytes_served)
+            LinkInfo.of(link, sizes.get(link.name, 0), await self._spent(link))
             for link, _ in page
             if self._link_ok(link)
         ]
