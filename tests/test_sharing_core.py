@@ -851,3 +851,29 @@ def test_a_link_whose_file_is_deleted_as_it_is_created_is_answered_not_crashed(
         await refused(core, token, "This link was revoked")
 
     run(tmp_path, scenario)
+
+
+def test_a_listing_while_a_copy_is_charged_counts_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the store's write of a response's bytes and their settle in the shared state,
+    the row has them and the state still holds them: the listing counts the state's count and
+    holds, not the row's count on top of the holds."""
+
+    async def scenario(core: Core) -> list[list[float | None]]:
+        alice, link = await limited_link(core, 2)
+        charge_link = core.store.charge_link
+        seen: list[list[float | None]] = []
+
+        async def then_listed(link_id: str, nbytes: int) -> None:
+            await charge_link(link_id, nbytes)
+            seen.append([info.downloads_left for info in await core.sharing.links(alice)])
+            seen.append(
+                [info.downloads_left for info in (await core.sharing.links_page(alice, None, 5)).items]
+            )
+
+        monkeypatch.setattr(core.store, "charge_link", then_listed)
+        await respond(core, link, SIZE, start=0, sent=SIZE)
+        return seen
+
+    assert run(tmp_path, scenario) == [[1.0], [1.0]]
