@@ -99,15 +99,27 @@ def store() -> FakeUserStore:
 
 @pytest.fixture
 def auth(store: FakeUserStore, executor: ThreadPoolExecutor) -> Authenticator:
+    return authenticator(cast(Store, store), executor)
+
+
+def authenticator(
+    store: Store,
+    executor: ThreadPoolExecutor,
+    secret: bytes = SECRET,
+    keyring: Keyring = KEYRING,
+    **options: Any,
+) -> Authenticator:
+    """An Authenticator with the tests' secret, keyring, claims and cheapest bcrypt cost."""
     return Authenticator(
-        cast(Store, store),
-        SECRET,
-        KEYRING,
+        store,
+        secret,
+        keyring,
         rounds=4,
         ttl=TTL,
         issuer=ISSUER,
         audience=AUDIENCE,
         executor=executor,
+        **options,
     )
 
 
@@ -263,16 +275,7 @@ def test_token_signed_with_another_key_is_invalid(auth: Authenticator) -> None:
 def test_token_signed_by_another_authenticator_is_invalid(
     auth: Authenticator, executor: ThreadPoolExecutor
 ) -> None:
-    other = Authenticator(
-        cast(Store, FakeUserStore()),
-        OTHER_SECRET,
-        KEYRING,
-        rounds=4,
-        ttl=TTL,
-        issuer=ISSUER,
-        audience=AUDIENCE,
-        executor=executor,
-    )
+    other = authenticator(cast(Store, FakeUserStore()), executor, OTHER_SECRET)
     assert_invalid(auth, other.issue(Identity(7, "alice")).token)
 
 
@@ -557,25 +560,16 @@ def test_logins_beyond_the_pending_limit_are_refused_with_busy(
 
     async def scenario() -> list[BaseException | None]:
         with ThreadPoolExecutor(2) as pool:
-            authenticator = Authenticator(
-                cast(Store, store),
-                SECRET,
-                KEYRING,
-                rounds=4,
-                ttl=TTL,
-                issuer=ISSUER,
-                audience=AUDIENCE,
-                executor=pool,
-            )
-            first = [asyncio.ensure_future(authenticator.login("nobody1", "password1")) for _ in range(2)]
+            throttled = authenticator(cast(Store, store), pool)
+            first = [asyncio.ensure_future(throttled.login("nobody1", "password1")) for _ in range(2)]
             for _ in range(1000):  # until both wait for bcrypt (loop turns, not time)
-                if authenticator.pending_hashes == 2:
+                if throttled.pending_hashes == 2:
                     break
                 await asyncio.sleep(0)
-            assert authenticator.pending_hashes == 2
+            assert throttled.pending_hashes == 2
             outcome: list[BaseException | None] = []
             try:
-                await authenticator.login("nobody2", "password2")
+                await throttled.login("nobody2", "password2")
                 outcome.append(None)
             except Busy as exc:
                 outcome.append(exc)
@@ -959,17 +953,7 @@ def test_the_epoch_cache_is_read_again_once_its_age_reaches_the_bound(tmp_path: 
         now = [1000.0]
         await core.auth.register("alice", PASSWORD)
         with ThreadPoolExecutor(1) as pool:
-            auth = Authenticator(
-                store,
-                SECRET,
-                core.keyring,
-                rounds=4,
-                ttl=TTL,
-                issuer=ISSUER,
-                audience=AUDIENCE,
-                executor=pool,
-                clock=lambda: now[0],
-            )
+            auth = authenticator(store, pool, keyring=core.keyring, clock=lambda: now[0])
             pair = await auth.login("alice", PASSWORD)
             reads = []
             for at in (1000.0, 1000.0 + EPOCH_CACHE_SECONDS - 0.25, 1000.0 + EPOCH_CACHE_SECONDS):
@@ -1354,20 +1338,7 @@ def test_with_several_processes_a_logout_in_one_reaches_the_other(tmp_path: Path
         stores = [await SQLiteStore.open(db), await SQLiteStore.open(db)]
         with ThreadPoolExecutor(2) as pool:
             try:
-                here, there = (
-                    Authenticator(
-                        store,
-                        SECRET,
-                        KEYRING,
-                        rounds=4,
-                        ttl=TTL,
-                        issuer=ISSUER,
-                        audience=AUDIENCE,
-                        executor=pool,
-                        shared=True,
-                    )
-                    for store in stores
-                )
+                here, there = (authenticator(store, pool, shared=True) for store in stores)
                 await there.register("alice", PASSWORD)
                 pair = await there.login("alice", PASSWORD)
                 await here.authenticate(pair.token)  # here has read the revoked sessions
