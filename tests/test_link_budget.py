@@ -312,3 +312,42 @@ def test_a_listing_counts_a_copy_whose_charge_is_not_yet_written(
                 return sorted((info.downloads_left for info in infos), key=lambda left: left is None)
 
         assert asyncio.run(restarted()) == [0.0, None]
+
+
+def test_a_listing_reads_the_shared_state_once_and_only_held_links_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing costs one read of the state's live holds, then a tally for each link a
+    response holds now, not one state round trip per limited link (thousands of one-time
+    links would make /links slow on PostgreSQL)."""
+
+    async def scenario(writer: Core, reader: Core) -> None:
+        alice, token = await linked_file(writer, 1)
+        for _ in range(3):
+            await writer.sharing.create_link(alice, "f.bin", None, None, 2)
+        state = writer.sharing._state
+        tallies = 0
+        real_tally = state.tally
+
+        async def counted(kind: str, key: str) -> Any:
+            nonlocal tallies
+            tallies += 1
+            return await real_tally(kind, key)
+
+        monkeypatch.setattr(state, "tally", counted)
+        seen = []
+        await writer.sharing.links(alice)
+        await writer.sharing.links_page(alice, None, 10)
+        seen.append(tallies)
+        link, opened = await writer.sharing.open_link(token, None)
+        opened.close()
+        under_way = await writer.sharing.reserve(link, SIZE, SIZE)  # a download holds this link
+        tallies = 0
+        await writer.sharing.links(alice)
+        await writer.sharing.links_page(alice, None, 10)
+        seen.append(tallies)
+        under_way.sent = SIZE
+        await under_way.close()
+        assert seen == [0, 2]  # none held: none; one held: one per listing
+
+    run(tmp_path, local, scenario)

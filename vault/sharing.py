@@ -327,19 +327,23 @@ class Sharing:
 
     async def links(self, owner: Identity) -> list[LinkInfo]:
         infos = []
+        held = await self._state.held_keys(LINK_BYTES)  # before the rows: see _spent
         sizes = {info.name: info.size for info in await self._files.list(owner.user_id)}
         for link in await self._store.links_of(owner.user_id):
             if self._link_ok(link):
-                infos.append(LinkInfo.of(link, sizes.get(link.name, 0), await self._spent(link)))
+                infos.append(LinkInfo.of(link, sizes.get(link.name, 0), await self._spent(link, held)))
         return infos
 
-    async def _spent(self, link: Link) -> int:
+    async def _spent(self, link: Link, held_keys: set[str]) -> int:
         """The bytes a listing counts as used: served, and held by responses under way, as a
         budget check counts them. The store's count alone lags a copy that has ended for its
-        client until its charge is written: the listing would offer a download that HEAD and
-        the link itself already refuse. A link the state has no count for is counted from the
-        row just listed, not seeded (a listing writes nothing, and reads no row again)."""
-        if link.max_downloads is None:
+        client until its charge is written, while its hold is still live: the listing would
+        offer a download that HEAD and the link itself already refuse. So a link with a live
+        hold (``held_keys``, read before the rows: a charge that ended since was written to the
+        store first) is counted from the shared state's tally, the rest from the row just
+        listed, one state read per listing rather than one per link. A held link the state has
+        no count for is counted from the row too, not seeded (a listing writes nothing)."""
+        if link.max_downloads is None or link.id not in held_keys:
             return link.bytes_served
         served, held = await self._state.tally(LINK_BYTES, link.id)
         return (served.count if served.stamp else link.bytes_served) + held
@@ -348,6 +352,7 @@ class Sharing:
         """``limit`` of the caller's links by creation after the cursor ``after``, with the size
         of the file each names: the page alone is read and checked (``links`` reads every
         file for the sizes)."""
+        held = await self._state.held_keys(LINK_BYTES)  # before the rows: see _spent
         rows = await self._store.links_after(
             owner.user_id, None if after is None else link_key(after), limit + 1
         )
@@ -359,7 +364,7 @@ class Sharing:
             if info is not None
         }
         infos = [
-            LinkInfo.of(link, sizes.get(link.name, 0), await self._spent(link))
+            LinkInfo.of(link, sizes.get(link.name, 0), await self._spent(link, held))
             for link, _ in page
             if self._link_ok(link)
         ]
