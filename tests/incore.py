@@ -3,18 +3,21 @@ on a real SQLite file (or, under the ``store_kind`` fixture's postgres case, a d
 in the test cluster, tests/pg.py): for tests that tamper with the database or count what the core
 asks of the store."""
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from storage.sqlite import SQLiteStore
 from tests import pg
+from vault.auth import Identity
 from vault.config import Settings
 from vault.core import Core, open_core
 from vault.keys import Keyring
 from vault.store import StateStore, Store
 
+T = TypeVar("T")
 MASTER_KEY = bytes(range(32))
 BACKEND = "sqlite"  # or "postgres": set by the store_kind fixture (tests/conftest.py)
 
@@ -37,6 +40,24 @@ async def core(
             yield opened
     finally:
         await store.close()
+
+
+def run(tmp_path: Path, scenario: Callable[[Core], Awaitable[T]], **settings: Any) -> T:
+    """``scenario`` on the core over ``tmp_path / "vault.db"`` in an event loop of its own, with
+    ``settings`` over the defaults (bcrypt at its cheapest cost unless they say otherwise)."""
+
+    async def main() -> T:
+        async with core(tmp_path / "vault.db", **{"bcrypt_rounds": 4, **settings}) as opened:
+            return await scenario(opened)
+
+    return asyncio.run(main())
+
+
+async def identity(opened: Core, name: str) -> Identity:
+    """The account ``name``, which must exist and verify."""
+    user = await opened.auth.find_user(name)
+    assert user is not None
+    return Identity(user.id, user.username)
 
 
 async def open_store(db: Path) -> Store:

@@ -592,12 +592,7 @@ def test_logins_beyond_the_pending_limit_are_refused_with_busy(
 PASSWORD = "correct horse battery"
 
 
-def on_core(tmp_path: Path, scenario: Callable[[Core], Awaitable[Any]], **settings: Any) -> Any:
-    async def main() -> Any:
-        async with incore.core(tmp_path / "vault.db", bcrypt_rounds=4, **settings) as core:
-            return await scenario(core)
-
-    return asyncio.run(main())
+on_core = incore.run
 
 
 async def invite_row(core: Core, code: str) -> tuple[int, float, float | None]:
@@ -808,10 +803,7 @@ def on_watched(tmp_path: Path, scenario: Callable[[Core, Watched], Awaitable[Any
     return asyncio.run(main())
 
 
-async def identity(core: Core, name: str) -> Identity:
-    user = await core.auth.find_user(name)
-    assert user is not None
-    return Identity(user.id, user.username)
+identity = incore.identity
 
 
 def integrity_errors(caplog: pytest.LogCaptureFixture, user_id: int) -> int:

@@ -8,7 +8,6 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +46,12 @@ pytestmark = pytest.mark.usefixtures("store_kind")  # each test on SQLite and on
 PASSWORD = "correct horse battery"
 
 
-def run(tmp_path: Path, scenario: Callable[[Core], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        async with incore.core(tmp_path / "vault.db", bcrypt_rounds=4) as core:
-            return await scenario(core)
-
-    return asyncio.run(main())
+run = incore.run
 
 
 async def account(core: Core, name: str = "alice") -> Identity:
     await core.auth.register(name, PASSWORD)
-    user = await core.auth.find_user(name)
-    assert user is not None
-    return Identity(user.id, user.username)
+    return await incore.identity(core, name)
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

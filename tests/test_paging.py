@@ -2,7 +2,6 @@
 (keyset pagination): the real core on SQLite and on PostgreSQL, with every row the store hands
 back counted. The HTTP side (limit, after, next, 400s) is in tests/test_hostile.py."""
 
-import asyncio
 import inspect
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,12 +66,7 @@ async def walk(rows: Rows, read: Callable[[str | None], Awaitable[Page[T]]]) -> 
         after = page.next
 
 
-def run(tmp_path: Path, scenario: Callable[[Core], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with incore.core(tmp_path / "vault.db", bcrypt_rounds=4) as core:
-            await scenario(core)
-
-    asyncio.run(main())
+run = incore.run
 
 
 def names(items: Sequence[Any]) -> list[str]:

@@ -38,12 +38,7 @@ from vault.store import Counter, Grant, Link
 PASSWORD = "correct horse battery"
 
 
-def run(tmp_path: Path, scenario: Callable[[Core], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        async with incore.core(tmp_path / "vault.db", bcrypt_rounds=4) as core:
-            return await scenario(core)
-
-    return asyncio.run(main())
+run = incore.run
 
 
 async def account(core: Core, name: str) -> Identity:
@@ -51,10 +46,7 @@ async def account(core: Core, name: str) -> Identity:
     return await known(core, name)
 
 
-async def known(core: Core, name: str) -> Identity:
-    user = await core.auth.find_user(name)
-    assert user is not None
-    return Identity(user.id, user.username)
+known = incore.identity
 
 
 async def put(core: Core, owner: Identity, name: str, data: bytes) -> None:
