@@ -837,6 +837,34 @@ def test_shared_registration_retried_on_one_key_is_counted_once_under_the_other(
     asyncio.run(scenario())
 
 
+def test_shared_registration_refused_on_its_retry_gives_back_what_it_counted() -> None:
+    """This registration is counted under the total, then another process's registration from
+    the same address takes the address's last place before this one's write: refused on the
+    retry, it gives its place under the total back. The address's limit refuses it; the total
+    keeps only the registrations that happened."""
+    throttle, state, _ = shared(register_per_address=2, register_per_hour=5)
+
+    async def theirs(kind: str, key: str) -> None:
+        if key == "192.0.2.1":
+            state.before_set = None
+            await another_failure(state, REGISTER, "*")
+            await another_failure(state, REGISTER, "192.0.2.1")
+
+    async def scenario() -> None:
+        await another_failure(state, REGISTER, "*")  # an earlier registration from the address
+        await another_failure(state, REGISTER, "192.0.2.1")
+        state.before_set = theirs
+        with pytest.raises(TooManyRegistrations) as refused:
+            await throttle.check_registration("192.0.2.1")
+        assert refused.value.retry_after == 3600
+        assert (await state.counter(REGISTER, "*")).count == 2
+        assert (await state.counter(REGISTER, "192.0.2.1")).count == 2
+        await throttle.check_registration("192.0.2.2")  # the places given back are there
+        assert (await state.counter(REGISTER, "*")).count == 3
+
+    asyncio.run(scenario())
+
+
 def test_shared_registration_counted_meanwhile_by_another_process_is_counted_again() -> None:
     throttle, state, clock = shared(register_per_address=0, register_per_hour=2)
 

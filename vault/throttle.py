@@ -437,23 +437,48 @@ class SharedLoginThrottle:
     async def check_registration(self, address: str) -> None:
         # The keys this attempt is still to be counted under: a round that counts it under one
         # key and loses a race on the other (another process counted meanwhile) retries the
-        # other only, so no attempt is counted twice.
+        # other only, so no attempt is counted twice; one refused after all is given back
+        # under the keys it was counted under, so a refusal costs no other attempt its turn.
         left = [(kind, key or address_key(address), limit) for kind, key, limit in self._register if limit]
+        counted: list[tuple[str, str, float]] = []
+        try:
+            for _ in range(CAS_ROUNDS):
+                now = self._clock()
+                limited = []
+                for kind, key, limit in left:
+                    counter = await self._state.counter(kind, key)
+                    start, count = (counter.stamp, counter.count) if counter.version else (now, 0)
+                    if count >= limit:
+                        raise TooManyRegistrations(max(math.ceil(start + REGISTRATION_WINDOW - now), 1))
+                    limited.append((kind, key, limit, start, count, counter.version))
+                for kind, key, limit, start, count, version in limited:
+                    expires = start + REGISTRATION_WINDOW
+                    if await self._state.set_counter(
+                        kind, key, count + 1, start, version=version, expires=expires
+                    ):
+                        left.remove((kind, key, limit))
+                        counted.append((kind, key, start))
+                if not left:
+                    return
+            raise TooManyRegistrations(BUSY_RETRY)
+        except TooManyRegistrations:
+            for kind, key, start in counted:
+                await self._uncount(kind, key, start)
+            raise
+
+    async def _uncount(self, kind: str, key: str, start: float) -> None:
+        """Give back one registration counted under (kind, key) in the window begun at
+        ``start``; nothing once that window has ended (its count is gone with it)."""
         for _ in range(CAS_ROUNDS):
-            now = self._clock()
-            limited = []
-            for kind, key, limit in left:
-                counter = await self._state.counter(kind, key)
-                start, count = (counter.stamp, counter.count) if counter.version else (now, 0)
-                if count >= limit:
-                    raise TooManyRegistrations(max(math.ceil(start + REGISTRATION_WINDOW - now), 1))
-                limited.append((kind, key, limit, start, count, counter.version))
-            for kind, key, limit, start, count, version in limited:
-                expires = start + REGISTRATION_WINDOW
-                if await self._state.set_counter(
-                    kind, key, count + 1, start, version=version, expires=expires
-                ):
-                    left.remove((kind, key, limit))
-            if not left:
+            counter = await self._state.counter(kind, key)
+            if not counter.version or counter.stamp != start or not counter.count:
                 return
-        raise TooManyRegistrations(BUSY_RETRY)
+            if await self._state.set_counter(
+                kind,
+                key,
+                counter.count - 1,
+                start,
+                version=counter.version,
+                expires=start + REGISTRATION_WINDOW,
+            ):
+                return
