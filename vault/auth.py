@@ -238,23 +238,26 @@ class Authenticator:
         raise Busy("The account is changing: retry shortly")
 
     async def reset_password(self, username: str, password: object) -> None:
-        """Set a new password (an administrator's command); every token of the user dies. A row
-        that fails its integrity check is refused, not sealed again: sealing it would make a
-        database writer's edit (an epoch set back, an account enabled again) authentic."""
+        """Set a new password (an administrator's command); every token of the user dies."""
+        user = await self._row_to_change(username)
+        hashed = await self._run(bcrypt.hashpw, check_password(password), bcrypt.gensalt(self._rounds))
+        for _ in range(CHANGE_ATTEMPTS):
+            if await self._end_sessions(user, hashed):  # a compare-and-set: read again if it moved
+                return
+            user = await self._row_to_change(username)
+        raise Busy("The account is changing: retry shortly")
+
+    async def _row_to_change(self, username: str) -> User:
+        """The account's row, for an administrator's change; a row that fails its integrity
+        check is refused, not sealed again: sealing it would make a database writer's edit (an
+        epoch set back, an account enabled again) authentic."""
         user = await self._store.get_user(username) if USERNAME_RE.fullmatch(username) else None
         if user is None:
             raise NotFound("User not found")
-        hashed = await self._run(bcrypt.hashpw, check_password(password), bcrypt.gensalt(self._rounds))
-        for _ in range(CHANGE_ATTEMPTS):
-            if user is None:
-                raise NotFound("User not found")
-            if not self._authentic(user):
-                log.error("account row %d failed its integrity check", user.id)
-                raise IntegrityError()
-            if await self._end_sessions(user, hashed):
-                return
-            user = await self._store.get_user(username)
-        raise Busy("The account is changing: retry shortly")
+        if not self._authentic(user):
+            log.error("account row %d failed its integrity check", user.id)
+            raise IntegrityError()
+        return user
 
     async def login(self, username: object, password: object) -> TokenPair:
         if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
