@@ -107,7 +107,7 @@ class UploadHandler(BodyHandler):
     def check_request(self) -> None:
         """Route-specific checks made before any of the body is read."""
 
-    async def write_body(self, data: bytes) -> None:
+    async def write_body(self, data: bytes | bytearray | memoryview) -> None:
         assert self.upload is not None
         await self.upload.write(data)
 

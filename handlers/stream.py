@@ -18,9 +18,61 @@ import tornado.httpserver
 import tornado.iostream
 from tornado.http1connection import HTTP1Connection
 
+# A body read smaller than this is copied as Tornado does (a short read, a chunk's CRLF).
+LEND_MIN = 2048
+
 
 class BatchedSSLIOStream(tornado.iostream.SSLIOStream):
-    """An SSLIOStream whose reads fill the buffer with as many ready TLS records as fit."""
+    """An SSLIOStream whose reads fill the buffer with as many ready TLS records as fit, and
+    whose body reads hand that buffer on instead of copying it.
+
+    Tornado reads into a fresh buffer, appends it to its read buffer (a copy) and hands a
+    ``read_bytes`` caller ``bytes`` of it (a second copy): on an upload, two copies of every
+    byte on the event loop before the handler's own. Here a read made while the read buffer
+    is empty goes into a fresh buffer that *becomes* the read buffer, and a body read
+    (``read_bytes``) that takes all of it gets that very ``bytearray``, which the stream then
+    forgets: no copy, and nothing else holds or changes it (vault/upload.py keeps the chunk
+    itself until its segment is sealed).
+    """
+
+    _lend_whole = False  # the read being finished is a read_bytes
+
+    def _read_to_buffer(self) -> int | None:
+        if self._user_read_buffer or self._read_buffer:
+            return super()._read_to_buffer()  # bytes already wait: Tornado appends to them
+        # Tornado's read, but the fresh buffer becomes the read buffer instead of being
+        # appended to it. Errors as Tornado's: a reset closes quietly, anything else closes and
+        # raises. (The read size is at most half of max_buffer_size: Tornado's cap holds.)
+        buf = bytearray(self.read_chunk_size)
+        try:
+            got = self.read_from_fd(buf)
+        except OSError as exc:  # ssl.SSLError is one
+            self.close(exc_info=exc)
+            if self._is_connreset(exc):
+                return None
+            raise
+        if got is None:  # nothing ready
+            return 0
+        if got == 0:  # the end of the stream
+            self.close()
+            return 0
+        del buf[got:]
+        self._read_buffer = buf
+        self._read_buffer_size = got
+        return got
+
+    def _read_from_buffer(self, pos: int) -> None:
+        self._lend_whole = self._read_bytes is not None
+        super()._read_from_buffer(pos)
+
+    def _consume(self, loc: int) -> bytes:
+        lend, self._lend_whole = self._lend_whole, False
+        buf = self._read_buffer
+        if lend and loc == len(buf) > LEND_MIN:
+            self._read_buffer = bytearray()
+            self._read_buffer_size = 0
+            return buf  # type: ignore[return-value]  # a bytearray: only the reader holds it
+        return super()._consume(loc)
 
     def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
         first = super().read_from_fd(buf)

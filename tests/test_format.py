@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import hmac
 import os
+import random
 import struct
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -754,6 +755,47 @@ def test_cbc_encrypt_into_equals_pycryptodome_cbc_on_random_data() -> None:
 def test_cbc_encrypt_into_refuses_a_partial_block(size: int) -> None:
     with pytest.raises(ValueError, match="^CBC encryption of a partial block$"):
         sfs.cbc_encrypt_into(bytes(32), bytes(16), bytes(size), memoryview(bytearray(size + 32)))
+
+
+def random_cuts(data: bytes, rng: random.Random) -> list[sfs.Piece]:
+    """``data`` as an upload's body may bring it: pieces of any length (empty ones too), some
+    bytes, some bytearrays, some views of a larger buffer."""
+    pieces: list[sfs.Piece] = []
+    at = 0
+    while at < len(data):
+        end = min(len(data), at + rng.choice([0, 1, 7, 15, 16, 17, 100, 1000, S]))
+        kind = rng.randrange(3)
+        piece = data[at:end]
+        pieces.append(
+            piece if kind == 0 else bytearray(piece) if kind == 1 else memoryview(b"<" + piece + b">")[1:-1]
+        )
+        at = end
+    return pieces
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_a_segment_sealed_from_pieces_is_the_segment_of_their_bytes(final: bool) -> None:
+    """seal_pieces (an upload's chunks, never joined) gives what seal_segment gives for the
+    joined bytes: the same CBC chain through every cut, the same tag, opened as one segment."""
+    rng, keys = random.Random(17), file_keys()
+    for length in [S] if not final else [0, 1, 15, 16, 17, 1000, S - 1, S]:
+        data = os.urandom(length)
+        for _ in range(20):
+            pieces = random_cuts(data, rng)
+            blob = bytes(sfs.seal_pieces(keys, FILE_ID, S, 5, final, pieces))
+            assert sfs.open_segment(keys, FILE_ID, S, 5, final, length, blob) == data
+            iv, ct = blob[: sfs.IV_LEN], blob[sfs.IV_LEN : -sfs.TAG_LEN]
+            padded = data + bytes([16 - length % 16]) * (16 - length % 16) if final else data
+            assert ct == AES.new(keys.enc, AES.MODE_CBC, iv).encrypt(padded)
+
+
+def test_sealing_from_pieces_checks_their_total_length() -> None:
+    with pytest.raises(ValueError, match="^a non-final segment must hold exactly the segment size$"):
+        sfs.seal_pieces(file_keys(), FILE_ID, S, 0, False, [data_of(S // 2), data_of(S // 2 - 16)])
+    with pytest.raises(ValueError, match="^final segment longer than the segment size$"):
+        sfs.seal_pieces(file_keys(), FILE_ID, S, 0, True, [data_of(S), b"x"])
+    with pytest.raises(ValueError, match="^CBC encryption of a partial block$"):
+        sfs.cbc_encrypt_pieces_into(bytes(32), bytes(16), [bytes(16), bytes(17)], memoryview(bytearray(80)))
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, S - 1])

@@ -1,5 +1,6 @@
 """The streaming multipart/form-data parser: chunking, framing errors, header parsing."""
 
+import os
 from collections.abc import Iterable
 
 import pytest
@@ -358,6 +359,32 @@ def test_parser_never_buffers_a_whole_part(monkeypatch: pytest.MonkeyPatch) -> N
     assert received == total
     assert isinstance(events[-1], BodyEnd)
     parser.finish()
+
+
+def test_a_large_part_comes_as_views_of_the_chunks_fed_whatever_their_ends() -> None:
+    """Within a part's body, a chunk without a delimiter is handed on as a view of itself (no
+    copy), less a tail that may begin a delimiter; every way a chunk can end (a CR, CRLF, a
+    delimiter but its last byte, a CR that begins no delimiter) still reassembles exactly."""
+    holding = [b"\r", b"\r\n", b"\r\n-", DELIMITER[:-1], b"\rA\r", b"\r\n--X\r"]  # may begin one
+    plain = [b"\r\nX", b"-" * 80, b"\r" + DELIMITER[2:] + b"."]  # cannot: no CR left to begin one
+    endings = [end for pair in zip(holding, plain * 2, strict=True) for end in pair]
+    chunks = [os.urandom(1000) + DELIMITER[:5] + os.urandom(2000) + end for end in endings]
+    chunks = [chunk.replace(b"\r", b"\n", 1) if DELIMITER in chunk else chunk for chunk in chunks]
+    file_data = b"".join(chunks)
+    assert DELIMITER not in file_data
+    parser = MultipartParser(BOUNDARY)
+    events = parser.feed(b"--" + BOUNDARY + b"\r\nContent-Disposition: form-data; name=file\r\n\r\n")
+    for at, chunk in enumerate(chunks):
+        fed = parser.feed(chunk)
+        viewed = [e.data for e in fed if isinstance(e, PartData) and isinstance(e.data, memoryview)]
+        # A view of the chunk unless the one before held back the start of a delimiter: that
+        # chunk goes the general way (a copy), and the next is a view again.
+        assert bool(viewed) == (at == 0 or endings[at - 1] in plain), f"chunk {at}"
+        assert all(view.obj is chunk for view in viewed)
+        events += fed
+    events += parser.feed(DELIMITER + b"--\r\n")
+    parser.finish()
+    assert collect(events) == [({"content-disposition": "form-data; name=file"}, file_data)]
 
 
 # --- boundary_from_content_type -------------------------------------------------------------

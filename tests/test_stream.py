@@ -116,3 +116,33 @@ def test_the_https_server_reads_through_the_batched_stream(tmp_path: Path) -> No
 
     asyncio.run(run())
     assert seen == [BatchedSSLIOStream, tornado.iostream.IOStream]
+
+
+def test_a_body_read_gets_the_read_buffer_itself_and_keeps_it(tmp_path: Path) -> None:
+    """A read_bytes that takes all that one read brought gets that buffer (a bytearray, no
+    copy), which the stream forgets: later reads never write into it. Shorter reads, reads
+    that leave bytes behind and delimiter reads are Tornado's copies, as before."""
+
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            first, second = os.urandom(3 * RECORD + 7), os.urandom(2 * RECORD)
+            await client.write(first)
+            got: object = await server.read_bytes(READ, partial=True)  # typed bytes by Tornado
+            assert isinstance(got, bytearray) and got == first
+            await client.write(second)
+            again = await server.read_bytes(READ, partial=True)
+            assert again == second and again is not got
+            assert got == first  # the stream's next read went into a buffer of its own
+
+            await client.write(b"x" * 100 + b"\r\n" + second)
+            line = await server.read_until(b"\r\n")  # a delimiter read: bytes, as Tornado's
+            assert type(line) is bytes and line == b"x" * 100 + b"\r\n"
+            part = await server.read_bytes(RECORD, partial=True)  # bytes were left behind
+            rest = await server.read_bytes(len(second) - len(part))
+            assert part + rest == second
+
+            await client.write(b"ab")
+            small = await server.read_bytes(2)
+            assert type(small) is bytes and small == b"ab"
+
+    asyncio.run(run())

@@ -15,6 +15,7 @@ import hmac
 import os
 import struct
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from Crypto.Cipher import AES  # nosec B413  # pycryptodome (maintained), not the old PyCrypto
@@ -38,6 +39,7 @@ MIN_SEG_SIZE = 4096
 MAX_SEG_SIZE = 16 * 1024 * 1024
 DEFAULT_SEG_SIZE = 1024 * 1024
 MAX_NAME_BYTES = 255
+Piece = bytes | bytearray | memoryview  # a run of plaintext bytes, sealed without joining
 
 _SEG_LABEL = b"seg"
 _HDR_LABEL = b"hdr"
@@ -148,7 +150,7 @@ def cbc_decrypt(key: bytes, iv_ct: bytes | bytearray | memoryview) -> bytes:
         decrypted.release()
 
 
-def cbc_encrypt_into(key: bytes, iv: bytes, data: bytes | bytearray | memoryview, out: memoryview) -> None:
+def cbc_encrypt_into(key: bytes, iv: bytes, data: Piece, out: memoryview) -> None:
     """AES-256-CBC encryption of ``data`` (a whole number of blocks, no padding added) into the
     first ``len(data)`` bytes of ``out``, which must hold at least ``len(data) + 15`` bytes.
 
@@ -159,11 +161,22 @@ def cbc_encrypt_into(key: bytes, iv: bytes, data: bytes | bytearray | memoryview
     pycryptodome's per-block loop (``python -m bench.floor``: ~1.0 against ~1.6 CPU-s/GB).
     Uploads seal every byte this way; the rest of the format stays with pycryptodome.
     """
-    if len(data) % BLOCK_LEN:
+    cbc_encrypt_pieces_into(key, iv, (data,), out)
+
+
+def cbc_encrypt_pieces_into(key: bytes, iv: bytes, pieces: Sequence[Piece], out: memoryview) -> None:
+    """``cbc_encrypt_into`` of the concatenation of ``pieces``, without concatenating them: one
+    CBC chain fed a piece at a time (OpenSSL keeps a partial block between pieces), so an
+    upload's segment is sealed from the body chunks as they arrived, never copied into one
+    buffer first. ``out`` must hold at least the total length + 15 bytes."""
+    total = sum(len(piece) for piece in pieces)
+    if total % BLOCK_LEN:
         raise ValueError("CBC encryption of a partial block")
     encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    written = encryptor.update_into(data, out)
-    if written != len(data) or encryptor.finalize():
+    written = 0
+    for piece in pieces:
+        written += encryptor.update_into(piece, out[written:])
+    if written != total or encryptor.finalize():
         raise ValueError("CBC encryption wrote another length")
 
 
@@ -231,27 +244,35 @@ def _mac(key: bytes, prefix: bytes, body: bytes | memoryview) -> bytes:
 
 
 def seal_segment(
-    keys: KeyPair, file_id: bytes, seg_size: int, index: int, final: bool, plaintext: bytes | bytearray
+    keys: KeyPair, file_id: bytes, seg_size: int, index: int, final: bool, plaintext: Piece
 ) -> bytearray:
     """Encrypt and authenticate one segment: returns IV || C || T.
 
     A non-final segment holds exactly ``seg_size`` bytes and is not padded (the size is a
     block multiple); the final one holds 0..seg_size bytes and is PKCS#7-padded.
     """
+    return seal_pieces(keys, file_id, seg_size, index, final, (plaintext,))
+
+
+def seal_pieces(
+    keys: KeyPair, file_id: bytes, seg_size: int, index: int, final: bool, pieces: Sequence[Piece]
+) -> bytearray:
+    """``seal_segment`` of the concatenation of ``pieces`` (an upload's body chunks, or views
+    of them), which are never joined: the bytes are read once, by the encryption."""
+    length = sum(len(piece) for piece in pieces)
     if final:
-        if len(plaintext) > seg_size:
+        if length > seg_size:
             raise ValueError("final segment longer than the segment size")
-        pad_len = BLOCK_LEN - len(plaintext) % BLOCK_LEN
-        data: bytes | bytearray = bytes(plaintext) + bytes([pad_len]) * pad_len
-    else:
-        if len(plaintext) != seg_size:
-            raise ValueError("a non-final segment must hold exactly the segment size")
-        data = plaintext
+        pad_len = BLOCK_LEN - length % BLOCK_LEN
+        pieces = (*pieces, bytes([pad_len]) * pad_len)
+        length += pad_len
+    elif length != seg_size:
+        raise ValueError("a non-final segment must hold exactly the segment size")
     iv = os.urandom(IV_LEN)
-    blob = bytearray(IV_LEN + len(data) + TAG_LEN)
+    blob = bytearray(IV_LEN + length + TAG_LEN)
     view = memoryview(blob)
     view[:IV_LEN] = iv
-    cbc_encrypt_into(keys.enc, iv, data, view[IV_LEN:])  # OpenSSL writes in the tag's room
+    cbc_encrypt_pieces_into(keys.enc, iv, pieces, view[IV_LEN:])  # OpenSSL writes in the tag's room
     view[-TAG_LEN:] = _seg_mac(keys, seg_size, final, file_id, index, view[:-TAG_LEN])
     return blob
 

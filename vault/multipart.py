@@ -31,7 +31,7 @@ class PartStart:
 
 @dataclass(frozen=True)
 class PartData:
-    data: bytes
+    data: bytes | memoryview  # a view of the chunk fed, which the caller may keep
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,15 @@ class MultipartParser:
     def done(self) -> bool:
         return self._state == _DONE
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes | bytearray) -> list[Event]:
+        """The events ``data`` completes. A part's body comes as views of ``data`` where it
+        can (never copied), so the caller hands ``data`` over and does not change it."""
         if self._state == _DONE:
             return []  # the epilogue is ignored
+        if self._state == _BODY:
+            body = self._pass_body(data)
+            if body is not None:
+                return [PartData(body)]
         self._buf += data
         events: list[Event] = []
         while self._step(events):
@@ -118,17 +124,39 @@ class MultipartParser:
         if self._state != _DONE:
             raise MalformedUpload("Malformed multipart upload: the body ended before the closing boundary")
 
+    def _pass_body(self, data: bytes | bytearray) -> memoryview | None:
+        """Within a part's body, a chunk with no delimiter in it and nothing held back from the
+        one before (so none across its start): a view of all of it but its last bytes if they
+        may begin a delimiter, which are held back. None: the general path (``_step``), which
+        copies the chunk into the buffer, for the chunk that ends the part (and when the
+        last one ended with the start of a delimiter)."""
+        if self._buf or len(data) < len(self._delimiter) or data.find(self._delimiter) >= 0:
+            return None
+        end = self._held_back(data)
+        self._buf += data[end:]
+        return memoryview(data)[:end]
+
+    def _held_back(self, data: bytes | bytearray) -> int:
+        """Where the end of ``data`` that may begin a delimiter starts (``len(data)``: none).
+        Every delimiter begins with CR: the earliest CR of the last ``len(delimiter) - 1``
+        bytes whose rest is the start of a delimiter, if any."""
+        delim = self._delimiter
+        at = data.find(b"\r", max(0, len(data) - len(delim) + 1))
+        while at >= 0 and not delim.startswith(data[at:]):
+            at = data.find(b"\r", at + 1)
+        return len(data) if at < 0 else at
+
     def _step(self, events: list[Event]) -> bool:
         """Consume what the buffer allows; return True while progress is possible."""
         buf, delim = self._buf, self._delimiter
         if self._state in (_PREAMBLE, _BODY):
             index = buf.find(delim)
             if index < 0:
-                keep = len(delim) - 1
-                if len(buf) > keep:
+                cut = self._held_back(buf)
+                if cut:
                     if self._state == _BODY:
-                        events.append(PartData(bytes(buf[:-keep])))
-                    del buf[:-keep]
+                        events.append(PartData(bytes(buf[:cut])))
+                    del buf[:cut]
                 return False
             if self._state == _BODY:
                 if index:

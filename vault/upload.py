@@ -15,6 +15,11 @@ from vault.records import FileInfo, ResumeState
 from vault.store import StoredFile
 
 
+def _hash_pieces(sha: "hashlib._Hash", pieces: list[sfs.Piece]) -> None:
+    for piece in pieces:
+        sha.update(piece)
+
+
 class Upload:
     """One file being written. Call ``write`` with body bytes, then ``finish`` or ``abort``.
 
@@ -32,7 +37,10 @@ class Upload:
         self._keys = sfs.derive_file_keys(self._file_key, self.file_id)
         self._seg_size = resume.seg_size if resume else pipe.seg_size
         self.length = resume.length if resume else None
-        self._segment = bytearray(resume.tail) if resume else bytearray()
+        # The segment being filled: the body's chunks (or views of them) as they came, never
+        # copied into one buffer; sealing and hashing read them in place (sfs.seal_pieces).
+        self._pieces: list[sfs.Piece] = [resume.tail] if resume and resume.tail else []
+        self._filled = len(resume.tail) if resume else 0
         self.size = resume.offset if resume else 0
         self._index = self.size // self._seg_size
         self._sha = resume.sha if resume else hashlib.sha256()
@@ -46,11 +54,13 @@ class Upload:
         self._committed = False
         self._lock = asyncio.Lock()  # write, finish and abort never interleave
 
-    async def write(self, data: bytes | memoryview) -> None:
+    async def write(self, data: sfs.Piece) -> None:
+        """Take the next bytes of the body. ``data`` is kept, not copied, until its segment is
+        sealed and hashed: the caller hands it over and never changes it afterwards."""
         async with self._lock:
             await self._write(data)
 
-    async def _write(self, data: bytes | memoryview) -> None:
+    async def _write(self, data: sfs.Piece) -> None:
         if self._closed:
             raise RuntimeError("upload already finished or aborted")
         if self.length is not None and self.size + len(data) > self.length:
@@ -62,12 +72,14 @@ class Upload:
         view = memoryview(data)
         while view:
             # A full segment is only sealed once a further byte proves it is not the last.
-            if len(self._segment) == self._seg_size:
+            if self._filled == self._seg_size:
                 await self._emit(final=False)
-            room = self._seg_size - len(self._segment)
-            self._segment += view[:room]
-            view = view[room:]
-        if self.length is not None and len(self._segment) == self._seg_size and self.size < self.length:
+            room = self._seg_size - self._filled
+            piece = view[:room] if len(view) > room else view
+            self._pieces.append(piece)
+            self._filled += len(piece)
+            view = view[len(piece) :]
+        if self.length is not None and self._filled == self._seg_size and self.size < self.length:
             await self._emit(final=False)  # the declared length says more follows
 
     async def _stage(self) -> None:
@@ -84,9 +96,9 @@ class Upload:
             self._pipe.pins.release(self.file_id)
 
     async def _emit(self, final: bool) -> None:
-        segment, self._segment = self._segment, bytearray()
+        segment, self._pieces, self._filled = self._pieces, [], 0
         index, self._index = self._index, self._index + 1
-        self._hashed = self._pipe.hash(self._sha.update, segment)
+        self._hashed = self._pipe.hash(_hash_pieces, self._sha, segment)
         await self._limit_inflight(self._pipe.pipeline_depth)
         await self._pipe.slots.acquire()
         task = asyncio.ensure_future(self._store_segment(index, final, segment))
@@ -115,7 +127,7 @@ class Upload:
                 self._seg_size,
                 self.length or 0,
                 self.size,
-                bytes(self._segment),
+                b"".join(self._pieces),
                 self._sha,
                 self._all_tags(),
             )
@@ -124,9 +136,9 @@ class Upload:
         first = len(self._prefix_tags) // sfs.TAG_LEN
         return self._prefix_tags + b"".join(self._tags[i] for i in range(first, self._index))
 
-    async def _store_segment(self, index: int, final: bool, segment: bytearray) -> None:
+    async def _store_segment(self, index: int, final: bool, segment: list[sfs.Piece]) -> None:
         blob = await self._pipe.crypto(
-            sfs.seal_segment, self._keys, self.file_id, self._seg_size, index, final, segment
+            sfs.seal_pieces, self._keys, self.file_id, self._seg_size, index, final, segment
         )
         tag = bytes(blob[-sfs.TAG_LEN :])
         await self._pipe.store.put_segment(self.file_id, index, tag, blob)
