@@ -119,7 +119,7 @@ async def connect_store(settings: Settings, reserve: bool = True) -> Store:
             raise ConfigError(f"storage: postgres needs the database URL in {URL_VARIABLE}")
         return await PostgresStore.open(url, settings.busy_timeout)
     return await SQLiteStore.open(
-        settings.db_path, settings.busy_timeout, settings.disk_reserve if reserve else 0
+        settings.db_path, settings.busy_timeout, settings.disk_reserve if reserve else 0, settings.keep_free
     )
 
 

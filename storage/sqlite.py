@@ -44,6 +44,10 @@ STAGED, LIVE, DELETED = 0, 1, 2
 PURGE_BATCH = 32  # segments deleted per write transaction, so purging never holds the lock long
 WAL_LIMIT = 16 * 1024 * 1024  # bytes of WAL between checkpoints, and kept (not freed) after one
 VACUUM_BATCH = 16  # free pages given back to the file system per write transaction (1 MiB)
+# Bytes of free pages (deleted and replaced files) kept inside the database for the next uploads
+# to write into: growing the file again costs the kernel 1-2 CPU-s per GB more than rewriting
+# pages it already holds, and giving pages back moves the live pages after them (README, Space)
+KEEP_FREE = 1024 * 1024 * 1024
 _PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
@@ -249,6 +253,8 @@ class SQLiteStore:
         busy_timeout: float,
         reserve: Reserve,
         incremental: bool,
+        keep_free: int = 0,
+        page_size: int = 65536,
     ) -> None:
         self._writer = writer
         self._reader = reader
@@ -258,16 +264,23 @@ class SQLiteStore:
         self._orphans_checked = False  # purge has looked for segments without a file row
         self._reserve = reserve
         self._incremental = incremental  # auto_vacuum = INCREMENTAL: free pages can be given back
+        self._keep_free = keep_free  # bytes of free pages give_back leaves for the next uploads
+        self._page_size = page_size
         self._giving_back: asyncio.Task[None] | None = None
         self._give_back_again = False
         self._closing = False  # give_back stops after its batch under way
 
     @classmethod
     async def open(
-        cls, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, reserve: int = 0
+        cls,
+        path: Path,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        reserve: int = 0,
+        keep_free: int = KEEP_FREE,
     ) -> "SQLiteStore":
         """Open (creating or migrating) the database, with ``reserve`` bytes of disk held back
-        beside it for writes that free space (storage/reserve.py). On any failure every
+        beside it for writes that free space (storage/reserve.py), keeping up to ``keep_free``
+        bytes of free pages inside it for the next uploads (give_back). On any failure every
         connection opened so far is closed again: its thread would otherwise keep the process
         alive."""
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,12 +294,13 @@ class SQLiteStore:
                 reader = await _connect(path, busy_timeout, opened)
                 reader.text_factory = _lenient_text
                 (mode,) = await (await writer.execute("PRAGMA auto_vacuum")).fetchone() or (0,)
+                (page,) = await (await writer.execute("PRAGMA page_size")).fetchone() or (65536,)
         except BaseException:
             for db in opened:
                 await db.close()
             raise
         held.hold()
-        return cls(writer, reader, busy_timeout, held, mode == INCREMENTAL_VACUUM)
+        return cls(writer, reader, busy_timeout, held, mode == INCREMENTAL_VACUUM, keep_free, int(page))
 
     async def close(self) -> None:
         self._closing = True
@@ -961,22 +975,35 @@ class SQLiteStore:
             except VaultError as exc:  # the next purge tries again
                 log.warning("giving free pages back to the file system failed: %s", exc.message)
 
+    def _room_to_keep(self) -> bool:
+        """Whether free pages may stay inside for the next uploads: only while the disk reserve
+        is held and the file system has at least ``keep_free`` free besides (a disk that ran
+        full gets every deleted byte back)."""
+        return self._reserve.held and self._reserve.free() >= self._keep_free
+
     async def give_back(self) -> None:
         """Give the database's free pages back to the file system (a database made before
-        auto_vacuum was set keeps them until `run.py admin compact`), a batch per transaction
-        so other writes go on between, then hold the disk reserve again if there is room.
-        Moving a page in use into a free one costs a page of WAL: at most the deleted bytes."""
+        auto_vacuum was set keeps them until `run.py admin compact`) beyond ``keep_free`` bytes,
+        which the next uploads write into, and all of them when the disk is short
+        (_room_to_keep); a batch per transaction so other writes go on between, then hold the
+        disk reserve again if there is room. Moving a page in use into a free one costs a page
+        of WAL: at most the deleted bytes."""
         if self._incremental:
             left = None
-            while True:
-                (free,) = await self._one("PRAGMA freelist_count", ())
-                if not free or free == left or self._closing:  # none left or given back: stop
-                    break
-                left = free
-                async with self._locked() as db:
-                    await db.executescript(f"PRAGMA incremental_vacuum({min(int(free), VACUUM_BATCH)})")
-            async with self._locked() as db:  # the file shrinks when a checkpoint copies the WAL back
-                await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            gave = False
+            while not self._closing:
+                async with self._locked() as db:  # counted and given in one hold: no other pass between
+                    rows = await db.execute_fetchall("PRAGMA freelist_count", ())
+                    free = int(list(rows)[0][0])
+                    keep = self._keep_free // self._page_size if self._room_to_keep() else 0
+                    if free <= keep or free == left:  # none to give, or none given last time: stop
+                        break
+                    left = free
+                    gave = True
+                    await db.executescript(f"PRAGMA incremental_vacuum({min(free - keep, VACUUM_BATCH)})")
+            if gave:
+                async with self._locked() as db:  # the file shrinks when a checkpoint copies the WAL back
+                    await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._reserve.hold()
 
     # ------------------------------------------------------------------ invites and accounts

@@ -139,6 +139,12 @@ class Settings:
         "Bytes of disk held back beside the database so logins and deletes work on a full disk"
         " (0: none, else at least 20 MiB); uploads answer 507 while it is in use.",
     )
+    keep_free: int = _setting(
+        1024 * 1024 * 1024,
+        "Bytes of deleted and replaced files' space the SQLite database keeps inside for new"
+        " uploads, while the file system has as much free besides (0: all given back to the file"
+        " system at once).",
+    )
     registration: str = _setting(
         "invite",
         "Who may `POST /register`: `open` (anyone), `invite` (with a code from `run.py admin invite`)"
@@ -253,6 +259,7 @@ def _validate(values: dict[str, Any]) -> None:
     _check_range(values, "worker_lease", 1, 3600)
     if values["disk_reserve"] != 0:
         _check_range(values, "disk_reserve", MIN_DISK_RESERVE, 2**40)
+    _check_range(values, "keep_free", 0, 2**50)
     _check_range(values, "login_free_attempts", 1, 1_000_000)
     _check_range(values, "login_max_backoff", 1, 86400)
     _check_range(values, "register_per_address", 0, 1_000_000)
