@@ -3,8 +3,8 @@
 import asyncio
 import collections
 import hashlib
+import threading
 import time
-from collections.abc import Awaitable
 
 from vault import format as sfs
 from vault.errors import DigestMismatch, InputError
@@ -15,9 +15,60 @@ from vault.records import FileInfo, ResumeState
 from vault.store import StoredFile
 
 
-def _hash_pieces(sha: "hashlib._Hash", pieces: list[sfs.Piece]) -> None:
-    for piece in pieces:
-        sha.update(piece)
+class InOrderHash:
+    """A file's SHA-256, fed each segment by the crypto thread that sealed it, in index order
+    whatever order the seals end in, and no thread waits for another.
+
+    ``add`` files a sealed segment's pieces. A thread that finds nobody hashing hashes every
+    segment filed from the next index on, taking each under the lock, and stops at the first
+    not yet filed, whose own ``add`` then goes on. So a thread only hashes segments from its
+    own on, and before its ``add`` returns: once the seal of every segment has returned, the
+    hash holds them all. The plaintext is hashed right after the encryption read it, and no
+    segment is handed to a hashing thread (a submit, a wake-up, a future back to the loop).
+    """
+
+    def __init__(self, sha: "hashlib._Hash", first: int) -> None:
+        self.sha = sha
+        self._next = first  # the index the hash needs next
+        self._filed: dict[int, list[sfs.Piece]] = {}
+        self._busy = False  # a thread is hashing
+        self._lock = threading.Lock()
+
+    def add(self, index: int, pieces: list[sfs.Piece]) -> None:
+        with self._lock:
+            self._filed[index] = pieces
+            if self._busy:
+                return  # the thread hashing takes it in turn
+            self._busy = True
+        try:
+            while True:
+                with self._lock:
+                    taken = self._filed.pop(self._next, None)
+                    if taken is None:
+                        self._busy = False
+                        return
+                    self._next += 1
+                for piece in taken:
+                    self.sha.update(piece)
+        except BaseException:
+            with self._lock:
+                self._busy = False
+            raise
+
+
+def _seal_and_hash(
+    hasher: InOrderHash,
+    keys: sfs.KeyPair,
+    file_id: bytes,
+    seg_size: int,
+    index: int,
+    final: bool,
+    pieces: list[sfs.Piece],
+) -> bytearray:
+    """On a crypto thread: seal a segment, then feed it to the file's hash."""
+    blob = sfs.seal_pieces(keys, file_id, seg_size, index, final, pieces)
+    hasher.add(index, pieces)
+    return blob
 
 
 class Upload:
@@ -44,9 +95,9 @@ class Upload:
         self.size = resume.offset if resume else 0
         self._index = self.size // self._seg_size
         self._sha = resume.sha if resume else hashlib.sha256()
+        self._hash = InOrderHash(self._sha, self._index)
         self._prefix_tags = resume.tags if resume else b""  # segments sealed by earlier requests
         self._tags: dict[int, bytes] = {}  # index -> tag of the segments this object sealed
-        self._hashed: Awaitable[None] | None = None
         self._inflight: collections.deque[asyncio.Future[None]] = collections.deque()
         self._staged = resume is not None
         self._pinned = False  # pinned by this object (a one-shot upload's STAGED row)
@@ -98,7 +149,6 @@ class Upload:
     async def _emit(self, final: bool) -> None:
         segment, self._pieces, self._filled = self._pieces, [], 0
         index, self._index = self._index, self._index + 1
-        self._hashed = self._pipe.hash(_hash_pieces, self._sha, segment)
         await self._limit_inflight(self._pipe.pipeline_depth)
         await self._pipe.slots.acquire()
         task = asyncio.ensure_future(self._store_segment(index, final, segment))
@@ -110,12 +160,10 @@ class Upload:
             await self._inflight.popleft()
 
     async def _drain(self) -> None:
-        """Wait until every sealed segment is stored and hashed."""
+        """Wait until every sealed segment is stored and hashed (InOrderHash: each segment is
+        in the hash before the last of the seals that could have fed it returns)."""
         while self._inflight:
             await self._inflight.popleft()
-        if self._hashed is not None:
-            await self._hashed
-            self._hashed = None
 
     async def checkpoint(self) -> ResumeState:
         """Store everything but the partial segment; return the state to resume from."""
@@ -138,7 +186,7 @@ class Upload:
 
     async def _store_segment(self, index: int, final: bool, segment: list[sfs.Piece]) -> None:
         blob = await self._pipe.crypto(
-            sfs.seal_pieces, self._keys, self.file_id, self._seg_size, index, final, segment
+            _seal_and_hash, self._hash, self._keys, self.file_id, self._seg_size, index, final, segment
         )
         tag = bytes(blob[-sfs.TAG_LEN :])
         await self._pipe.store.put_segment(self.file_id, index, tag, blob)

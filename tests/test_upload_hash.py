@@ -1,0 +1,97 @@
+"""vault/upload.py: a file's SHA-256 is fed by the crypto threads that seal its segments, in
+index order whatever order the seals end in (InOrderHash), and an upload's digest is that of
+its bytes however they were cut and whichever threads sealed them."""
+
+import hashlib
+import itertools
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests import incore
+from vault import format as sfs
+from vault.core import Core
+from vault.upload import InOrderHash
+
+OWNER = 1
+
+
+def segments(count: int, rng: random.Random) -> list[list[sfs.Piece]]:
+    """``count`` segments, each a list of pieces of assorted kinds and lengths (some empty)."""
+    return [
+        [
+            os.urandom(rng.choice([0, 1, 100, 5000])),
+            bytearray(os.urandom(rng.randrange(64))),
+            memoryview(b"ab"),
+        ]
+        for _ in range(count)
+    ]
+
+
+def joined(pieces: list[list[sfs.Piece]]) -> bytes:
+    return b"".join(bytes(piece) for segment in pieces for piece in segment)
+
+
+def test_segments_filed_in_any_order_are_hashed_in_index_order() -> None:
+    rng = random.Random(5)
+    parts = segments(4, rng) + [[]]  # the final segment may be empty
+    for order in itertools.permutations(range(len(parts))):
+        hasher = InOrderHash(hashlib.sha256(), 0)
+        for index in order:
+            hasher.add(index, parts[index])
+        assert hasher.sha.digest() == hashlib.sha256(joined(parts)).digest(), order
+
+
+def test_a_resumed_file_hashes_on_from_its_first_new_segment() -> None:
+    rng = random.Random(6)
+    before, after = segments(3, rng), segments(3, rng)
+    sha = hashlib.sha256(joined(before))
+    hasher = InOrderHash(sha, 3)
+    for index in (5, 3, 4):
+        hasher.add(index, after[index - 3])
+    assert sha.digest() == hashlib.sha256(joined(before + after)).digest()
+
+
+def test_every_segment_is_in_the_hash_once_every_add_has_returned() -> None:
+    """Segments filed from several threads in index order, as the crypto pool takes them
+    (the work before each add differs, so they end in any order)."""
+    rng = random.Random(7)
+
+    def seal(hasher: InOrderHash, index: int, pieces: list[sfs.Piece], work: int) -> None:
+        hashlib.sha256(os.urandom(work)).digest()  # a seal's work, longer for some than others
+        hasher.add(index, pieces)
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(30):
+            parts = segments(40, rng)
+            hasher = InOrderHash(hashlib.sha256(), 0)
+            futures = [
+                pool.submit(seal, hasher, index, pieces, rng.randrange(1, 200_000))
+                for index, pieces in enumerate(parts)
+            ]
+            for future in futures:
+                future.result()
+            assert hasher.sha.digest() == hashlib.sha256(joined(parts)).digest()
+
+
+def test_an_upload_cut_anyhow_and_sealed_on_many_threads_has_its_bytes_digest(tmp_path: Path) -> None:
+    rng = random.Random(8)
+    seg_size = sfs.MIN_SEG_SIZE
+    data = os.urandom(37 * seg_size + 123)
+
+    async def upload(core: Core) -> list[str]:
+        digests = []
+        for n in range(3):
+            upload = await core.files.begin_upload(OWNER, None)
+            at = 0
+            while at < len(data):
+                size = rng.choice([1, 15, 16, 1000, seg_size - 1, seg_size, 3 * seg_size + 5])
+                await upload.write(data[at : at + size])
+                at += size
+            info = await upload.finish(f"f{n}.bin", hashlib.sha256(data).digest())
+            digests.append(info.sha256)
+        return digests
+
+    digests = incore.run(tmp_path, upload, segment_size=seg_size, crypto_threads=4, pipeline_depth=8)
+    assert digests == [hashlib.sha256(data).hexdigest()] * 3
