@@ -53,14 +53,43 @@ def test_a_resumed_file_hashes_on_from_its_first_new_segment() -> None:
     assert sha.digest() == hashlib.sha256(joined(before + after)).digest()
 
 
+def test_only_the_next_segment_may_be_hashed_during_its_seal_and_by_one_thread() -> None:
+    rng = random.Random(9)
+    parts = segments(4, rng)
+    hasher = InOrderHash(hashlib.sha256(), 0)
+    assert not hasher.claim(1)  # not the next one
+    assert hasher.claim(0)
+    assert not hasher.claim(0)  # held
+    hasher.add(2, parts[2])  # filed while the hash is held: not hashed yet
+    hasher.add(1, parts[1])
+    assert hasher.sha.digest() == hashlib.sha256().digest()
+    for piece in parts[0]:
+        hasher.sha.update(piece)
+    hasher.hashed(0)  # goes on with 1 and 2, filed meanwhile
+    assert hasher.sha.digest() == hashlib.sha256(joined(parts[:3])).digest()
+    assert not hasher.claim(4) and hasher.claim(3)
+    for piece in parts[3]:
+        hasher.sha.update(piece)
+    hasher.hashed(3)
+    assert hasher.sha.digest() == hashlib.sha256(joined(parts)).digest()
+
+
 def test_every_segment_is_in_the_hash_once_every_add_has_returned() -> None:
     """Segments filed from several threads in index order, as the crypto pool takes them
     (the work before each add differs, so they end in any order)."""
     rng = random.Random(7)
 
     def seal(hasher: InOrderHash, index: int, pieces: list[sfs.Piece], work: int) -> None:
+        # As upload._seal_and_hash: the next segment is hashed during its seal if nobody
+        # holds the hash, any other after it.
+        claimed = hasher.claim(index)
         hashlib.sha256(os.urandom(work)).digest()  # a seal's work, longer for some than others
-        hasher.add(index, pieces)
+        if claimed:
+            for piece in pieces:
+                hasher.sha.update(piece)
+            hasher.hashed(index)
+        else:
+            hasher.add(index, pieces)
 
     with ThreadPoolExecutor(4) as pool:
         for _ in range(30):

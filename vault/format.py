@@ -15,7 +15,7 @@ import hmac
 import os
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from Crypto.Cipher import AES  # nosec B413  # pycryptodome (maintained), not the old PyCrypto
@@ -40,6 +40,7 @@ MAX_SEG_SIZE = 16 * 1024 * 1024
 DEFAULT_SEG_SIZE = 1024 * 1024
 MAX_NAME_BYTES = 255
 Piece = bytes | bytearray | memoryview  # a run of plaintext bytes, sealed without joining
+SEAL_STEP = 64 * 1024  # plaintext sealed at a time (seal_pieces): it stays in the core's cache
 
 _SEG_LABEL = b"seg"
 _HDR_LABEL = b"hdr"
@@ -159,24 +160,14 @@ def cbc_encrypt_into(key: bytes, iv: bytes, data: Piece, out: memoryview) -> Non
     against pycryptodome and NIST SP 800-38A), but CBC encryption is sequential, one block
     after the other, and OpenSSL's assembly chains the blocks about 1.5 times cheaper than
     pycryptodome's per-block loop (``python -m bench.floor``: ~1.0 against ~1.6 CPU-s/GB).
-    Uploads seal every byte this way; the rest of the format stays with pycryptodome.
+    Uploads seal every byte this way (``seal_pieces``); the rest of the format stays with
+    pycryptodome.
     """
-    cbc_encrypt_pieces_into(key, iv, (data,), out)
-
-
-def cbc_encrypt_pieces_into(key: bytes, iv: bytes, pieces: Sequence[Piece], out: memoryview) -> None:
-    """``cbc_encrypt_into`` of the concatenation of ``pieces``, without concatenating them: one
-    CBC chain fed a piece at a time (OpenSSL keeps a partial block between pieces), so an
-    upload's segment is sealed from the body chunks as they arrived, never copied into one
-    buffer first. ``out`` must hold at least the total length + 15 bytes."""
-    total = sum(len(piece) for piece in pieces)
-    if total % BLOCK_LEN:
+    if len(data) % BLOCK_LEN:
         raise ValueError("CBC encryption of a partial block")
     encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    written = 0
-    for piece in pieces:
-        written += encryptor.update_into(piece, out[written:])
-    if written != total or encryptor.finalize():
+    written = encryptor.update_into(data, out)
+    if written != len(data) or encryptor.finalize():
         raise ValueError("CBC encryption wrote another length")
 
 
@@ -220,20 +211,17 @@ def final_segment_len(size: int, seg_size: int) -> int:
     return size - (segment_count(size, seg_size) - 1) * seg_size
 
 
+def _seg_prefix(seg_size: int, final: bool, file_id: bytes, index: int, ct_len: int) -> bytes:
+    """What a segment's MAC covers before IV || C (docs/FORMAT.md)."""
+    return _SEG_FIELDS.pack(
+        _SEG_LABEL, VERSION, SUITE_AES256CBC_HMACSHA256, seg_size, 1 if final else 0, file_id, index, ct_len
+    )
+
+
 def _seg_mac(
     keys: KeyPair, seg_size: int, final: bool, file_id: bytes, index: int, iv_ct: memoryview
 ) -> bytes:
-    prefix = _SEG_FIELDS.pack(
-        _SEG_LABEL,
-        VERSION,
-        SUITE_AES256CBC_HMACSHA256,
-        seg_size,
-        1 if final else 0,
-        file_id,
-        index,
-        len(iv_ct) - IV_LEN,
-    )
-    return _mac(keys.mac, prefix, iv_ct)
+    return _mac(keys.mac, _seg_prefix(seg_size, final, file_id, index, len(iv_ct) - IV_LEN), iv_ct)
 
 
 def _mac(key: bytes, prefix: bytes, body: bytes | memoryview) -> bytes:
@@ -255,25 +243,55 @@ def seal_segment(
 
 
 def seal_pieces(
-    keys: KeyPair, file_id: bytes, seg_size: int, index: int, final: bool, pieces: Sequence[Piece]
+    keys: KeyPair,
+    file_id: bytes,
+    seg_size: int,
+    index: int,
+    final: bool,
+    pieces: Sequence[Piece],
+    also: Callable[[memoryview], object] | None = None,
 ) -> bytearray:
     """``seal_segment`` of the concatenation of ``pieces`` (an upload's body chunks, or views
-    of them), which are never joined: the bytes are read once, by the encryption."""
+    of them), which are never joined; ``also``, if given, is fed the plaintext in order (the
+    file's SHA-256: vault/upload.py).
+
+    The segment goes through in steps of ``SEAL_STEP``: each is encrypted (one OpenSSL CBC
+    chain, which keeps a partial block between steps), then its ciphertext MACed and its
+    plaintext given to ``also`` while both are still in this core's cache, instead of three
+    passes over the whole segment (measured alone: ~0.3 CPU-s/GB less with the hash, ~0.17
+    without). The bytes are exactly ``seal_segment``'s: the MAC is over the same
+    prefix || IV || C.
+    """
     length = sum(len(piece) for piece in pieces)
+    padding = b""
     if final:
         if length > seg_size:
             raise ValueError("final segment longer than the segment size")
         pad_len = BLOCK_LEN - length % BLOCK_LEN
-        pieces = (*pieces, bytes([pad_len]) * pad_len)
-        length += pad_len
+        padding = bytes([pad_len]) * pad_len
     elif length != seg_size:
         raise ValueError("a non-final segment must hold exactly the segment size")
+    ct_len = length + len(padding)
     iv = os.urandom(IV_LEN)
-    blob = bytearray(IV_LEN + length + TAG_LEN)
+    blob = bytearray(IV_LEN + ct_len + TAG_LEN)
     view = memoryview(blob)
     view[:IV_LEN] = iv
-    cbc_encrypt_pieces_into(keys.enc, iv, pieces, view[IV_LEN:])  # OpenSSL writes in the tag's room
-    view[-TAG_LEN:] = _seg_mac(keys, seg_size, final, file_id, index, view[:-TAG_LEN])
+    mac = hmac.new(keys.mac, _seg_prefix(seg_size, final, file_id, index, ct_len), "sha256")
+    mac.update(iv)
+    encryptor = Cipher(algorithms.AES(keys.enc), modes.CBC(iv)).encryptor()
+    written = IV_LEN  # OpenSSL may write into the tag's room, which the MAC then overwrites
+    for piece, feed in [*((piece, also) for piece in pieces), (padding, None)]:  # not the padding
+        with memoryview(piece) as whole:
+            for at in range(0, len(whole), SEAL_STEP):
+                step = whole[at : at + SEAL_STEP]
+                got = encryptor.update_into(step, view[written:])
+                mac.update(view[written : written + got])
+                written += got
+                if feed is not None:
+                    feed(step)
+    if written != IV_LEN + ct_len or encryptor.finalize():
+        raise ValueError("CBC encryption wrote another length")
+    view[-TAG_LEN:] = mac.digest()
     return blob
 
 

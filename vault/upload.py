@@ -16,30 +16,52 @@ from vault.store import StoredFile
 
 
 class InOrderHash:
-    """A file's SHA-256, fed each segment by the crypto thread that sealed it, in index order
+    """A file's SHA-256, fed each segment by a crypto thread that sealed it, in index order
     whatever order the seals end in, and no thread waits for another.
 
-    ``add`` files a sealed segment's pieces. A thread that finds nobody hashing hashes every
-    segment filed from the next index on, taking each under the lock, and stops at the first
-    not yet filed, whose own ``add`` then goes on. So a thread only hashes segments from its
-    own on, and before its ``add`` returns: once the seal of every segment has returned, the
-    hash holds them all. The plaintext is hashed right after the encryption read it, and no
-    segment is handed to a hashing thread (a submit, a wake-up, a future back to the loop).
+    A thread about to seal the segment the hash needs next, with nobody hashing, ``claim``s
+    it and hashes it during the seal, a step at a time while the step is in its cache
+    (``sfs.seal_pieces``' ``also``), then calls ``hashed``. Any other sealed segment is
+    ``add``ed: filed, and hashed at once if it is the next one and nobody is hashing. Whoever
+    holds the hash goes on with every segment filed from the next index on (each taken under
+    the lock) and lets go at the first one not filed yet, whose own ``add`` goes on. So a
+    thread only hashes segments from its own on, before its seal returns: once every seal of
+    the file has returned, the hash holds them all. No segment is handed to a hashing thread
+    (a submit, a wake-up, a future back to the loop).
     """
 
     def __init__(self, sha: "hashlib._Hash", first: int) -> None:
         self.sha = sha
         self._next = first  # the index the hash needs next
         self._filed: dict[int, list[sfs.Piece]] = {}
-        self._busy = False  # a thread is hashing
+        self._busy = False  # a thread holds the hash
         self._lock = threading.Lock()
 
+    def claim(self, index: int) -> bool:
+        """Take the hash for segment ``index`` if it is the next one and nobody holds it; the
+        caller then feeds it that segment and calls ``hashed``."""
+        with self._lock:
+            if self._busy or self._next != index:
+                return False
+            self._busy = True
+            return True
+
+    def hashed(self, index: int) -> None:
+        """The claimed segment ``index`` is in the hash: go on with those filed meanwhile."""
+        with self._lock:
+            self._next = index + 1
+        self._go_on()
+
     def add(self, index: int, pieces: list[sfs.Piece]) -> None:
+        """Segment ``index`` is sealed, not hashed: it goes in now or in its turn."""
         with self._lock:
             self._filed[index] = pieces
             if self._busy:
-                return  # the thread hashing takes it in turn
+                return  # whoever holds the hash takes it in turn
             self._busy = True
+        self._go_on()
+
+    def _go_on(self) -> None:
         try:
             while True:
                 with self._lock:
@@ -65,9 +87,15 @@ def _seal_and_hash(
     final: bool,
     pieces: list[sfs.Piece],
 ) -> bytearray:
-    """On a crypto thread: seal a segment, then feed it to the file's hash."""
-    blob = sfs.seal_pieces(keys, file_id, seg_size, index, final, pieces)
-    hasher.add(index, pieces)
+    """On a crypto thread: seal a segment, and feed it to the file's hash (during the seal
+    if it is the one the hash needs next, else in its turn)."""
+    if hasher.claim(index):
+        # A seal that fails leaves the hash held and spoilt: the upload fails with it.
+        blob = sfs.seal_pieces(keys, file_id, seg_size, index, final, pieces, hasher.sha.update)
+        hasher.hashed(index)
+    else:
+        blob = sfs.seal_pieces(keys, file_id, seg_size, index, final, pieces)
+        hasher.add(index, pieces)
     return blob
 
 
