@@ -79,11 +79,13 @@ class BatchedSSLIOStream(tornado.iostream.SSLIOStream):
         if not first:  # nothing ready (None), or the end of the stream (0)
             return first
         total = first
+        # Straight to the SSL object (what SSLSocket.recv_into calls through two Python frames
+        # per 16 KiB record); a clean or ragged end raises here and is met by the next read.
+        read = self.socket._sslobj.read  # type: ignore[attr-defined]  # noqa: SLF001
         with memoryview(buf) as view:
             while total < len(view):
                 try:
-                    with view[total:] as rest:
-                        got = self.socket.recv_into(rest, len(rest))
+                    got = read(len(view) - total, view[total:])
                 except (ssl.SSLWantReadError, BlockingIOError):
                     break
                 except OSError:
