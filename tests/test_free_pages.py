@@ -9,6 +9,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from storage.sqlite import SQLiteStore
 
 MiB = 1024 * 1024
@@ -61,11 +63,16 @@ def test_a_purged_files_pages_are_kept_up_to_keep_free_and_the_next_upload_write
     asyncio.run(scenario())
 
 
-def test_keep_free_zero_gives_every_free_page_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "keep_free",
+    [0, 2**60],  # none kept; more than any disk here has free (the file system needs it)
+    ids=["keep_free_zero", "file_system_has_less_than_keep_free"],
+)
+def test_every_free_page_is_given_back(tmp_path: Path, keep_free: int) -> None:
     db = tmp_path / "vault.db"
 
     async def scenario() -> None:
-        store = await SQLiteStore.open(db, keep_free=0)
+        store = await SQLiteStore.open(db, keep_free=keep_free)
         try:
             await stage(store, 4)
             await purged(store)
@@ -89,23 +96,6 @@ def test_every_free_page_is_given_back_while_the_disk_reserve_is_given_up(tmp_pa
             await purged(store)
             assert pages(db)[1] == 0  # nothing kept: the file system needs the space
             assert reserve.stat().st_size == RESERVE  # then held again (room for it twice)
-        finally:
-            await store.close()
-
-    asyncio.run(scenario())
-
-
-def test_every_free_page_is_given_back_when_the_file_system_has_less_than_keep_free(
-    tmp_path: Path,
-) -> None:
-    db = tmp_path / "vault.db"
-
-    async def scenario() -> None:
-        store = await SQLiteStore.open(db, keep_free=2**60)  # more than any disk here has free
-        try:
-            await stage(store, 4)
-            await purged(store)
-            assert pages(db)[1] == 0
         finally:
             await store.close()
 
