@@ -33,12 +33,13 @@ EXIT_INTEGRITY = 3
 
 
 class Relay:
-    """A TCP relay on a free loopback port that forwards to the server at ``rate`` bytes/s
-    (0: as fast as it can) and counts the bytes each way."""
+    """A TCP relay on a free loopback port that forwards to the server and counts the bytes
+    each way. ``hold(direction, nbytes)`` stops it forwarding that way once ``nbytes`` have
+    gone, so a test interrupts a transfer at a real midpoint, however fast the transfer is."""
 
-    def __init__(self, port: int, rate: int = 8 * MiB, connect: bool = False) -> None:
+    def __init__(self, port: int, connect: bool = False) -> None:
         self.target = port
-        self.rate = rate
+        self.held: tuple[str, int] | None = None
         self.connect = connect  # act as an HTTP CONNECT proxy: the client names the target
         self.tunnels: list[bytes] = []
         self.counts = {"up": 0, "down": 0}
@@ -76,8 +77,7 @@ class Relay:
                 with self.changed:
                     self.counts[direction] += len(data)
                     self.changed.notify_all()
-                if self.rate:
-                    time.sleep(len(data) / self.rate)  # pacing, not synchronisation
+                    self.changed.wait_for(lambda: not self.holding(direction))
         except OSError:
             pass
         finally:
@@ -86,6 +86,21 @@ class Relay:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def holding(self, direction: str) -> bool:
+        return self.held is not None and self.held[0] == direction and self.counts[direction] >= self.held[1]
+
+    def hold(self, direction: str, nbytes: int) -> None:
+        with self.changed:
+            self.held = (direction, nbytes)
+
+    def release(self) -> None:
+        """Drop every open connection (what a held one had left is never delivered) and
+        forward freely again."""
+        with self.changed:
+            self.held = None
+            self.cut()
+            self.changed.notify_all()
 
     def cut(self) -> None:
         """Drop every open connection (the client sees a network error), keep listening."""
@@ -100,6 +115,7 @@ class Relay:
             assert self.changed.wait_for(lambda: self.counts[direction] >= nbytes, timeout), self.counts
 
     def close(self) -> None:
+        self.release()
         for sock in self.sockets:
             try:
                 sock.close()
@@ -372,11 +388,12 @@ def test_put_killed_midway_resumes_to_an_identical_file(
     data = os.urandom(8 * MiB)
     (cli.home / "big.bin").write_bytes(data)
     cli.login(alice[0], relay.url)
+    relay.hold("up", 3 * MiB)
     proc = cli.start("put", "big.bin", "--chunk-size", "1M")
     stop_when(proc, lambda: relay.wait_for("up", 3 * MiB), sig)
     if sig == signal.SIGINT:
         assert proc.returncode == 130
-    relay.rate = 0
+    relay.release()
     (result,) = cli.json("put", "big.bin", "--chunk-size", "1M")
     assert result["resumed_from"] >= MiB
     assert result["sha256"] == sha(data)
@@ -390,18 +407,20 @@ def test_put_and_get_retry_by_themselves_after_a_dropped_connection(
     data = os.urandom(6 * MiB)
     (cli.home / "big.bin").write_bytes(data)
     cli.login(alice[0], relay.url)
+    relay.hold("up", 3 * MiB)
     proc = cli.start("--json", "put", "big.bin", "--chunk-size", "1M")
     relay.wait_for("up", 3 * MiB)
-    relay.cut()
+    relay.release()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "retrying" in err
     assert json.loads(out)[0]["sha256"] == sha(data)
     assert stored(server, alice[1], "big.bin") == data
     before = relay.counts["down"]
+    relay.hold("down", before + 3 * MiB)
     proc = cli.start("--json", "get", "big.bin", "-o", "copy.bin")
     relay.wait_for("down", before + 3 * MiB)
-    relay.cut()
+    relay.release()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "retrying" in err and json.loads(out)["resumed_from"] > 0
@@ -443,13 +462,14 @@ def test_put_of_a_file_changed_under_the_same_fingerprint_fails_integrity(
     path = cli.home / "big.bin"
     path.write_bytes(os.urandom(6 * MiB))
     cli.login(alice[0], relay.url)
+    relay.hold("up", 3 * MiB)
     proc = cli.start("put", "big.bin", "--chunk-size", "1M")
     stop_when(proc, lambda: relay.wait_for("up", 3 * MiB), signal.SIGKILL)
+    relay.release()
     st = path.stat()
     with open(path, "r+b") as f:
         f.write(b"tampered")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    relay.rate = 0
     done = cli.run("put", "big.bin", "--chunk-size", "1M")
     assert done.returncode == EXIT_INTEGRITY, done.stderr
     assert "integrity check failed" in done.stderr
@@ -483,16 +503,17 @@ def interrupted_get(cli: Cli, relay: Relay, name: str, sig: int = signal.SIGKILL
     part = cli.home / (name + ".part")
 
     def some_written() -> None:
-        relay.wait_for("down", 2 * MiB)
+        relay.wait_for("down", 3 * MiB)
         deadline = time.monotonic() + 60
         while not (part.exists() and part.stat().st_size >= MiB) and time.monotonic() < deadline:
             time.sleep(0.01)
 
+    relay.hold("down", 3 * MiB)
     proc = cli.start("get", name)
     stop_when(proc, some_written, sig)
+    relay.release()
     assert part.stat().st_size >= MiB
     assert not (cli.home / name).exists()
-    relay.rate = 0
     return part
 
 
@@ -762,7 +783,7 @@ def test_bash_completion_completes_commands_and_options(cli: Cli) -> None:
 def test_proxy_variables_are_honoured(server: Server, cli: Cli, alice: tuple[str, str]) -> None:
     data = os.urandom(300_000)
     put_via_server(server, alice[1], "p.bin", data)
-    proxy = Relay(server.port, rate=0, connect=True)
+    proxy = Relay(server.port, connect=True)
     via = {"HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}"}
     try:
         done = cli.run("ls", env=via)

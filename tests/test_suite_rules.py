@@ -76,7 +76,6 @@ SLEEPS = {
     ("test_api.py", "test_upload_of_same_name_replaces_the_file"): POLL,
     ("test_audit.py", "wait_for_rows"): POLL,
     ("test_auth.py", "test_with_several_processes_a_logout_in_one_reaches_the_other.main"): POLL,
-    ("test_cli.py", "Relay._pump"): PEER,
     ("test_cli.py", "interrupted_get.some_written"): POLL,
     ("test_faults.py", "wait_for_log"): POLL,
     ("test_faults.py", "fill_and_free"): POLL,
