@@ -18,6 +18,7 @@ class Reserve:
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self.size = size  # 0: no reserve, never refuses anything
+        self.released = False  # given up for a full disk since this process started
 
     def free(self) -> int:
         """Bytes free on the file system, for this (unprivileged) process."""
@@ -49,7 +50,10 @@ class Reserve:
             log.warning("cannot allocate the disk reserve %s: %s", self.path, exc)
             staging.unlink(missing_ok=True)
             return False
-        log.warning("disk reserve of %d bytes held again: uploads are accepted", self.size)
+        if self.released:
+            log.warning("disk reserve of %d bytes held again: uploads are accepted", self.size)
+        else:
+            log.info("allocated a disk reserve of %d bytes: %s", self.size, self.path)
         return True
 
     def make_room(self) -> None:
@@ -60,6 +64,7 @@ class Reserve:
     def release(self) -> None:
         if self.size and self.path.exists():
             self.path.unlink(missing_ok=True)
+            self.released = True
             log.error(
                 "the disk is full: released the %d-byte reserve for logins and deletes;"
                 " uploads answer 507 until space is freed",
