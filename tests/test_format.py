@@ -7,6 +7,7 @@ header, plus RFC 5869 vectors for the KDF and known-answer vectors that freeze t
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import os
 import random
 import struct
@@ -809,6 +810,81 @@ def test_sealing_from_pieces_checks_their_total_length() -> None:
         sfs.seal_pieces(file_keys(), FILE_ID, S, 0, False, [data_of(S // 2), data_of(S // 2 - 16)])
     with pytest.raises(ValueError, match="^final segment longer than the segment size$"):
         sfs.seal_pieces(file_keys(), FILE_ID, S, 0, True, [data_of(S), b"x"])
+
+
+STEP = sfs.SEAL_STEP
+BIG_S = 3 * STEP + 48  # a segment of three and a bit seal steps (a block multiple, supported)
+
+
+def cuts_across_steps(data: bytes) -> list[list[sfs.Piece]]:
+    """``data`` split as an upload may bring it, every cut a seal step and a block may meet:
+    whole, empty pieces around and inside, cuts one byte either side of each step and block
+    boundary, pieces longer than a step, and memoryviews (of a larger buffer) and bytearrays."""
+    n = len(data)
+    splits: list[list[int]] = [
+        [],
+        [0, 0, n, n],
+        [STEP - 1, STEP, STEP + 1, 2 * STEP - 16, 2 * STEP + 17],
+        [1, 15, 16, 17, STEP + 33, 3 * STEP - 1],
+        [STEP // 2 + 7, 2 * STEP + STEP // 2, 2 * STEP + STEP // 2],
+        list(range(0, n, STEP + 5)),
+    ]
+    out = []
+    for kind, split in enumerate(splits):
+        bounds = [0, *(min(max(at, 0), n) for at in split), n]
+        pieces: list[sfs.Piece] = []
+        for i, (start, end) in enumerate(itertools.pairwise(bounds)):
+            chunk = data[start:end]
+            choice = (kind + i) % 3
+            pieces.append(
+                chunk
+                if choice == 0
+                else bytearray(chunk)
+                if choice == 1
+                else memoryview(b"<" + chunk + b">")[1:-1]
+            )
+        out.append(pieces)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("final", "length"),
+    [(False, BIG_S)]
+    + [(True, n) for n in [0, 1, 15, 16, STEP - 1, STEP, STEP + 1, 2 * STEP + 15, BIG_S - 1, BIG_S]],
+)
+def test_a_segment_sealed_from_pieces_across_seal_steps_is_the_segment_of_their_bytes(
+    monkeypatch: pytest.MonkeyPatch, final: bool, length: int
+) -> None:
+    """seal_pieces over segments larger than SEAL_STEP, cut anyhow (empty pieces, cuts either
+    side of a step or block boundary, memoryviews, bytearrays): byte for byte what seal_segment
+    gives for the joined bytes under the same IV, and what the spec builds independently
+    (pycryptodome's CBC of the padded bytes, the documented tag). The plaintext fed beside it
+    is every byte once, in order, a step at most at a time."""
+    keys, data, iv = file_keys(), os.urandom(length), bytes(range(200, 216))
+    monkeypatch.setattr("vault.format.os.urandom", lambda n: iv[:n])
+    pad = 16 - length % 16 if final else 0
+    ct = AES.new(keys.enc, AES.MODE_CBC, iv).encrypt(data + bytes([pad]) * pad)
+    by_spec = iv + ct + seg_tag_by_spec(keys.mac, BIG_S, final, FILE_ID, 9, iv, ct)
+    assert bytes(sfs.seal_segment(keys, FILE_ID, BIG_S, 9, final, data)) == by_spec
+    fed: list[bytes] = []
+    for pieces in cuts_across_steps(data):
+        fed.clear()
+        blob = sfs.seal_pieces(keys, FILE_ID, BIG_S, 9, final, pieces, lambda step: fed.append(bytes(step)))
+        assert bytes(blob) == by_spec, [len(piece) for piece in pieces]
+        assert b"".join(fed) == data
+        assert all(0 < len(step) <= STEP for step in fed)
+    assert sfs.open_segment(keys, FILE_ID, BIG_S, 9, final, length, by_spec) == data
+
+
+def test_a_segment_size_off_the_block_grid_is_refused_by_the_seal_not_sealed_short() -> None:
+    """Callers check the segment size first (check_seg_size); if one did not, a non-final
+    segment of S + 4 bytes leaves 4 bytes in OpenSSL's CBC: the seal's own after-check refuses
+    it with its message instead of sealing 4 bytes short or failing inside OpenSSL."""
+    data = data_of(S + 4)
+    cuts: list[list[sfs.Piece]] = [[data], [data[:S], data[S:]], [data[:5], b"", memoryview(data)[5:]]]
+    for pieces in cuts:
+        with pytest.raises(ValueError, match="^CBC encryption wrote another length$"):
+            sfs.seal_pieces(file_keys(), FILE_ID, S + 4, 0, False, pieces)
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, S - 1])
