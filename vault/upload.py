@@ -14,6 +14,11 @@ from vault.quota import Reservation
 from vault.records import FileInfo, ResumeState
 from vault.store import StoredFile
 
+# A piece shorter than this is copied into a buffer of the segment's own instead of kept: each
+# kept piece costs a memoryview and its chunk's object (~300 bytes), so a body that arrives a
+# few bytes at a time would hold many times its size until its segment is sealed.
+GATHER_BELOW = 4096
+
 
 class InOrderHash:
     """A file's SHA-256, fed each segment by a crypto thread that sealed it, in index order
@@ -117,8 +122,10 @@ class Upload:
         self._seg_size = resume.seg_size if resume else pipe.seg_size
         self.length = resume.length if resume else None
         # The segment being filled: the body's chunks (or views of them) as they came, never
-        # copied into one buffer; sealing and hashing read them in place (sfs.seal_pieces).
+        # copied into one buffer (but for short ones: _take); sealing and hashing read them in
+        # place (sfs.seal_pieces).
         self._pieces: list[sfs.Piece] = [resume.tail] if resume and resume.tail else []
+        self._gather: bytearray | None = None  # the last of _pieces, small pieces copied into it
         self._filled = len(resume.tail) if resume else 0
         self.size = resume.offset if resume else 0
         self._index = self.size // self._seg_size
@@ -155,11 +162,22 @@ class Upload:
                 await self._emit(final=False)
             room = self._seg_size - self._filled
             piece = view[:room] if len(view) > room else view
-            self._pieces.append(piece)
-            self._filled += len(piece)
+            self._take(piece)
             view = view[len(piece) :]
         if self.length is not None and self._filled == self._seg_size and self.size < self.length:
             await self._emit(final=False)  # the declared length says more follows
+
+    def _take(self, piece: memoryview) -> None:
+        """Add ``piece`` to the segment being filled: kept as it is, or, if short, copied."""
+        if len(piece) >= GATHER_BELOW:
+            self._pieces.append(piece)
+            self._gather = None
+        elif self._gather is not None:
+            self._gather += piece
+        else:
+            self._gather = bytearray(piece)
+            self._pieces.append(self._gather)
+        self._filled += len(piece)
 
     async def _stage(self) -> None:
         """Reserve the STAGED row, pinned first: a STAGED row no process pins is an upload cut
@@ -175,7 +193,7 @@ class Upload:
             self._pipe.pins.release(self.file_id)
 
     async def _emit(self, final: bool) -> None:
-        segment, self._pieces, self._filled = self._pieces, [], 0
+        segment, self._pieces, self._filled, self._gather = self._pieces, [], 0, None
         index, self._index = self._index, self._index + 1
         await self._limit_inflight(self._pipe.pipeline_depth)
         await self._pipe.slots.acquire()
