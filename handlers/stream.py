@@ -74,7 +74,12 @@ class BatchedSSLIOStream(tornado.iostream.SSLIOStream):
             return buf  # type: ignore[return-value]  # a bytearray: only the reader holds it
         return super()._consume(loc)
 
+    _failed: OSError | None = None  # met after the first record of a read: the next one raises it
+
     def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         first = super().read_from_fd(buf)
         if not first:  # nothing ready (None), or the end of the stream (0)
             return first
@@ -88,9 +93,13 @@ class BatchedSSLIOStream(tornado.iostream.SSLIOStream):
                     got = read(len(view) - total, view[total:])
                 except (ssl.SSLWantReadError, BlockingIOError):
                     break
-                except OSError:
-                    # What was read is delivered; the next read meets the error (a failed TLS
-                    # connection or a reset socket fails again) and closes the stream.
+                except ssl.SSLEOFError:
+                    break  # a ragged end: the next read (Tornado's) meets it as Tornado does
+                except OSError as exc:
+                    # What was read is delivered and the next read raises this: a failed TLS
+                    # connection does not fail again (OpenSSL then reads an end), so the error
+                    # would otherwise close the stream as if the client had ended cleanly.
+                    self._failed = exc
                     break
                 if not got:  # the end: the next read returns 0 again
                     break

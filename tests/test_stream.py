@@ -6,14 +6,17 @@ known exactly, without timing.
 """
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import tornado.iostream
 import tornado.netutil
 import tornado.tcpclient
@@ -144,5 +147,90 @@ def test_a_body_read_gets_the_read_buffer_itself_and_keeps_it(tmp_path: Path) ->
             await client.write(b"ab")
             small = await server.read_bytes(2)
             assert type(small) is bytes and small == b"ab"
+
+    asyncio.run(run())
+
+
+@dataclass
+class RawClient:
+    """A TLS client that encrypts into memory: a test sends exactly the records it wants,
+    altered or cut short, on a real socket."""
+
+    tls: ssl.SSLObject
+    outgoing: ssl.MemoryBIO
+    sock: socket.socket
+
+    def records(self, data: bytes) -> bytearray:
+        """``data`` as this client's TLS records on the wire."""
+        self.tls.write(data)
+        return bytearray(self.outgoing.read())
+
+    async def send(self, wire: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, wire)
+
+
+@asynccontextmanager
+async def raw_tls_pair(
+    tmp_path: Path, kind: type[tornado.iostream.SSLIOStream]
+) -> AsyncIterator[tuple[tornado.iostream.SSLIOStream, RawClient]]:
+    """(server stream of ``kind``, a RawClient), the handshake done."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    ensure_certificate(cert, key)
+    server_sock, client_sock = socket.socketpair()
+    wrapped = tornado.netutil.ssl_wrap_socket(
+        server_sock, server_context(cert, key), server_side=True, do_handshake_on_connect=False
+    )
+    server = kind(wrapped)
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = RawClient(context.wrap_bio(incoming, outgoing), outgoing, client_sock)
+    client_sock.setblocking(False)
+    handshake = asyncio.ensure_future(server.wait_for_handshake())
+    while True:
+        try:
+            client.tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            await client.send(outgoing.read())
+            incoming.write(await asyncio.get_running_loop().sock_recv(client_sock, 65536))
+    await client.send(outgoing.read())
+    await handshake
+    try:
+        yield server, client
+    finally:
+        client_sock.close()
+        server.close()
+
+
+async def read_to_the_end(stream: tornado.iostream.SSLIOStream) -> bytes:
+    """Every byte the stream delivers before it closes."""
+    got = b""
+    with contextlib.suppress(tornado.iostream.StreamClosedError, ssl.SSLError):
+        while True:
+            got += await stream.read_bytes(READ, partial=True)
+    return got
+
+
+@pytest.mark.parametrize("kind", [tornado.iostream.SSLIOStream, BatchedSSLIOStream])
+def test_a_record_failing_its_check_after_good_ones_fails_the_stream(
+    tmp_path: Path, kind: type[tornado.iostream.SSLIOStream]
+) -> None:
+    """A record that fails its MAC (altered on the way) behind good ones that one read takes:
+    the good bytes are delivered, then the stream closes with the TLS error, as Tornado's own
+    stream does (it reads a record at a time). The batched read used to stop there quietly and
+    its next read found only an end (OpenSSL reads one after a fatal error): the stream closed
+    as if the client had ended cleanly, without the error, and nothing was logged."""
+
+    async def run() -> None:
+        async with raw_tls_pair(tmp_path, kind) as (server, client):
+            good = os.urandom(3 * RECORD)
+            wire = client.records(good)
+            bad = client.records(b"x" * 1000)
+            bad[-1] ^= 1  # the record's tag
+            await client.send(bytes(wire + bad + client.records(b"y" * 5000)))
+            assert await read_to_the_end(server) == good
+            assert isinstance(server.error, ssl.SSLError)
+            assert "BAD_RECORD_MAC" in str(server.error)
 
     asyncio.run(run())
