@@ -1,7 +1,7 @@
 """The streaming multipart/form-data parser: chunking, framing errors, header parsing."""
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -255,8 +255,27 @@ def test_body_missing_the_closing_boundary_fails_at_finish(body: bytes) -> None:
 
 @pytest.mark.parametrize(
     "after",
-    [b"garbage\r\n", b"X\r\nA: 1\r\n\r\n", b"  x  \r\n", b"-x\r\n", b"\t-\r\n"],
-    ids=["word", "lookalike-boundary", "padding-then-text", "single-dash", "tab-dash"],
+    [
+        b"garbage\r\n",
+        b"X\r\nA: 1\r\n\r\n",
+        b"  x  \r\n",
+        b"-x\r\n",
+        b"\t-\r\n",
+        b" \x0b\r\n",
+        b"\x0c\r\n",
+        b"\r\r\n",
+    ],
+    # Transport padding is spaces and tabs only (RFC 2046 LWSP), not any whitespace.
+    ids=[
+        "word",
+        "lookalike-boundary",
+        "padding-then-text",
+        "single-dash",
+        "tab-dash",
+        "vtab",
+        "formfeed",
+        "lone-cr",
+    ],
 )
 def test_garbage_after_a_boundary_is_malformed(after: bytes) -> None:
     body = b"--" + BOUNDARY + after + b"A: 1\r\n\r\nx\r\n--" + BOUNDARY + b"--\r\n"
@@ -511,3 +530,142 @@ def test_disposition_first_plain_parameter_wins_over_a_duplicate() -> None:
 
 def test_empty_disposition() -> None:
     assert parse_disposition("") == {"": ""}
+
+
+# --- exact limits, messages and hand-over (mutation testing, bench/mutation-survivors.md) -----
+
+
+def test_padding_after_a_boundary_may_reach_1024_bytes_without_a_line_end() -> None:
+    parser = MultipartParser(BOUNDARY)
+    parser.feed(b"--" + BOUNDARY)
+    assert parser.feed(b" " * 1024) == []
+    events = parser.feed(b"\r\nA: 1\r\n\r\nx" + DELIMITER + b"--")
+    parser.finish()
+    assert collect(events) == [({"a": "1"}, b"x")]
+    parser = MultipartParser(BOUNDARY)
+    parser.feed(b"--" + BOUNDARY)
+    with pytest.raises(MalformedUpload, match="garbage after a boundary"):
+        parser.feed(b" " * 1025)
+
+
+def test_unterminated_part_headers_may_reach_the_limit_and_not_one_byte_more() -> None:
+    parser = MultipartParser(BOUNDARY, max_header_bytes=200)
+    parser.feed(b"--" + BOUNDARY + b"\r\n")
+    assert parser.feed(b"X: " + b"a" * 197) == []
+    with pytest.raises(MalformedUpload, match="too large"):
+        parser.feed(b"a")
+
+
+@pytest.mark.parametrize(
+    ("value", "filename"),
+    [
+        ('form-data; filename="abc', '"abc'),  # an unterminated quote is kept as it is
+        ('form-data; filename="', '"'),
+        ('form-data; filename=""', ""),
+        ("form-data; filename*=UTF-8''it's%20here", "it's here"),  # only the first two quotes split
+        ("form-data; filename*=UTF-8'en'it's", "it's"),
+    ],
+    ids=["unterminated-quote", "lone-quote", "empty-quoted", "quote-in-extended", "quote-after-language"],
+)
+def test_disposition_quotes_at_the_edges(value: str, filename: str) -> None:
+    assert parse_disposition(value)["filename"] == filename
+
+
+def test_a_chunk_exactly_as_long_as_a_delimiter_comes_as_a_view() -> None:
+    parser = MultipartParser(BOUNDARY)
+    parser.feed(b"--" + BOUNDARY + b"\r\nA: 1\r\n\r\n")
+    chunk = b"y" * len(DELIMITER)
+    [event] = parser.feed(chunk)
+    assert isinstance(event, PartData) and isinstance(event.data, memoryview)
+    assert event.data.obj is chunk and bytes(event.data) == chunk
+
+
+@pytest.mark.parametrize("chunk", [b"\rX", b"\r\nX", b"\r" + DELIMITER[2:] + b"."])
+def test_a_short_chunk_that_cannot_begin_a_delimiter_is_handed_on_at_once(chunk: bytes) -> None:
+    """Its CR at the very start begins no delimiter: nothing is held back for the next chunk."""
+    parser = MultipartParser(BOUNDARY)
+    parser.feed(b"--" + BOUNDARY + b"\r\nA: 1\r\n\r\n")
+    events = parser.feed(chunk)
+    assert [bytes(e.data) for e in events if isinstance(e, PartData)] == [chunk]
+    assert len(events) == 1
+
+
+def _feed_all(body: bytes, **kwargs: int) -> None:
+    parser = MultipartParser(BOUNDARY, **kwargs)
+    parser.feed(body)
+    parser.finish()
+
+
+def _feed_in_bytes(body: bytes) -> None:
+    parser = MultipartParser(BOUNDARY)
+    for i in range(len(body)):
+        parser.feed(body[i : i + 1])
+    parser.finish()
+
+
+GARBAGE = "Malformed multipart upload: garbage after a boundary"
+TOO_LARGE = "Malformed multipart upload: part headers too large"
+
+
+@pytest.mark.parametrize(
+    ("refused", "message"),
+    [
+        (
+            lambda: boundary_from_content_type("text/plain"),
+            "Expected Content-Type multipart/form-data with a boundary",
+        ),
+        (
+            lambda: boundary_from_content_type("multipart/form-data; boundary=a@b"),
+            "Malformed multipart upload: missing or invalid boundary",
+        ),
+        (
+            lambda: boundary_from_content_type("multipart/form-data"),
+            "Malformed multipart upload: missing or invalid boundary",
+        ),
+        (lambda: MultipartParser(b"a@b"), "Malformed multipart upload: invalid boundary"),
+        (
+            lambda: _feed_all(b"--" + BOUNDARY + b"\r\n"),
+            "Malformed multipart upload: the body ended before the closing boundary",
+        ),
+        (lambda: _feed_all(b"--" + BOUNDARY + b"junk\r\n"), GARBAGE),
+        (lambda: _feed_all(b"--" + BOUNDARY + b" " * 1025), GARBAGE),
+        (lambda: _feed_in_bytes(b"--" + BOUNDARY + b" " * 1025), GARBAGE),
+        (lambda: _feed_all(b"--" + BOUNDARY + b"\r\nX: " + b"a" * 300, max_header_bytes=100), TOO_LARGE),
+        (lambda: _feed_all(form(b"X: " + b"a" * 300 + b"\r\n\r\nd"), max_header_bytes=100), TOO_LARGE),
+        (
+            lambda: _feed_all(form(b"X: \xff\r\n\r\nd")),
+            "Malformed multipart upload: part headers must be UTF-8",
+        ),
+        (lambda: _feed_all(form(b"no colon\r\n\r\nd")), "Malformed multipart upload: bad part header line"),
+        (
+            lambda: parse_disposition("form-data; filename*=koi8-r''abc"),
+            "Malformed multipart upload: unsupported charset in filename*",
+        ),
+        (
+            lambda: parse_disposition("form-data; name*=UTF-8''%FF"),
+            "Malformed multipart upload: bad name* parameter",
+        ),
+    ],
+    ids=[
+        "not-multipart",
+        "invalid-boundary",
+        "no-boundary",
+        "parser-boundary",
+        "unfinished",
+        "garbage-line",
+        "endless-garbage",
+        "endless-garbage-bytewise",
+        "unterminated-headers",
+        "terminated-headers",
+        "headers-not-utf8",
+        "header-line",
+        "charset",
+        "extended-value",
+    ],
+)
+def test_each_refusal_says_what_was_wrong(refused: Callable[[], object], message: str) -> None:
+    """The message is the client's 400 answer (handlers send MalformedUpload's text)."""
+    with pytest.raises(MalformedUpload) as info:
+        refused()
+    assert str(info.value) == message
+    assert info.value.message == message
