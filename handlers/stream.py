@@ -18,6 +18,8 @@ import tornado.httpserver
 import tornado.iostream
 from tornado.http1connection import HTTP1Connection
 
+from vault.memory import uninitialized
+
 # A body read smaller than this is copied as Tornado does (a short read, a chunk's CRLF).
 LEND_MIN = 2048
 
@@ -43,7 +45,8 @@ class BatchedSSLIOStream(tornado.iostream.SSLIOStream):
         # Tornado's read, but the fresh buffer becomes the read buffer instead of being
         # appended to it. Errors as Tornado's: a reset closes quietly, anything else closes and
         # raises. (The read size is at most half of max_buffer_size: Tornado's cap holds.)
-        buf = bytearray(self.read_chunk_size)
+        # Not zeroed first: it is cut to what was read before anything else sees it.
+        buf = uninitialized(self.read_chunk_size)
         try:
             got = self.read_from_fd(buf)
         except OSError as exc:  # ssl.SSLError is one

@@ -7,7 +7,7 @@ import pytest
 
 from tests.server import ROOT
 from vault import format as sfs
-from vault.memory import MAX_MMAP_THRESHOLD, thresholds, tune_malloc
+from vault.memory import MAX_MMAP_THRESHOLD, thresholds, tune_malloc, uninitialized
 
 # Allocate and free a segment-sized buffer the way the pipeline does, 50 times; print the page
 # faults it took. Each fresh mmap'd MiB costs 256 faults; a reused heap buffer costs none.
@@ -51,3 +51,16 @@ def test_thresholds_cover_a_sealed_segment_within_glibc_limits(seg_size: int) ->
     sealed = sfs.IV_LEN + seg_size + sfs.BLOCK_LEN + sfs.TAG_LEN
     assert mmap_threshold > sealed or mmap_threshold == MAX_MMAP_THRESHOLD
     assert trim_threshold >= 2 * seg_size  # a freed segment buffer on top of the heap stays
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 256 * 1024, sfs.IV_LEN + sfs.DEFAULT_SEG_SIZE + sfs.TAG_LEN])
+def test_an_uninitialized_buffer_is_a_bytearray_of_its_size_to_write_cut_and_grow(size: int) -> None:
+    """What the TLS reads and the seal allocate without zeroing: a plain bytearray, which takes
+    writes, cuts (a read shorter than its buffer) and growth like any other."""
+    buf = uninitialized(size)
+    assert type(buf) is bytearray and len(buf) == size
+    buf[:] = b"\x5a" * size
+    assert buf == b"\x5a" * size
+    del buf[size // 2 :]
+    buf += b"end"
+    assert buf == b"\x5a" * (size // 2) + b"end"

@@ -233,4 +233,23 @@ def test_a_record_failing_its_check_after_good_ones_fails_the_stream(
             assert isinstance(server.error, ssl.SSLError)
             assert "BAD_RECORD_MAC" in str(server.error)
 
+
+def test_a_body_read_into_reused_memory_holds_only_the_bytes_read(tmp_path: Path) -> None:
+    """The read buffer is not zeroed first (vault.memory.uninitialized): what a body read gets
+    is exactly the bytes that arrived, never what the allocator's memory held before (here
+    buffers of 0xEE of the read's size freed just before each read, which the next one likely
+    reuses), whether the read filled most of its buffer or a little of it."""
+    size = 4 * RECORD  # what one socket pair takes before its writer waits
+
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            server.read_chunk_size = size
+            for length in (size - 1, RECORD + 1, 1, RECORD):
+                dirty = [bytearray(b"\xee") * size for _ in range(4)]
+                del dirty
+                data = os.urandom(length)
+                await client.write(data)
+                got = await server.read_bytes(size, partial=True)
+                assert len(got) == length and got == data
+
     asyncio.run(run())

@@ -23,6 +23,7 @@ from Crypto.Util.strxor import strxor  # nosec B413  # pycryptodome, as above
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from vault.errors import IntegrityError
+from vault.memory import uninitialized
 
 VERSION = 1
 SUITE_AES256CBC_HMACSHA256 = 1
@@ -273,7 +274,9 @@ def seal_pieces(
         raise ValueError("a non-final segment must hold exactly the segment size")
     ct_len = length + len(padding)
     iv = os.urandom(IV_LEN)
-    blob = bytearray(IV_LEN + ct_len + TAG_LEN)
+    # Not zeroed first: every byte is written below (IV, the ciphertext, whose length is
+    # checked, then the tag).
+    blob = uninitialized(IV_LEN + ct_len + TAG_LEN)
     view = memoryview(blob)
     view[:IV_LEN] = iv
     mac = hmac.new(keys.mac, _seg_prefix(seg_size, final, file_id, index, ct_len), "sha256")

@@ -8,12 +8,17 @@ as untouched pages: one page fault per 4 KiB, which costs far more than filling 
 Raising the mmap threshold above the largest buffer and the trim threshold to two segments
 lets freed buffers be reused as they are; what is kept is bounded by the trim threshold per
 allocator arena (bench/transfer.py reports peak and idle RSS, README "Performance").
+
+Buffers that are filled before anything reads them (a socket read's, a sealed segment's) are
+taken with :func:`uninitialized`: ``bytearray(n)`` writes n zeros first, which for the 256 KiB
+read of every TLS batch and the 1 MiB of every sealed segment cost more than a reused heap
+buffer's allocation (README "Performance", round 6).
 """
 
 import ctypes
 import ctypes.util
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +52,28 @@ def tune_malloc(seg_size: int, environ: Mapping[str, str]) -> bool:
         return False
     mmap_threshold, trim_threshold = thresholds(seg_size)
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
+def _bytearray_from_string_and_size() -> Callable[[None, int], bytearray] | None:
+    try:
+        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    except AttributeError:  # an interpreter without CPython's C API
+        return None
+    make.restype = ctypes.py_object
+    make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    return make  # type: ignore[no-any-return]
+
+
+_NEW_BYTEARRAY = _bytearray_from_string_and_size()
+
+
+def uninitialized(size: int) -> bytearray:
+    """A ``bytearray`` of ``size`` bytes whose contents are whatever the allocator had there
+    (CPython's ``PyByteArray_FromStringAndSize(NULL, size)``), not zeros.
+
+    Only for a buffer whose every byte is written before any is read, or that is cut to what
+    was written (``del buf[got:]``) before anyone sees it: the old bytes may be another
+    request's. Called with the GIL held (``ctypes.pythonapi``), like ``bytearray``."""
+    if _NEW_BYTEARRAY is None:
+        return bytearray(size)
+    return _NEW_BYTEARRAY(None, size)
