@@ -2,13 +2,17 @@
 index order whatever order the seals end in (InOrderHash), and an upload's digest is that of
 its bytes however they were cut and whichever threads sealed them."""
 
+import contextlib
 import hashlib
 import itertools
 import os
 import random
+import sqlite3
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from tests import incore
 from vault import format as sfs
@@ -158,3 +162,86 @@ def test_a_body_in_tiny_chunks_holds_about_its_own_size_until_sealed(tmp_path: P
     grown, digest = incore.run(tmp_path, held)
     assert grown < 2 * sent, f"{grown} bytes held for {sent} bytes sent"  # before: 6.4 MB
     assert digest == expected.hexdigest()
+
+
+def rows(db: Path) -> tuple[int, int]:
+    """(files rows, segment rows) in the SQLite database ``db``."""
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        files = con.execute("SELECT count(*) FROM files").fetchone()[0]
+        segs = con.execute("SELECT count(*) FROM segments").fetchone()[0]
+    return files, segs
+
+
+def test_an_aborted_upload_leaves_nothing_and_takes_nothing_more(tmp_path: Path) -> None:
+    """Aborted with segments still being sealed and stored: the STAGED row and its segments
+    go, its pin and its bytes are given back, a second abort does nothing, and the upload
+    takes no more writes and cannot finish."""
+    seg_size = sfs.MIN_SEG_SIZE
+
+    async def scenario(core: Core) -> None:
+        upload = await core.files.begin_upload(OWNER, None)
+        await upload.write(os.urandom(7 * seg_size + 10))  # six segments emitted, most in flight
+        assert upload.file_id in core.files.pipe.pins
+        await upload.abort()
+        await upload.abort()
+        assert upload.file_id not in core.files.pipe.pins
+        assert (await core.files.quotas.usage(OWNER)).used == 0
+        with pytest.raises(RuntimeError):
+            await upload.write(b"more")
+        with pytest.raises(RuntimeError):
+            await upload.finish("late.bin")
+        assert await core.files.list(OWNER) == []
+
+    incore.run(tmp_path, scenario, segment_size=seg_size, crypto_threads=1, pipeline_depth=8)
+    assert rows(tmp_path / "vault.db") == (0, 0)
+
+
+def test_an_abort_after_the_commit_keeps_the_file(tmp_path: Path) -> None:
+    seg_size = sfs.MIN_SEG_SIZE
+    data = os.urandom(3 * seg_size + 7)
+
+    async def scenario(core: Core) -> bytes:
+        upload = await core.files.begin_upload(OWNER, None)
+        await upload.write(data)
+        await upload.finish("kept.bin")
+        await upload.abort()  # as a handler's cleanup does whatever happened before
+        download = await core.files.open(OWNER, "kept.bin")
+        try:
+            return b"".join([bytes(chunk) async for chunk in download.read()])
+        finally:
+            download.close()
+
+    assert incore.run(tmp_path, scenario, segment_size=seg_size) == data
+
+
+def test_a_resumable_upload_in_several_requests_has_its_bytes_and_digest(tmp_path: Path) -> None:
+    """Each request ends inside a segment whose bytes came as several pieces (kept and
+    gathered): the checkpoint's tail is those pieces joined, and the running SHA-256 goes on
+    from the one the checkpoint kept."""
+    seg_size = 4 * sfs.MIN_SEG_SIZE
+    data = os.urandom(5 * seg_size + 1234)
+    cuts = [0, 2 * seg_size + 9000, 3 * seg_size + 4100, 3 * seg_size + 15000, len(data)]
+    sizes = [5000, 10, 4096, 3, 6000, 700]
+
+    async def scenario(core: Core) -> tuple[str, bytes]:
+        resumables = core.files.resumables
+        created = await resumables.create(OWNER, "resumed.bin", len(data), "")
+        for start, end in itertools.pairwise(cuts):
+            session = await resumables.resume(OWNER, created.tus_id, start)
+            at, turn = start, 0
+            while at < end:
+                size = min(sizes[turn % len(sizes)], end - at)
+                await session.write(data[at : at + size])
+                at, turn = at + size, turn + 1
+            assert await session.save() == end
+        assert session.info is not None
+        download = await core.files.open(OWNER, "resumed.bin")
+        try:
+            got = b"".join([bytes(chunk) async for chunk in download.read()])
+        finally:
+            download.close()
+        return session.info.sha256, got
+
+    digest, got = incore.run(tmp_path, scenario, segment_size=seg_size)
+    assert got == data
+    assert digest == hashlib.sha256(data).hexdigest()
