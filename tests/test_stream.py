@@ -233,6 +233,8 @@ def test_a_record_failing_its_check_after_good_ones_fails_the_stream(
             assert isinstance(server.error, ssl.SSLError)
             assert "BAD_RECORD_MAC" in str(server.error)
 
+    asyncio.run(run())
+
 
 def test_a_body_read_into_reused_memory_holds_only_the_bytes_read(tmp_path: Path) -> None:
     """The read buffer is not zeroed first (vault.memory.uninitialized): what a body read gets
