@@ -178,3 +178,62 @@ def test_an_abandoned_download_reads_nothing_more_and_holds_nothing(tmp_path: Pa
         assert reported == []
 
     asyncio.run(main())
+
+
+def test_closing_a_download_twice_releases_its_pin_once(tmp_path: Path) -> None:
+    """A pin keeps a file's segments from being purged while it is read: a second close of one
+    download must not release the pin another download of the same file holds."""
+
+    async def main() -> None:
+        async with counted_core(tmp_path) as (core, _):
+            pins = core.files.pipe.pins
+            first, second = await core.files.open(1, "f.bin"), await core.files.open(1, "f.bin")
+            file_id = first.header.file_id
+            first.close()
+            first.close()
+            assert file_id in pins
+            assert b"".join([bytes(v) async for v in second.read()]) == DATA
+            second.close()
+            assert file_id not in pins and len(pins) == 0
+
+    asyncio.run(main())
+
+
+def test_two_reads_of_one_download_interleaved_each_get_their_bytes(tmp_path: Path) -> None:
+    """handlers/files.py reads one range at a time, but nothing forbids two: a read that moves
+    to another segment while the other read's segment is kept gives that segment back."""
+
+    async def main() -> None:
+        async with counted_core(tmp_path) as (core, _):
+            download = await core.files.open(1, "f.bin")
+            one, two = download.read(0, 2 * S), download.read(5 * S, 7 * S)
+            got_one, got_two = bytearray(), bytearray()
+            for _ in range(2):
+                for views, got in ((one, got_one), (two, got_two)):
+                    view = await views.asend(None) if got else await anext(views)
+                    got += view
+                    del view
+                    assert download.held <= DEPTH
+            for views in (one, two):
+                with pytest.raises(StopAsyncIteration):
+                    await views.asend(None)
+            assert (bytes(got_one), bytes(got_two)) == (DATA[: 2 * S], DATA[5 * S : 7 * S])
+            download.close()
+            assert core.files.pipe.download_budget.held == 0
+
+    asyncio.run(main())
+
+
+def test_an_empty_range_reads_nothing_and_a_range_outside_the_file_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with counted_core(tmp_path) as (core, fetched):
+            download = await core.files.open(1, "f.bin")
+            for at in (0, S, len(DATA)):
+                assert [v async for v in download.read(at, at)] == []
+            for start, end in ((-1, 5), (5, 4), (0, len(DATA) + 1)):
+                with pytest.raises(ValueError, match="^range outside the file$"):
+                    await anext(download.read(start, end))
+            assert fetched == [] and download.held == 0
+            download.close()
+
+    asyncio.run(main())
