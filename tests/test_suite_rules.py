@@ -146,3 +146,50 @@ def test_the_sleep_rule_sees_sleeps_in_nested_functions_but_not_a_loop_turn() ->
         "def test_x(): sleep(1)\n"
     )
     assert sleeps(tree) == {"helper", "C.m.inner", "test_x"}
+
+
+def unused_inner_functions(tree: ast.Module) -> list[str]:
+    """Functions defined in a function's body (not methods of a class there) and never named
+    in it (so never called, passed or returned): a test whose scenario sits in such a function
+    checks nothing. A decorated one counts as used (a decorator may register it)."""
+    unused = []
+    for outer in ast.walk(tree):
+        if not isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        inner = [
+            n
+            for parent in ast.walk(outer)
+            if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef)
+            for n in ast.iter_child_nodes(parent)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and not n.decorator_list
+        ]
+        for fn in inner:
+            named = any(
+                isinstance(n, ast.Name) and n.id == fn.name and isinstance(n.ctx, ast.Load)
+                for n in ast.walk(outer)
+                if not any(n is m for m in ast.walk(fn))
+            )
+            if not named:
+                unused.append(f"{outer.name}.{fn.name}")
+    return unused
+
+
+def test_every_inner_function_is_used() -> None:
+    found = [
+        f"{path.name}::{name}"
+        for path in sorted(TESTS.glob("*.py"))
+        for name in unused_inner_functions(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert found == []
+
+
+def test_the_inner_function_rule_sees_a_scenario_never_run() -> None:
+    """The check above can fail: b5c2262's test defined its scenario and never ran it."""
+    tree = ast.parse(
+        "def test_a():\n    async def run(): assert False\n"
+        "def test_b():\n    def go(): pass\n    go()\n"
+        "def test_c():\n    def again(n): return again(n - 1)\n"
+        "def test_d():\n    @fixture\n    def registered(): pass\n"
+        "def test_e():\n    class Handler:\n        def get(self): pass\n"
+    )
+    assert unused_inner_functions(tree) == ["test_a.run", "test_c.again"]
