@@ -8,6 +8,7 @@ import itertools
 import os
 import random
 import sqlite3
+import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 from tests import incore
 from vault import format as sfs
 from vault.core import Core
-from vault.upload import InOrderHash
+from vault.errors import InputError
+from vault.upload import InOrderHash, _seal_and_hash
 
 OWNER = 1
 
@@ -186,9 +188,9 @@ def test_an_aborted_upload_leaves_nothing_and_takes_nothing_more(tmp_path: Path)
         await upload.abort()
         assert upload.file_id not in core.files.pipe.pins
         assert (await core.files.quotas.usage(OWNER)).used == 0
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="^upload already finished or aborted$"):
             await upload.write(b"more")
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="^upload already finished or aborted$"):
             await upload.finish("late.bin")
         assert await core.files.list(OWNER) == []
 
@@ -202,8 +204,15 @@ def test_an_abort_after_the_commit_keeps_the_file(tmp_path: Path) -> None:
 
     async def scenario(core: Core) -> bytes:
         upload = await core.files.begin_upload(OWNER, None)
+        assert upload.max_size == 5 * seg_size  # the limit the handler reads the body against
         await upload.write(data)
-        await upload.finish("kept.bin")
+        before = time.time()
+        info = await upload.finish("kept.bin")
+        assert before <= info.created <= time.time()
+        with pytest.raises(RuntimeError, match="^upload already finished or aborted$"):
+            await upload.write(b"more")
+        with pytest.raises(RuntimeError, match="^upload already finished or aborted$"):
+            await upload.finish("again.bin")
         await upload.abort()  # as a handler's cleanup does whatever happened before
         download = await core.files.open(OWNER, "kept.bin")
         try:
@@ -211,7 +220,7 @@ def test_an_abort_after_the_commit_keeps_the_file(tmp_path: Path) -> None:
         finally:
             download.close()
 
-    assert incore.run(tmp_path, scenario, segment_size=seg_size) == data
+    assert incore.run(tmp_path, scenario, segment_size=seg_size, max_file_size=5 * seg_size) == data
 
 
 def test_a_resumable_upload_in_several_requests_has_its_bytes_and_digest(tmp_path: Path) -> None:
@@ -243,5 +252,59 @@ def test_a_resumable_upload_in_several_requests_has_its_bytes_and_digest(tmp_pat
         return session.info.sha256, got
 
     digest, got = incore.run(tmp_path, scenario, segment_size=seg_size)
+    assert got == data
+    assert digest == hashlib.sha256(data).hexdigest()
+
+
+def test_a_final_segment_sealed_while_the_hash_is_held_is_sealed_as_final() -> None:
+    """A segment whose seal cannot take the hash (another is next) is sealed as it is, final
+    or not, then filed for the hash."""
+    file_key, file_id = sfs.new_file_key(), sfs.new_file_id()
+    keys, seg_size = sfs.derive_file_keys(file_key, file_id), sfs.MIN_SEG_SIZE
+    hasher = InOrderHash(hashlib.sha256(), 0)
+    last: list[sfs.Piece] = [b"the end"]
+    blob = _seal_and_hash(hasher, keys, file_id, seg_size, 1, True, last)  # 0 is not sealed yet
+    assert sfs.open_segment(keys, file_id, seg_size, 1, True, len(b"the end"), bytes(blob)) == b"the end"
+    assert hasher.sha.digest() == hashlib.sha256().digest()  # filed, waiting for segment 0
+    first: list[sfs.Piece] = [os.urandom(seg_size)]
+    blob = _seal_and_hash(hasher, keys, file_id, seg_size, 0, False, first)
+    assert sfs.open_segment(keys, file_id, seg_size, 0, False, seg_size, bytes(blob)) == first[0]
+    assert hasher.sha.digest() == hashlib.sha256(bytes(first[0]) + b"the end").digest()
+
+
+def test_a_resumed_upload_keeps_its_segment_size_and_declared_length(tmp_path: Path) -> None:
+    """Resumed by a server now configured with another segment size, an upload goes on with
+    its own; a request may not write past the declared length, nor finish before it."""
+    seg_size = 2 * sfs.MIN_SEG_SIZE
+    data = os.urandom(3 * seg_size + 100)
+
+    async def start(core: Core) -> str:
+        created = await core.files.resumables.create(OWNER, "resumed.bin", len(data), "")
+        session = await core.files.resumables.resume(OWNER, created.tus_id, 0)
+        await session.write(data[: seg_size + 10])
+        assert await session.save() == seg_size + 10
+        return created.tus_id
+
+    async def go_on(core: Core, tus_id: str) -> tuple[str, bytes]:
+        resumables = core.files.resumables
+        session = await resumables.resume(OWNER, tus_id, seg_size + 10)
+        with pytest.raises(InputError, match="^The body goes beyond the declared Upload-Length$"):
+            await session.write(data[seg_size + 10 :] + b"!")
+        with pytest.raises(InputError, match="^The upload is not complete$"):
+            await session._upload.finish("resumed.bin")  # what save does once all has come
+        await session.discard()
+        session = await resumables.resume(OWNER, tus_id, seg_size + 10)
+        await session.write(data[seg_size + 10 :])
+        assert await session.save() == len(data)
+        assert session.info is not None
+        download = await core.files.open(OWNER, "resumed.bin")
+        try:
+            got = b"".join([bytes(chunk) async for chunk in download.read()])
+        finally:
+            download.close()
+        return session.info.sha256, got
+
+    tus_id = incore.run(tmp_path, start, segment_size=seg_size)
+    digest, got = incore.run(tmp_path, lambda core: go_on(core, tus_id), segment_size=sfs.MIN_SEG_SIZE)
     assert got == data
     assert digest == hashlib.sha256(data).hexdigest()
