@@ -213,9 +213,10 @@ def test_an_abort_after_the_commit_keeps_the_file(tmp_path: Path) -> None:
             await upload.write(b"more")
         with pytest.raises(RuntimeError, match="^upload already finished or aborted$"):
             await upload.finish("again.bin")
-        await upload.abort()  # as a handler's cleanup does whatever happened before
-        download = await core.files.open(OWNER, "kept.bin")
+        download = await core.files.open(OWNER, "kept.bin")  # pins the file
         try:
+            await upload.abort()  # as a handler's cleanup does whatever happened before
+            assert upload.file_id in core.files.pipe.pins  # the upload's pin went once, at commit
             return b"".join([bytes(chunk) async for chunk in download.read()])
         finally:
             download.close()
@@ -306,5 +307,40 @@ def test_a_resumed_upload_keeps_its_segment_size_and_declared_length(tmp_path: P
 
     tus_id = incore.run(tmp_path, start, segment_size=seg_size)
     digest, got = incore.run(tmp_path, lambda core: go_on(core, tus_id), segment_size=sfs.MIN_SEG_SIZE)
+    assert got == data
+    assert digest == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("resumable", [False, True])
+def test_writes_ending_on_segment_boundaries(tmp_path: Path, resumable: bool) -> None:
+    """Each write (and each resumable request) ends exactly where a segment does, and the
+    file's size is a whole number of segments: the last full segment is the final one, the
+    others are sealed as they fill (a resumed upload knows more follows from its length)."""
+    seg_size = sfs.MIN_SEG_SIZE
+    data = os.urandom(3 * seg_size)
+
+    async def scenario(core: Core) -> tuple[str, bytes]:
+        if resumable:
+            resumables = core.files.resumables
+            created = await resumables.create(OWNER, "even.bin", len(data), "")
+            for start in range(0, len(data), seg_size):
+                session = await resumables.resume(OWNER, created.tus_id, start)
+                await session.write(data[start : start + seg_size])
+                assert await session.save() == start + seg_size
+            assert session.info is not None
+            info = session.info
+        else:
+            upload = await core.files.begin_upload(OWNER, None)
+            for start in range(0, len(data), seg_size):
+                await upload.write(data[start : start + seg_size])
+            info = await upload.finish("even.bin")
+        download = await core.files.open(OWNER, "even.bin")
+        try:
+            got = b"".join([bytes(chunk) async for chunk in download.read()])
+        finally:
+            download.close()
+        return info.sha256, got
+
+    digest, got = incore.run(tmp_path, scenario, segment_size=seg_size)
     assert got == data
     assert digest == hashlib.sha256(data).hexdigest()
