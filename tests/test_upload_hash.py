@@ -18,7 +18,7 @@ import pytest
 from tests import incore
 from vault import format as sfs
 from vault.core import Core
-from vault.errors import InputError
+from vault.errors import DigestMismatch, InputError
 from vault.upload import InOrderHash, _seal_and_hash
 
 OWNER = 1
@@ -344,3 +344,49 @@ def test_writes_ending_on_segment_boundaries(tmp_path: Path, resumable: bool) ->
     digest, got = incore.run(tmp_path, scenario, segment_size=seg_size)
     assert got == data
     assert digest == hashlib.sha256(data).hexdigest()
+
+
+def test_a_hash_that_failed_on_a_piece_goes_on_with_the_next_segment() -> None:
+    """A piece the hash cannot read (a released view) fails the add that met it, and lets go
+    of the hash: the next segment filed is hashed, not left waiting for a holder."""
+    released = memoryview(b"gone")
+    released.release()
+    hasher = InOrderHash(hashlib.sha256(), 0)
+    with pytest.raises(ValueError, match="released"):
+        hasher.add(0, [released])
+    hasher.add(1, [b"next"])
+    assert hasher.sha.digest() == hashlib.sha256(b"next").digest()
+
+
+def test_at_most_pipeline_depth_segments_are_in_flight(tmp_path: Path) -> None:
+    """pipeline_depth bounds the segments an upload has sealing or storing (each holds a
+    segment of plaintext and one of ciphertext): the oldest is waited for before another
+    goes."""
+    seg_size, depth = sfs.MIN_SEG_SIZE, 3
+
+    async def scenario(core: Core) -> list[int]:
+        upload = await core.files.begin_upload(OWNER, None)
+        counts = []
+        for _ in range(6):
+            await upload.write(os.urandom(seg_size))  # the segment before it is sealed now
+            counts.append(len(upload._inflight))
+        await upload.abort()
+        return counts
+
+    counts = incore.run(tmp_path, scenario, segment_size=seg_size, pipeline_depth=depth)
+    assert counts == [0, 1, 2, 3, 3, 3]
+
+
+def test_a_wrong_expected_digest_commits_nothing(tmp_path: Path) -> None:
+    data = os.urandom(2 * sfs.MIN_SEG_SIZE + 3)
+
+    async def scenario(core: Core) -> list[object]:
+        upload = await core.files.begin_upload(OWNER, None)
+        await upload.write(data)
+        with pytest.raises(DigestMismatch):
+            await upload.finish("wrong.bin", hashlib.sha256(data + b"!").digest())
+        await upload.abort()
+        return list(await core.files.list(OWNER))
+
+    assert incore.run(tmp_path, scenario, segment_size=sfs.MIN_SEG_SIZE) == []
+    assert rows(tmp_path / "vault.db") == (0, 0)
