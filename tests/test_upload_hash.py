@@ -18,6 +18,7 @@ import pytest
 from tests import incore
 from vault import format as sfs
 from vault.core import Core
+from vault.download import Download
 from vault.errors import DigestMismatch, InputError
 from vault.upload import InOrderHash, _seal_and_hash
 
@@ -390,3 +391,38 @@ def test_a_wrong_expected_digest_commits_nothing(tmp_path: Path) -> None:
 
     assert incore.run(tmp_path, scenario, segment_size=sfs.MIN_SEG_SIZE) == []
     assert rows(tmp_path / "vault.db") == (0, 0)
+
+
+def test_a_download_opened_as_a_resumed_upload_commits_keeps_its_pin(tmp_path: Path) -> None:
+    """The pin of a resumable upload is Resumables' (taken on resume, given back at the
+    request's end), not the Upload's: a download of the new file opened between the commit
+    and the request's end (here from the quota's notice of the commit, the one await there)
+    still holds its own pin afterwards."""
+    data = os.urandom(sfs.MIN_SEG_SIZE + 5)
+
+    async def scenario(core: Core) -> tuple[bool, bytes]:
+        files = core.files
+        created = await files.resumables.create(OWNER, "resumed.bin", len(data), "")
+        session = await files.resumables.resume(OWNER, created.tus_id, 0)
+        await session.write(data)
+        opened: list[Download] = []
+        real_changed = files.quotas.changed
+
+        async def changed(owner: int) -> None:  # the real one, then a download begins
+            await real_changed(owner)
+            if not opened:
+                opened.append(await files.open(OWNER, "resumed.bin"))
+
+        files.quotas.changed = changed  # type: ignore[method-assign]
+        await session.save()
+        files.quotas.changed = real_changed  # type: ignore[method-assign]
+        [download] = opened
+        try:
+            pinned = session.resumable.file_id in files.pipe.pins
+            return pinned, b"".join([bytes(chunk) async for chunk in download.read()])
+        finally:
+            download.close()
+
+    pinned, got = incore.run(tmp_path, scenario, segment_size=sfs.MIN_SEG_SIZE)
+    assert pinned
+    assert got == data
