@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tornado.httpclient
+import tornado.httputil
 import tornado.iostream
 import tornado.netutil
 import tornado.tcpclient
 import tornado.testing
+from tornado.http1connection import HTTP1Connection
 
-from handlers.stream import BatchedSSLIOStream, HTTPServer
+from handlers.stream import LEND_MIN, BatchedSSLIOStream, HTTPServer, send_now
 from vault.tls import ensure_certificate, server_context
 
 RECORD = 16 * 1024  # the largest TLS record: what one plain SSL read returns at most
@@ -253,5 +256,191 @@ def test_a_body_read_into_reused_memory_holds_only_the_bytes_read(tmp_path: Path
                 await client.write(data)
                 got = await server.read_bytes(size, partial=True)
                 assert len(got) == length and got == data
+
+    asyncio.run(run())
+
+
+def test_a_body_read_lends_only_reads_longer_than_lend_min(tmp_path: Path) -> None:
+    """LEND_MIN bytes or fewer are copied as Tornado does; one more is lent."""
+
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            for length, kind in ((LEND_MIN, bytes), (LEND_MIN + 1, bytearray)):
+                await client.write(os.urandom(length))
+                got = await server.read_bytes(READ, partial=True)
+                assert (type(got), len(got)) == (kind, length)
+
+    asyncio.run(run())
+
+
+def test_a_read_to_the_end_after_a_lent_body_read_gets_bytes(tmp_path: Path) -> None:
+    """Only a read_bytes gets the read buffer itself: a read_until_close that follows one, which
+    Tornado finishes at the close without passing through _read_from_buffer, gets a copy."""
+
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            await client.write(os.urandom(LEND_MIN + 100))
+            lent: object = await server.read_bytes(READ, partial=True)
+            assert isinstance(lent, bytearray)
+            rest = os.urandom(LEND_MIN + 100)
+            await client.write(rest)
+            client.close()
+            got = await server.read_until_close()
+            assert type(got) is bytes and got == rest
+
+    asyncio.run(run())
+
+
+def test_the_https_server_gives_each_connection_its_peer_address(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def handle(request: tornado.httputil.HTTPServerRequest) -> None:
+        seen.append(str(request.remote_ip))
+        assert request.connection is not None
+        request.connection.write_headers(
+            tornado.httputil.ResponseStartLine("HTTP/1.1", 200, "OK"),
+            tornado.httputil.HTTPHeaders({"Content-Length": "0"}),
+        )
+        request.connection.finish()
+
+    async def run() -> None:
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        ensure_certificate(cert, key)
+        server = HTTPServer(handle, ssl_options=server_context(cert, key))
+        sock, port = tornado.testing.bind_unused_port()
+        server.add_sockets([sock])
+        client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
+        try:
+            response = await client.fetch(
+                f"https://127.0.0.1:{port}/", ca_certs=str(cert), validate_cert=False
+            )
+            assert response.code == 200
+        finally:
+            client.close()
+            server.stop()
+
+    asyncio.run(run())
+    assert seen == ["127.0.0.1"]
+
+
+async def body_connection(client: tornado.iostream.SSLIOStream, length: int | None) -> HTTP1Connection:
+    """An HTTP/1.1 connection on ``client`` whose headers went out: a PUT of ``length`` bytes
+    (None: chunked). send_now reads only its stream and its Content-Length count."""
+    connection = HTTP1Connection(client, is_client=True)
+    headers = tornado.httputil.HTTPHeaders({"Host": "vault"})
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    await connection.write_headers(tornado.httputil.RequestStartLine("PUT", "/x", "HTTP/1.1"), headers)
+    return connection
+
+
+def head_and_body(wire: bytes) -> bytes:
+    return wire.split(b"\r\n\r\n", 1)[1]
+
+
+def test_send_now_sends_what_the_content_length_allows(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            body = os.urandom(3000)
+            connection = await body_connection(client, len(body))
+            view = memoryview(body)
+            assert send_now(connection, view[:1000]) == 1000
+            assert send_now(connection, view[1000:]) == 2000  # exactly what is left
+            assert send_now(connection, memoryview(b"!")) == 0  # past the Content-Length
+            connection.finish()  # Tornado's own count agrees: all of it went
+            got = read_once(server)[1]
+            assert head_and_body(got) == body
+
+            chunked = await body_connection(client, None)
+            assert send_now(chunked, memoryview(b"abc")) == 0  # chunk framing is Tornado's
+
+    asyncio.run(run())
+
+
+def test_send_now_refuses_more_than_is_left(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            connection = await body_connection(client, 100)
+            assert send_now(connection, memoryview(bytes(60))) == 60
+            assert send_now(connection, memoryview(bytes(41))) == 0  # 40 are left
+            assert send_now(connection, memoryview(bytes(40))) == 40
+
+    asyncio.run(run())
+
+
+def test_send_now_waits_behind_tornados_buffered_write(tmp_path: Path) -> None:
+    """While Tornado still holds part of a write, send_now sends nothing, even when the
+    socket has room (the server has just read): its bytes would overtake the held ones."""
+
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            size = 8 << 20
+            connection = await body_connection(client, size + 10)
+            written = connection.write(bytes(size))  # more than the socket pair holds
+            assert client.writing()
+            got, _ = read_once(server)  # room in the socket now; Tornado has not run yet
+            assert got
+            assert send_now(connection, memoryview(b"late")) == 0
+            written.cancel()
+
+    asyncio.run(run())
+
+
+def test_send_now_sends_nothing_when_the_socket_is_full_or_failed_or_closed(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            connection = await body_connection(client, 1 << 30)
+            chunk = memoryview(bytes(RECORD))
+            sent = total = 0
+            while (sent := send_now(connection, chunk)) == len(chunk):
+                total += sent
+            assert sent == 0 and total > 0  # full: the reader has not read
+        async with tls_pair(tmp_path) as (server, client):
+            connection = await body_connection(client, 1 << 30)
+            server.close()  # the peer is gone: the send fails
+            tries = [send_now(connection, memoryview(bytes(RECORD))) for _ in range(3)]
+            assert tries[-1] == 0  # (the kernel may take a first record before it knows)
+        async with tls_pair(tmp_path) as (server, client):
+            connection = await body_connection(client, 1 << 30)
+            client.close()
+            assert send_now(connection, memoryview(b"x")) == 0
+
+    asyncio.run(run())
+
+
+def test_a_read_waiting_for_more_keeps_the_bytes_already_read(tmp_path: Path) -> None:
+    """A delimiter read, and a read of more bytes than have come, whose first bytes are
+    read at once: the next socket read is appended to them (Tornado's read), not put in their
+    place."""
+
+    async def run() -> None:
+        async with tls_pair(tmp_path) as (server, client):
+            first = os.urandom(3 * RECORD).replace(b"\r", b"")
+            await client.write(first)
+            line = server.read_until(b"\r\n")  # reads ``first`` now, and waits for the rest
+            await client.write(b"end\r\n")
+            assert await line == first + b"end\r\n"
+            await client.write(first)
+            both = server.read_bytes(2 * len(first))
+            await client.write(first)
+            assert await both == first + first
+
+    asyncio.run(run())
+
+
+def test_a_clean_end_after_records_in_one_read_delivers_them(tmp_path: Path) -> None:
+    """Records and then the client's close_notify, all ready for one read: the read returns
+    the records' bytes, and the next one the end."""
+
+    async def run() -> None:
+        async with raw_tls_pair(tmp_path, BatchedSSLIOStream) as (server, client):
+            assert isinstance(server, BatchedSSLIOStream)
+            data = os.urandom(3 * RECORD)
+            wire = client.records(data)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                client.tls.unwrap()  # the close_notify goes to the outgoing buffer
+            await client.send(bytes(wire + client.outgoing.read()))
+            assert read_once(server) == (len(data), data)
+            assert read_once(server) == (0, b"")
 
     asyncio.run(run())
