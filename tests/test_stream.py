@@ -282,6 +282,7 @@ def test_a_read_to_the_end_after_a_lent_body_read_gets_bytes(tmp_path: Path) -> 
             await client.write(os.urandom(LEND_MIN + 100))
             lent: object = await server.read_bytes(READ, partial=True)
             assert isinstance(lent, bytearray)
+            assert await server.read_bytes(0) == b""  # nothing left, and nothing lent
             rest = os.urandom(LEND_MIN + 100)
             await client.write(rest)
             client.close()
