@@ -50,6 +50,7 @@ async def _steps(download: Download, start: int, end: int, take: int | None) -> 
     with contextlib.suppress(StopAsyncIteration):
         while True:
             view = await views.asend(taken)
+            assert len(view) > 0  # never an empty view (a read that would never end)
             held.append(download.held)
             taken = None if take is None else min(take, len(view))
             got += view[: len(view) if taken is None else taken]
@@ -66,8 +67,9 @@ async def _steps(download: Download, start: int, end: int, take: int | None) -> 
         (S + 10, 6 * S + 20, [1, 3, 3, 3, 2, 1]),
         (2 * S, 3 * S, [1]),
         (2 * S - 1, 2 * S + 1, [1, 1]),
+        (S + 10, 4 * S + 1, [1, 3, 2, 1]),  # the last segment gives the range one byte
     ],
-    ids=["whole", "mid-to-mid", "one-segment", "across-a-boundary"],
+    ids=["whole", "mid-to-mid", "one-segment", "across-a-boundary", "one-byte-of-the-last"],
 )
 def test_whole_views_read_each_segment_once_in_order_and_hold_up_to_the_depth(
     tmp_path: Path, start: int, end: int, held: list[int]
@@ -235,5 +237,38 @@ def test_an_empty_range_reads_nothing_and_a_range_outside_the_file_is_refused(tm
                     await anext(download.read(start, end))
             assert fetched == [] and download.held == 0
             download.close()
+
+    asyncio.run(main())
+
+
+def test_a_download_reading_on_is_not_reclaimed_while_it_waits_for_its_next_segment(tmp_path: Path) -> None:
+    """Once its client took the bytes, a download is busy again: another download that needs
+    the budget, full of the first one's segments, waits for it instead of reclaiming them
+    while the first reads on (its count would go while it still keeps the segment it awaits)."""
+
+    async def main() -> None:
+        async with counted_core(tmp_path, download_segments=DEPTH) as (core, _):
+            first, second = await core.files.open(1, "f.bin"), await core.files.open(1, "g.bin")
+            views = first.read()
+            view = await anext(views)
+            got = bytearray(view[:100])
+            del view
+            view = await views.asend(100)  # segments 1 and 2 read ahead: the budget is full
+            got += view
+            del view
+            assert first.held == DEPTH == core.files.pipe.download_budget.held
+
+            async def other() -> bytes:
+                return b"".join([bytes(v) async for v in second.read()])
+
+            waiting = asyncio.ensure_future(other())  # it runs at the first's next wait
+            got += b"".join([bytes(v) async for v in views])
+            assert bytes(got) == DATA
+            # The first was never idle while the second waited: nothing was taken from it.
+            assert core.files.pipe.download_budget.reclaimed == 0
+            assert await waiting == DATA
+            first.close()
+            second.close()
+            assert core.files.pipe.download_budget.held == 0
 
     asyncio.run(main())
