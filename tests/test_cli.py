@@ -250,6 +250,20 @@ class Cli:
         path.write_text(json.dumps({**self.credentials(), **changes}))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def interruptible_clients() -> Iterator[None]:
+    """Clients started here take SIGINT as Ctrl-C. A suite started in the background by a
+    script (``.ci/run &``) inherits SIGINT ignored, and an ignored signal stays ignored across
+    exec: the clients would carry on through the test's Ctrl-C. A handled one is reset to
+    the default in the child."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if before is not None:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture
 def cli(server: Server, tmp_path: Path) -> Cli:
     return Cli(tmp_path, server)
@@ -283,7 +297,12 @@ def stored(server: Server, token: str, name: str) -> bytes:
 def stop_when(proc: subprocess.Popen[str], ready: Callable[[], None], sig: int) -> None:
     ready()
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"the client carried on after signal {sig}") from None
     assert proc.returncode != 0
 
 
