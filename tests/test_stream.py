@@ -32,18 +32,25 @@ RECORD = 16 * 1024  # the largest TLS record: what one plain SSL read returns at
 READ = 256 * 1024
 
 
-@asynccontextmanager
-async def tls_pair(tmp_path: Path) -> AsyncIterator[tuple[BatchedSSLIOStream, tornado.iostream.SSLIOStream]]:
-    """(server stream as the HTTPS server reads, client stream), handshake done."""
+def tls_sockets(tmp_path: Path) -> tuple[ssl.SSLSocket, socket.socket, ssl.SSLContext]:
+    """A connected socket pair: the server's end wrapped as the HTTPS server wraps it (the
+    handshake not begun), the client's plain end, and a client context trusting the server."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     ensure_certificate(cert, key)
     server_sock, client_sock = socket.socketpair()
     wrapped = tornado.netutil.ssl_wrap_socket(
         server_sock, server_context(cert, key), server_side=True, do_handshake_on_connect=False
     )
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    return wrapped, client_sock, context
+
+
+@asynccontextmanager
+async def tls_pair(tmp_path: Path) -> AsyncIterator[tuple[BatchedSSLIOStream, tornado.iostream.SSLIOStream]]:
+    """(server stream as the HTTPS server reads, client stream), handshake done."""
+    wrapped, client_sock, client_context = tls_sockets(tmp_path)
     server = BatchedSSLIOStream(wrapped)
-    client_context = ssl.create_default_context(cafile=str(cert))
-    client_context.check_hostname = False
     starting = tornado.iostream.IOStream(client_sock).start_tls(False, client_context)
     _, client = await asyncio.gather(server.wait_for_handshake(), starting)
     try:
@@ -177,15 +184,8 @@ async def raw_tls_pair(
     tmp_path: Path, kind: type[tornado.iostream.SSLIOStream]
 ) -> AsyncIterator[tuple[tornado.iostream.SSLIOStream, RawClient]]:
     """(server stream of ``kind``, a RawClient), the handshake done."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    ensure_certificate(cert, key)
-    server_sock, client_sock = socket.socketpair()
-    wrapped = tornado.netutil.ssl_wrap_socket(
-        server_sock, server_context(cert, key), server_side=True, do_handshake_on_connect=False
-    )
+    wrapped, client_sock, context = tls_sockets(tmp_path)
     server = kind(wrapped)
-    context = ssl.create_default_context(cafile=str(cert))
-    context.check_hostname = False
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = RawClient(context.wrap_bio(incoming, outgoing), outgoing, client_sock)
     client_sock.setblocking(False)

@@ -167,6 +167,15 @@ def test_a_body_in_tiny_chunks_holds_about_its_own_size_until_sealed(tmp_path: P
     assert digest == expected.hexdigest()
 
 
+async def read_back(core: Core, name: str) -> bytes:
+    """The stored file, downloaded whole (these files are small)."""
+    download = await core.files.open(OWNER, name)
+    try:
+        return b"".join([bytes(chunk) async for chunk in download.read()])
+    finally:
+        download.close()
+
+
 def rows(db: Path) -> tuple[int, int]:
     """(files rows, segment rows) in the SQLite database ``db``."""
     with contextlib.closing(sqlite3.connect(db)) as con:
@@ -246,11 +255,7 @@ def test_a_resumable_upload_in_several_requests_has_its_bytes_and_digest(tmp_pat
                 at, turn = at + size, turn + 1
             assert await session.save() == end
         assert session.info is not None
-        download = await core.files.open(OWNER, "resumed.bin")
-        try:
-            got = b"".join([bytes(chunk) async for chunk in download.read()])
-        finally:
-            download.close()
+        got = await read_back(core, "resumed.bin")
         return session.info.sha256, got
 
     digest, got = incore.run(tmp_path, scenario, segment_size=seg_size)
@@ -299,11 +304,7 @@ def test_a_resumed_upload_keeps_its_segment_size_and_declared_length(tmp_path: P
         await session.write(data[seg_size + 10 :])
         assert await session.save() == len(data)
         assert session.info is not None
-        download = await core.files.open(OWNER, "resumed.bin")
-        try:
-            got = b"".join([bytes(chunk) async for chunk in download.read()])
-        finally:
-            download.close()
+        got = await read_back(core, "resumed.bin")
         return session.info.sha256, got
 
     tus_id = incore.run(tmp_path, start, segment_size=seg_size)
@@ -335,11 +336,7 @@ def test_writes_ending_on_segment_boundaries(tmp_path: Path, resumable: bool) ->
             for start in range(0, len(data), seg_size):
                 await upload.write(data[start : start + seg_size])
             info = await upload.finish("even.bin")
-        download = await core.files.open(OWNER, "even.bin")
-        try:
-            got = b"".join([bytes(chunk) async for chunk in download.read()])
-        finally:
-            download.close()
+        got = await read_back(core, "even.bin")
         return info.sha256, got
 
     digest, got = incore.run(tmp_path, scenario, segment_size=seg_size)
