@@ -148,30 +148,42 @@ def test_the_sleep_rule_sees_sleeps_in_nested_functions_but_not_a_loop_turn() ->
     assert sleeps(tree) == {"helper", "C.m.inner", "test_x"}
 
 
+def own_defs(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The functions defined in ``fn``'s own body, at any depth of its blocks (``with``,
+    ``if``, loops), but not inside a nested function or class."""
+    found = []
+    todo: list[ast.AST] = list(fn.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found.append(node)
+        elif not isinstance(node, ast.ClassDef | ast.Lambda):
+            todo += ast.iter_child_nodes(node)
+    return found
+
+
 def unused_inner_functions(tree: ast.Module) -> list[str]:
     """Functions defined in a function's body (not methods of a class there) and never named
-    in it (so never called, passed or returned): a test whose scenario sits in such a function
-    checks nothing. A decorated one counts as used (a decorator may register it)."""
+    in it but in their own body (so never called, passed or returned): a test whose scenario
+    sits in such a function checks nothing. A decorated one counts as used (a decorator may
+    register it)."""
     unused = []
     for outer in ast.walk(tree):
         if not isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
-        inner = [
-            n
-            for parent in ast.walk(outer)
-            if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef)
-            for n in ast.iter_child_nodes(parent)
-            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and not n.decorator_list
-        ]
-        for fn in inner:
-            named = any(
-                isinstance(n, ast.Name) and n.id == fn.name and isinstance(n.ctx, ast.Load)
+        for fn in own_defs(outer):
+            if fn.decorator_list:
+                continue
+            inside = {id(n) for n in ast.walk(fn)}
+            if not any(
+                isinstance(n, ast.Name)
+                and n.id == fn.name
+                and isinstance(n.ctx, ast.Load)
+                and id(n) not in inside
                 for n in ast.walk(outer)
-                if not any(n is m for m in ast.walk(fn))
-            )
-            if not named:
+            ):
                 unused.append(f"{outer.name}.{fn.name}")
-    return unused
+    return sorted(unused)
 
 
 def test_every_inner_function_is_used() -> None:
@@ -191,5 +203,6 @@ def test_the_inner_function_rule_sees_a_scenario_never_run() -> None:
         "def test_c():\n    def again(n): return again(n - 1)\n"
         "def test_d():\n    @fixture\n    def registered(): pass\n"
         "def test_e():\n    class Handler:\n        def get(self): pass\n"
+        "def test_f():\n    with open('x'):\n        async def hidden(): assert False\n"
     )
-    assert unused_inner_functions(tree) == ["test_a.run", "test_c.again"]
+    assert unused_inner_functions(tree) == ["test_a.run", "test_c.again", "test_f.hidden"]
