@@ -18,7 +18,7 @@ class Reserve:
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self.size = size  # 0: no reserve, never refuses anything
-        self.released = False  # given up for a full disk since this process started
+        self.asked = False  # hold() has been called before: an allocation now is a retaking
 
     def free(self) -> int:
         """Bytes free on the file system, for this (unprivileged) process."""
@@ -34,6 +34,7 @@ class Reserve:
 
     def hold(self) -> bool:
         """Whether the reserve is held, allocating it if there is room for it twice over."""
+        first, self.asked = not self.asked, True
         if self.held:
             return True
         if self.free() < 2 * self.size:
@@ -50,10 +51,10 @@ class Reserve:
             log.warning("cannot allocate the disk reserve %s: %s", self.path, exc)
             staging.unlink(missing_ok=True)
             return False
-        if self.released:
-            log.warning("disk reserve of %d bytes held again: uploads are accepted", self.size)
-        else:
+        if first:  # a fresh data directory
             log.info("allocated a disk reserve of %d bytes: %s", self.size, self.path)
+        else:  # given up by this process or another (workers), or refused until now
+            log.warning("disk reserve of %d bytes held again: uploads are accepted", self.size)
         return True
 
     def make_room(self) -> None:
@@ -64,7 +65,6 @@ class Reserve:
     def release(self) -> None:
         if self.size and self.path.exists():
             self.path.unlink(missing_ok=True)
-            self.released = True
             log.error(
                 "the disk is full: released the %d-byte reserve for logins and deletes;"
                 " uploads answer 507 until space is freed",
