@@ -2,6 +2,7 @@
 index order whatever order the seals end in (InOrderHash), and an upload's digest is that of
 its bytes however they were cut and whichever threads sealed them."""
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
@@ -113,25 +114,28 @@ def test_every_segment_is_in_the_hash_once_every_add_has_returned() -> None:
 
 
 def test_an_upload_cut_anyhow_and_sealed_on_many_threads_has_its_bytes_digest(tmp_path: Path) -> None:
+    """Three uploads at once, each of its own bytes cut into pieces below and above
+    GATHER_BELOW and across segments: each file holds its own bytes and digest."""
     rng = random.Random(8)
     seg_size = sfs.MIN_SEG_SIZE
-    data = os.urandom(37 * seg_size + 123)
+    datas = [os.urandom(37 * seg_size + 123) for _ in range(3)]
 
-    async def upload(core: Core) -> list[str]:
-        digests = []
-        for n in range(3):
-            upload = await core.files.begin_upload(OWNER, None)
-            at = 0
-            while at < len(data):
-                size = rng.choice([1, 15, 16, 1000, seg_size - 1, seg_size, 3 * seg_size + 5])
-                await upload.write(data[at : at + size])
-                at += size
-            info = await upload.finish(f"f{n}.bin", hashlib.sha256(data).digest())
-            digests.append(info.sha256)
-        return digests
+    async def one(core: Core, n: int) -> tuple[str, bytes]:
+        data = datas[n]
+        upload = await core.files.begin_upload(OWNER, None)
+        at = 0
+        while at < len(data):
+            size = rng.choice([1, 15, 16, 1000, seg_size - 1, seg_size, 3 * seg_size + 5])
+            await upload.write(data[at : at + size])
+            at += size
+        info = await upload.finish(f"f{n}.bin", hashlib.sha256(data).digest())
+        return info.sha256, await read_back(core, f"f{n}.bin")
 
-    digests = incore.run(tmp_path, upload, segment_size=seg_size, crypto_threads=4, pipeline_depth=8)
-    assert digests == [hashlib.sha256(data).hexdigest()] * 3
+    async def upload(core: Core) -> list[tuple[str, bytes]]:
+        return list(await asyncio.gather(*(one(core, n) for n in range(3))))
+
+    results = incore.run(tmp_path, upload, segment_size=seg_size, crypto_threads=4, pipeline_depth=8)
+    assert results == [(hashlib.sha256(data).hexdigest(), data) for data in datas]
 
 
 def test_a_body_in_tiny_chunks_holds_about_its_own_size_until_sealed(tmp_path: Path) -> None:
