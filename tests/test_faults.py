@@ -681,6 +681,12 @@ def test_the_commit_that_makes_an_upload_live_syncs_the_wal_before_it_returns(tm
 # --------------------------------------------------------------------------- kill -9 under load
 
 
+# A client connecting as the server is killed gets a reset between its TCP connect and its TLS
+# wrap, and Python 3.11's SSLSocket leaks the socket it made there (ssl.SSLSocket._create
+# raises the recv(1) probe's ECONNRESET without closing it): its ResourceWarning, not ours,
+# nothing a test can close (fresh-clone CI of 38da7ed, reproduced alone with an SO_LINGER-0
+# reset before wrap_socket).
+@pytest.mark.filterwarnings("ignore:unclosed <ssl.SSLSocket:ResourceWarning")
 @pytest.mark.parametrize(
     ("kills", "per_round", "uploaders"),
     [(2, 6, ("put", "put", "tus")), pytest.param(8, 25, ("put",) * 6 + ("tus",) * 4, marks=pytest.mark.slow)],
